@@ -1,0 +1,1 @@
+"""The Streamlit review app (``audit app RUN``)."""

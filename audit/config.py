@@ -1,0 +1,128 @@
+"""The run configuration: one frozen dataclass, defaults chosen per dataset, flags override.
+
+Per-dataset defaults (eps and step sizes in [0, 1] pixel units):
+
+=============  ==========  ======  ==================  ==============================================
+images         arch        epochs  train attack        source
+=============  ==========  ======  ==================  ==============================================
+≤ 16×16 grey   mlp         100/40  eps 0.1, 5 steps    scaled down for scikit-learn's 8×8 digits (0..16 grey levels)
+MNIST-like     mnist_cnn   12      eps 0.3, 8 steps    Madry et al. 2018 / the paper: eps 0.3 (paper: 30 steps)
+colour         resnet18    30      eps 8/255, 7 steps  Madry et al. 2018 / Rice et al. 2020: eps 8/255, step 2/255
+=============  ==========  ======  ==================  ==============================================
+
+The evaluation attack is stronger than the training one: ``eval_steps`` (default 2.5× the training
+steps, at least 20) with ``eval_restarts`` random restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+from audit.errors import AuditInputError
+
+MODEL_METHODS = {"natural": "natural", "pgd": "pgd", "trades": "trades", "fgsm": "fgsm"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's results. ``None`` means "pick the dataset default"."""
+
+    dataset: str = "digits"
+    models: tuple[str, ...] = ("natural", "pgd")
+    noise: float = 0.0
+    noise_kind: str = "symmetric"
+    seed: int = 0
+    device: str = "auto"
+    download: bool = False
+    arch: str | None = None
+    width: float | None = None
+    epochs: int | None = None
+    robust_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    robust_lr: float | None = None
+    weight_decay: float | None = None
+    norm: str = "linf"
+    eps: float | None = None
+    step_size: float | None = None
+    steps: int | None = None
+    eps_warmup: float | None = None
+    trades_beta: float = 6.0
+    eval_steps: int | None = None
+    eval_restarts: int = 2
+    folds: int = 4
+    repeats: int = 1
+    knn_k: int = 50
+    pairs_per_test: int = 5
+    canary_rate: float = 0.03
+    tracin_checkpoints: int = 4
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["models"] = list(self.models)
+        return d
+
+    def hash(self, keys: tuple[str, ...] | None = None) -> str:
+        d = self.to_dict()
+        if keys is not None:
+            d = {k: d[k] for k in keys}
+        d.pop("device", None)  # results do not depend on where they were computed
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check options before any heavy work: one problem, one line naming the option."""
+    bad = [m for m in cfg.models if m not in MODEL_METHODS]
+    if bad or not cfg.models:
+        raise AuditInputError(f"--models {','.join(cfg.models)!r}: unknown model(s) {bad} (known: natural, pgd, trades, fgsm)")
+    if "natural" not in cfg.models:
+        raise AuditInputError("--models must include natural (the embeddings and influence come from it)")
+    if not 0 <= cfg.noise < 1:
+        raise AuditInputError(f"--noise {cfg.noise}: must be in [0, 1)")
+    if cfg.folds < 2:
+        raise AuditInputError(f"--folds {cfg.folds}: needs at least 2 for out-of-sample probabilities")
+    if cfg.norm not in ("linf", "l2"):
+        raise AuditInputError(f"--norm {cfg.norm!r}: must be linf or l2")
+    if cfg.eps is not None and cfg.eps < 0:
+        raise AuditInputError(f"--eps {cfg.eps}: must be ≥ 0")
+    if not 0 <= cfg.canary_rate < 0.5:
+        raise AuditInputError(f"--canary-rate {cfg.canary_rate}: must be in [0, 0.5)")
+
+
+def resolve_defaults(cfg: RunConfig, shape: tuple[int, int, int], n_train: int, on_gpu: bool) -> RunConfig:
+    """Fill every ``None`` from the table in this module's docstring."""
+    c, h, w = shape
+    if h * w <= 16 * 16:
+        d = dict(arch="mlp", width=1.0, epochs=100, robust_epochs=40, batch_size=128, lr=0.2, robust_lr=0.1,
+                 weight_decay=0.0, eps=0.1, steps=5, eps_warmup=0.0)
+    elif c == 1:
+        d = dict(arch="mnist_cnn", width=1.0 if on_gpu else 0.5, epochs=12, robust_epochs=12, batch_size=128,
+                 lr=0.05, robust_lr=0.05, weight_decay=0.0, eps=0.3, steps=8, eps_warmup=0.4)
+    else:
+        d = dict(arch="resnet18", width=1.0 if on_gpu else 0.25, epochs=30, robust_epochs=30, batch_size=256,
+                 lr=0.1, robust_lr=0.1, weight_decay=5e-4, eps=8 / 255, steps=7, eps_warmup=0.2)
+    if cfg.norm == "l2" and cfg.eps is None:
+        d["eps"] = {"mlp": 0.5, "mnist_cnn": 2.0, "resnet18": 0.5}[d["arch"]]
+    upd = {k: v for k, v in d.items() if getattr(cfg, k) is None}
+    cfg = replace(cfg, **upd)
+    upd = {}
+    if cfg.step_size is None:
+        upd["step_size"] = 2.5 * cfg.eps / cfg.steps
+    if cfg.eval_steps is None:
+        upd["eval_steps"] = max(20, int(2.5 * cfg.steps))
+    return replace(cfg, **upd)
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    names = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise AuditInputError(f"unknown run option(s): {', '.join(unknown)}")
+    d = dict(d)
+    if "models" in d and isinstance(d["models"], str):
+        d["models"] = tuple(m.strip() for m in d["models"].split(",") if m.strip())
+    elif "models" in d:
+        d["models"] = tuple(d["models"])
+    return RunConfig(**d)

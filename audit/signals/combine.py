@@ -1,0 +1,66 @@
+"""One ``issue_score`` from many signals, chosen by evidence on the data at hand (the canaries).
+
+Every signal is oriented so that higher = more likely mislabelled and turned into a rank percentile
+in [0, 1]. Candidate scores are each signal alone and the mean rank of the best 2, 3 and 4 signals
+(ordered by how well they rank the canaries). The candidate with the highest canary AUPRC wins; ties go
+to the simpler one. ``is_label_issue`` flags the top n examples (see
+:func:`audit.signals.table.n_label_issues`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+
+def rank01(x: np.ndarray) -> np.ndarray:
+    """Average-rank percentile in [0, 1] (ties share a rank); NaN counts as lowest."""
+    x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=-np.inf)
+    n = len(x)
+    if n <= 1:
+        return np.zeros(n)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(n)
+    ranks[order] = np.arange(n)
+    # average ties
+    xs = x[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
+    ends = np.r_[starts[1:], n]
+    for s, e in zip(starts, ends):
+        if e - s > 1:
+            ranks[order[s:e]] = (s + e - 1) / 2
+    return ranks / (n - 1)
+
+
+def detection_metrics(score: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    truth = np.asarray(truth, bool)
+    if truth.all() or not truth.any():
+        return {"auroc": float("nan"), "auprc": float("nan")}
+    return {"auroc": float(roc_auc_score(truth, score)), "auprc": float(average_precision_score(truth, score))}
+
+
+def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray) -> dict:
+    """signals: name -> (N,) raw scores (higher = worse) over training rows *including* canaries.
+
+    Returns ``{"score": (N,) in [0, 1], "chosen": name, "members": [...], "canary": {name: metrics}}``.
+    """
+    ranks = {k: rank01(v) for k, v in signals.items()}
+    per_signal = {k: detection_metrics(r, is_canary) for k, r in ranks.items()}
+    if not is_canary.any():
+        # No canaries (tiny data): fall back to a fixed, documented preference order.
+        order = [k for k in ("cleanlab", "aum_natural", "memorization") if k in ranks] or list(ranks)
+        return {"score": ranks[order[0]], "chosen": order[0], "members": [order[0]], "canary": per_signal}
+    order = sorted(ranks, key=lambda k: -np.nan_to_num(per_signal[k]["auprc"], nan=-1))
+    candidates = {k: ([k], ranks[k]) for k in ranks}
+    for m in (2, 3, 4):
+        if len(order) >= m:
+            members = order[:m]
+            candidates[f"mean_top{m}"] = (members, np.mean([ranks[k] for k in members], axis=0))
+    scored = {}
+    for name, (members, s) in candidates.items():
+        scored[name] = detection_metrics(s, is_canary)
+    simplicity = {name: len(members) for name, (members, _) in candidates.items()}
+    best = max(scored, key=lambda k: (round(np.nan_to_num(scored[k]["auprc"], nan=-1), 3), -simplicity[k]))
+    members, s = candidates[best]
+    return {"score": rank01(s), "chosen": best, "members": members, "canary": per_signal,
+            "candidates": scored}

@@ -1,0 +1,127 @@
+"""K-fold cross-validation of the natural model, repeated R times with new folds.
+
+One set of trainings serves three purposes:
+
+* out-of-sample predicted probabilities for every training example (each is held out once per
+  repeat), which cleanlab needs;
+* memorization and influence as Feldman & Zhang (2020) define them, because each fold model is
+  trained on a random subset S: mem(i) = P[h(x_i) = y_i | i ∈ S] − P[h(x_i) = y_i | i ∉ S];
+* training dynamics (AUM) recorded inside every fold at no extra cost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, StratifiedKFold
+from tqdm.auto import tqdm
+
+from audit.train.engine import TrainSpec, summarize_dynamics, train_model
+from audit.train.evaluate import infer
+from audit.train.models import build_model
+
+
+def fold_masks(labels: np.ndarray, folds: int, repeats: int, seed: int) -> np.ndarray:
+    """Membership of each fold model's training set: bool (repeats × folds, N); True = trained on."""
+    n = len(labels)
+    masks = []
+    for r in range(repeats):
+        counts = np.bincount(labels)
+        stratify = counts[counts > 0].min() >= folds
+        splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=seed + 1000 * r)
+        for tr, _ in splitter.split(np.zeros(n), labels if stratify else None):
+            m = np.zeros(n, bool)
+            m[tr] = True
+            masks.append(m)
+    return np.stack(masks)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def _mean_diff_se(in_vals: np.ndarray, in_mask: np.ndarray):
+    """Per column: mean over rows where in_mask minus mean where not, and its standard error."""
+    out_mask = ~in_mask
+    n_in, n_out = in_mask.sum(0), out_mask.sum(0)
+    m_in = np.where(n_in > 0, (in_vals * in_mask).sum(0) / np.maximum(n_in, 1), np.nan)
+    m_out = np.where(n_out > 0, (in_vals * out_mask).sum(0) / np.maximum(n_out, 1), np.nan)
+    v_in = np.where(n_in > 1, ((in_vals - m_in) ** 2 * in_mask).sum(0) / np.maximum(n_in - 1, 1), np.nan)
+    v_out = np.where(n_out > 1, ((in_vals - m_out) ** 2 * out_mask).sum(0) / np.maximum(n_out - 1, 1), np.nan)
+    se = np.sqrt(v_in / np.maximum(n_in, 1) + v_out / np.maximum(n_out, 1))
+    return m_in - m_out, se
+
+
+def cross_validate(
+    images: torch.Tensor,
+    labels: np.ndarray,
+    test_images: torch.Tensor,
+    spec: TrainSpec,
+    num_classes: int,
+    *,
+    folds: int,
+    repeats: int,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Train ``folds × repeats`` natural models on uint8 ``images`` (N, C, H, W).
+
+    Returns arrays:
+        ``oos_probs`` (N, K): out-of-sample probabilities averaged over repeats;
+        ``memorization``, ``memorization_se`` (N,): Feldman–Zhang estimate from 0/1 correctness;
+        ``memorization_soft`` (N,): the same with the given label's probability (lower variance);
+        ``cv_aum``, ``cv_forgetting`` (N,): training dynamics averaged over the folds that trained on i;
+        ``test_probs`` (M, N_test, K) and ``masks`` (M, N) for train→test influence.
+    """
+    shape = tuple(images.shape[1:])
+    masks = fold_masks(labels, folds, repeats, seed)
+    n, k, m = len(labels), num_classes, len(masks)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    train_probs = np.zeros((m, n, k), np.float32)
+    test_probs = np.zeros((m, len(test_images), k), np.float32)
+    aum = np.zeros((m, n), np.float32)
+    forgetting = np.zeros((m, n), np.float32)
+    for f in tqdm(range(m), desc="cross-validation", disable=not progress, unit="fold"):
+        tr = np.flatnonzero(masks[f])
+        torch.manual_seed(spec.seed + 17 * (f + 1))
+        model = build_model(spec.arch, shape, k, spec.width)
+        fs = TrainSpec(**{**spec.__dict__, "seed": spec.seed + 17 * (f + 1)})
+        res = train_model(model, images[tr], y[tr], fs, device=device, desc=f"fold {f + 1}/{m}", progress=progress)
+        dyn = res.dynamics()
+        aum[f, tr] = dyn["aum"]
+        forgetting[f, tr] = dyn["forgetting"]
+        train_probs[f] = _softmax(infer(res.model, images, device)[0])
+        if len(test_images):
+            test_probs[f] = _softmax(infer(res.model, test_images, device)[0])
+    held_out = ~masks
+    oos = (train_probs * held_out[:, :, None]).sum(0) / held_out.sum(0)[:, None]
+    p_given = train_probs[:, np.arange(n), labels]  # (M, N)
+    correct = (train_probs.argmax(2) == labels[None]).astype(np.float32)
+    mem, mem_se = _mean_diff_se(correct, masks)
+    mem_soft, _ = _mean_diff_se(p_given, masks)
+    n_in = masks.sum(0)
+    return {
+        "oos_probs": oos.astype(np.float32),
+        "memorization": mem.astype(np.float32),
+        "memorization_se": mem_se.astype(np.float32),
+        "memorization_soft": mem_soft.astype(np.float32),
+        "cv_aum": ((aum * masks).sum(0) / np.maximum(n_in, 1)).astype(np.float32),
+        "cv_forgetting": ((forgetting * masks).sum(0) / np.maximum(n_in, 1)).astype(np.float32),
+        "test_probs": test_probs,
+        "masks": masks,
+    }
+
+
+def feldman_zhang_influence(test_probs: np.ndarray, masks: np.ndarray, test_labels: np.ndarray,
+                            query: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """infl(i, j) = P[h(x_j) = y_j | i ∈ S] − P[h(x_j) = y_j | i ∉ S] for test ``query`` (Q,) and
+    training candidates ``cand`` (Q, k), estimated from the fold models with the true-label
+    probability. Returns (influence, standard error), each (Q, k); the SE is NaN with one model out."""
+    p = test_probs[:, query, test_labels[query]]  # (M, Q)
+    mk = masks[:, cand]  # (M, Q, k)
+    vals = np.broadcast_to(p[:, :, None], mk.shape)
+    infl, se = _mean_diff_se(vals.reshape(len(masks), -1), mk.reshape(len(masks), -1))
+    return infl.reshape(cand.shape).astype(np.float32), se.reshape(cand.shape).astype(np.float32)

@@ -1,0 +1,166 @@
+"""Adversarial attacks: a small ABC and a registry (PGD ℓ∞/ℓ2, FGSM with random start, TRADES' KL attack).
+
+All attacks work on float images in [0, 1]; ``eps`` and ``step_size`` are in those units
+(eps 0.3 on MNIST = 76.5/255). Models are put in eval mode for the attack and restored after.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _lp_project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    flat = delta.flatten(1)
+    n = flat.norm(dim=1).clamp_min(1e-12)
+    factor = (eps / n).clamp(max=1.0)
+    return (flat * factor[:, None]).view_as(delta)
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return torch.empty_like(x).uniform_(-eps, eps)
+    d = torch.randn_like(x)
+    d = d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+    r = torch.rand(x.shape[0], device=x.device).view(-1, *([1] * (x.dim() - 1)))
+    return d * r * eps
+
+
+def _step(grad: torch.Tensor, step: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return step * grad.sign()
+    g = grad.flatten(1)
+    g = g / g.norm(dim=1).clamp_min(1e-12)[:, None]
+    return step * g.view_as(grad)
+
+
+class Attack(ABC):
+    """Maps (model, x, y) to adversarial x' with ||x' − x|| ≤ eps and x' in [0, 1]."""
+
+    @abstractmethod
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, model, x, y):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                return self.perturb(model, x, y).detach()
+        finally:
+            model.train(was_training)
+
+
+@dataclass
+class PGD(Attack):
+    """Projected gradient descent (Madry et al. 2018) maximising cross-entropy.
+
+    ``restarts`` > 1 keeps, per example, the first restart that fools the model (else the last).
+    """
+
+    eps: float
+    step_size: float
+    steps: int
+    norm: str = "linf"
+    random_start: bool = True
+    restarts: int = 1
+
+    def _one(self, model, x, y):
+        delta = _random_start(x, self.eps, self.norm) if self.random_start else torch.zeros_like(x)
+        delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)
+        for _ in range(self.steps):
+            loss = F.cross_entropy(model(x + delta), y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta = _lp_project(delta + _step(grad, self.step_size, self.norm), self.eps, self.norm)
+                delta = (x + delta).clamp(0, 1) - x
+            delta.requires_grad_(True)
+        return (x + delta).detach()
+
+    def perturb(self, model, x, y):
+        best = self._one(model, x, y)
+        for _ in range(self.restarts - 1):
+            with torch.no_grad():
+                fooled = model(best).argmax(1) != y
+            if bool(fooled.all()):
+                break
+            cand = self._one(model, x, y)
+            best = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, cand)
+        return best
+
+    def steps_to_flip(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per example, the first PGD step (1..steps) after which the prediction is no longer ``y``;
+        0 when it is wrong already, ``steps + 1`` when it never flips. No random start (deterministic)."""
+        was_training = model.training
+        model.eval()
+        out = torch.full((x.shape[0],), self.steps + 1, dtype=torch.long, device=x.device)
+        with torch.enable_grad():
+            delta = torch.zeros_like(x, requires_grad=True)
+            for t in range(self.steps + 1):
+                logits = model(x + delta)
+                wrong = (logits.argmax(1) != y) & (out == self.steps + 1)
+                out[wrong] = t
+                if t == self.steps:
+                    break
+                (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), delta)
+                with torch.no_grad():
+                    delta = _lp_project(delta + _step(grad, self.step_size, self.norm), self.eps, self.norm)
+                    delta = (x + delta).clamp(0, 1) - x
+                delta.requires_grad_(True)
+        model.train(was_training)
+        return out
+
+
+@dataclass
+class FGSM(Attack):
+    """FGSM with random start (Wong, Rice & Kolter 2020): one step of 1.25·eps from a uniform start."""
+
+    eps: float
+    step_size: float | None = None
+    norm: str = "linf"
+
+    def perturb(self, model, x, y):
+        step = self.step_size if self.step_size is not None else 1.25 * self.eps
+        delta = _random_start(x, self.eps, self.norm).requires_grad_(True)
+        loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = _lp_project(delta.detach() + _step(grad, step, self.norm), self.eps, self.norm)
+        return (x + delta).clamp(0, 1)
+
+
+@dataclass
+class TradesKL(Attack):
+    """TRADES' inner maximisation (Zhang et al. 2019): maximise KL(f(x) || f(x')) from a small random start."""
+
+    eps: float
+    step_size: float
+    steps: int
+    norm: str = "linf"
+
+    def perturb(self, model, x, y):
+        with torch.no_grad():
+            p_nat = F.softmax(model(x), dim=1)
+        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1).requires_grad_(True)
+        for _ in range(self.steps):
+            loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_nat, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():
+                delta = _lp_project(x_adv + _step(grad, self.step_size, self.norm) - x, self.eps, self.norm)
+                x_adv = (x + delta).clamp(0, 1)
+            x_adv.requires_grad_(True)
+        return x_adv.detach()
+
+
+ATTACKS = {"pgd": PGD, "fgsm": FGSM, "trades_kl": TradesKL}
+
+
+def make_attack(name: str, **kwargs) -> Attack:
+    """Build a registered attack by name (``pgd``, ``fgsm``, ``trades_kl``)."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
+    return ATTACKS[name](**kwargs)

@@ -1,0 +1,257 @@
+"""The training engine: natural, PGD-AT, FGSM-RS and TRADES training with per-example records.
+
+Per-example records come from the training forward pass itself (no extra passes): for each epoch and
+example, the loss, the margin (given-label logit minus the largest other logit) and correctness on the
+input the model was trained on (the adversarial input for PGD-AT and FGSM, the clean input for natural
+and TRADES). From these: first-learned epoch, forgetting events and area under the margin (AUM,
+Pleiss et al. 2020).
+
+Data lives on the device as uint8 and is converted per batch; a checkpoint (model, optimizer, epoch and
+the records so far) is written every epoch so an interrupted training resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from audit.device import autocast
+from audit.train.attacks import FGSM, PGD, TradesKL
+
+METHODS = ("natural", "pgd", "trades", "fgsm")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How to train one model.
+
+    eps and step_size are in [0, 1] pixel units (8/255 ≈ 0.031). ``lr`` is the peak of a one-cycle
+    schedule (linear warm-up over the first 15% of steps, then linear decay to 0) unless
+    ``constant_lr``. ``eps_warmup`` ramps eps linearly from 0 over that fraction of epochs, which
+    robust training on MNIST-like data needs to get started.
+    """
+
+    method: str = "natural"
+    arch: str = "mlp"
+    width: float = 1.0
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    constant_lr: bool = False
+    norm: str = "linf"
+    eps: float = 0.1
+    step_size: float = 0.025
+    steps: int = 7
+    trades_beta: float = 6.0
+    eps_warmup: float = 0.0
+    seed: int = 0
+    tracin_checkpoints: int = 4
+
+    def attack(self, eps: float | None = None):
+        eps = self.eps if eps is None else eps
+        step = self.step_size * (eps / self.eps) if self.eps > 0 else self.step_size
+        if self.method == "pgd":
+            return PGD(eps=eps, step_size=step, steps=self.steps, norm=self.norm, random_start=True)
+        if self.method == "fgsm":
+            return FGSM(eps=eps, norm=self.norm)
+        if self.method == "trades":
+            return TradesKL(eps=eps, step_size=step, steps=self.steps, norm=self.norm)
+        return None
+
+
+@dataclass
+class TrainResult:
+    """Final model plus per-epoch, per-example records (E, N) and the TracIn checkpoints."""
+
+    model: nn.Module
+    loss: np.ndarray  # (E, N) float32
+    margin: np.ndarray  # (E, N) float32
+    correct: np.ndarray  # (E, N) bool
+    lrs: np.ndarray  # (E,) mean learning rate of each epoch
+    tracin: list[tuple[int, float, dict]]  # (epoch, summed lr of the window, state_dict)
+    seconds: float
+
+    def dynamics(self) -> dict[str, np.ndarray]:
+        """Summaries per example: AUM, mean loss, forgetting events, first-learned epoch (-1 = never)."""
+        return summarize_dynamics(self.margin, self.correct, self.loss)
+
+
+def summarize_dynamics(margin: np.ndarray, correct: np.ndarray, loss: np.ndarray) -> dict[str, np.ndarray]:
+    """margin, correct, loss: (E, N). Returns per-example arrays (N,).
+
+    ``forgetting``: learned→forgotten transitions (Toneva et al. 2019). ``first_learned``: the first
+    epoch from which the example stays correct to the end (-1 if it is wrong at the end).
+    """
+    e = correct.shape[0]
+    c = correct.astype(bool)
+    forgetting = (c[:-1] & ~c[1:]).sum(0) if e > 1 else np.zeros(c.shape[1], int)
+    # last epoch that was wrong; first_learned = that + 1, or -1 if wrong at the end
+    wrong_any = ~c
+    last_wrong = np.where(wrong_any.any(0), e - 1 - np.argmax(wrong_any[::-1], axis=0), -1)
+    first_learned = np.where(c[-1], last_wrong + 1, -1)
+    return {
+        "aum": margin.mean(0).astype(np.float32),
+        "mean_loss": loss.mean(0).astype(np.float32),
+        "forgetting": forgetting.astype(np.int32),
+        "first_learned": first_learned.astype(np.int32),
+    }
+
+
+def _to_float(xb: torch.Tensor) -> torch.Tensor:
+    return xb.float().div_(255.0)
+
+
+def _per_example(logits: torch.Tensor, y: torch.Tensor):
+    loss = F.cross_entropy(logits.float(), y, reduction="none")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    margin = true - other.max(1).values
+    return loss, margin, logits.argmax(1) == y
+
+
+def _lr_at(spec: TrainSpec, step: int, total: int) -> float:
+    if spec.constant_lr:
+        return spec.lr
+    warm = max(1, int(0.15 * total))
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    return spec.lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+def train_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: TrainSpec,
+    *,
+    device: torch.device,
+    checkpoint: str | os.PathLike | None = None,
+    desc: str = "",
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on uint8 ``images`` (N, C, H, W) with int64 ``labels`` (N,) by ``spec.method``.
+
+    Resumes from ``checkpoint`` (a ``.pt`` written every epoch, loaded with ``weights_only=True``)
+    when it exists, and deletes it when training is complete.
+    """
+    if spec.method not in METHODS:
+        raise ValueError(f"unknown training method {spec.method!r} (known: {', '.join(METHODS)})")
+    t0 = time.perf_counter()
+    n = len(labels)
+    model = model.to(device)
+    if device.type == "cuda" and images.dim() == 4:
+        model = model.to(memory_format=torch.channels_last)
+    images, labels = images.to(device), labels.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                          nesterov=True)
+    steps_per_epoch = (n + spec.batch_size - 1) // spec.batch_size
+    total = spec.epochs * steps_per_epoch
+    rec_loss = np.zeros((spec.epochs, n), np.float32)
+    rec_margin = np.zeros((spec.epochs, n), np.float32)
+    rec_correct = np.zeros((spec.epochs, n), bool)
+    lrs = np.zeros(spec.epochs, np.float32)
+    # TracIn checkpoints: evenly spaced epochs, each weighted by the lr summed since the previous one.
+    k = max(1, min(spec.tracin_checkpoints, spec.epochs))
+    tracin_epochs = sorted({int(round(spec.epochs * (i + 1) / k)) - 1 for i in range(k)})
+    tracin: list[tuple[int, float, dict]] = []
+    start_epoch = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        e = start_epoch
+        rec_loss[:e], rec_margin[:e] = state["loss"].numpy(), state["margin"].numpy()
+        rec_correct[:e], lrs[:e] = state["correct"].numpy(), state["lrs"].numpy()
+        tracin = [(int(ep), float(w), sd) for ep, w, sd in zip(state["tracin_epochs"].tolist(),
+                                                                 state["tracin_weights"].tolist(), state["tracin_states"])]
+    gen = torch.Generator(device="cpu").manual_seed(spec.seed)
+    for _ in range(start_epoch):  # keep the batch order of an uninterrupted run
+        torch.randperm(n, generator=gen)
+    torch.manual_seed(spec.seed + start_epoch)
+    bar = tqdm(range(start_epoch, spec.epochs), desc=desc or f"train {spec.method}", disable=not progress,
+               leave=False, unit="ep")
+    for epoch in bar:
+        model.train()
+        frac = (epoch + 1) / max(1.0, spec.eps_warmup * spec.epochs) if spec.eps_warmup > 0 else 1.0
+        eps = spec.eps * min(1.0, frac)
+        attack = spec.attack(eps) if spec.method != "natural" else None
+        perm = torch.randperm(n, generator=gen).to(device)
+        lr_sum = 0.0
+        for b in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + b
+            lr = _lr_at(spec, step, total)
+            lr_sum += lr
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = perm[b * spec.batch_size:(b + 1) * spec.batch_size]
+            x, y = _to_float(images[idx]), labels[idx]
+            if spec.method in ("pgd", "fgsm"):
+                x_adv = attack(model, x, y)
+                with autocast(device):
+                    logits = model(x_adv)
+                loss_vec, margin, correct = _per_example(logits, y)
+                loss = loss_vec.mean()
+            elif spec.method == "trades":
+                x_adv = attack(model, x, y)
+                with autocast(device):
+                    logits = model(x)
+                    logits_adv = model(x_adv)
+                loss_vec, margin, correct = _per_example(logits, y)
+                kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits.float(), 1), reduction="batchmean")
+                loss = loss_vec.mean() + spec.trades_beta * kl
+            else:
+                with autocast(device):
+                    logits = model(x)
+                loss_vec, margin, correct = _per_example(logits, y)
+                loss = loss_vec.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ii = idx.cpu().numpy()
+            rec_loss[epoch, ii] = loss_vec.detach().float().cpu().numpy()
+            rec_margin[epoch, ii] = margin.detach().float().cpu().numpy()
+            rec_correct[epoch, ii] = correct.cpu().numpy()
+        lrs[epoch] = lr_sum / steps_per_epoch
+        if epoch in tracin_epochs:
+            prev = tracin[-1][0] if tracin else -1
+            weight = float(lrs[prev + 1:epoch + 1].sum())
+            tracin.append((epoch, weight, {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}))
+        bar.set_postfix(acc=f"{rec_correct[epoch].mean():.3f}", loss=f"{rec_loss[epoch].mean():.3f}")
+        if ckpt is not None:
+            _save_atomic({
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                "loss": torch.from_numpy(rec_loss[:epoch + 1]), "margin": torch.from_numpy(rec_margin[:epoch + 1]),
+                "correct": torch.from_numpy(rec_correct[:epoch + 1]), "lrs": torch.from_numpy(lrs[:epoch + 1]),
+                "tracin_epochs": torch.tensor([t[0] for t in tracin]),
+                "tracin_weights": torch.tensor([t[1] for t in tracin]),
+                "tracin_states": [t[2] for t in tracin],
+            }, ckpt)
+    model.eval()
+    if ckpt is not None and ckpt.exists():
+        ckpt.unlink()
+    return TrainResult(model=model, loss=rec_loss, margin=rec_margin, correct=rec_correct, lrs=lrs,
+                       tracin=tracin, seconds=time.perf_counter() - t0)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def spec_dict(spec: TrainSpec) -> dict:
+    return asdict(spec)

@@ -1,0 +1,21 @@
+"""Shared fixtures: one seeded audit of the bundled digits with 10% injected noise, run once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A complete run directory: digits, natural + PGD, 10% symmetric noise, seed 0."""
+    from audit.config import RunConfig
+    from audit.pipeline import run_audit
+
+    out = tmp_path_factory.mktemp("runs") / "digits-noise10"
+    manifest = run_audit(RunConfig(dataset="digits", models=("natural", "pgd"), noise=0.1, seed=0), out,
+                         progress=False)
+    return out, manifest

@@ -1,0 +1,122 @@
+"""The whole audit on the bundled digits: contract, detection quality, robustness, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+EXAMPLE_COLUMNS = [
+    "example_id", "split", "index", "given_label", "suggested_label", "issue_score", "is_label_issue", "category",
+    "self_influence", "memorization", "label_quality", "clean_label", "is_injected_noise",
+]
+PER_MODEL = ["pred_{}", "correct_{}", "loss_{}", "adv_correct_{}", "aum_{}", "forgetting_{}", "first_learned_{}"]
+
+
+def test_examples_parquet_has_contract_columns(digits_run):
+    out, man = digits_run
+    df = pd.read_parquet(out / "examples.parquet")
+    for c in EXAMPLE_COLUMNS + [p.format(m) for m in ("natural", "pgd") for p in PER_MODEL]:
+        assert c in df.columns, c
+    assert len(df) == 1797 and df["example_id"].is_unique
+    assert set(df["split"]) == {"train", "test"}
+    assert (df["split"] == "test").sum() == man["dataset"]["num_test"] == 450
+    assert set(df["category"]) <= {"mislabelled", "atypical", "ambiguous", "ok"}
+    assert df["issue_score"].between(0, 1).all()
+    # adversarial correctness exists on test rows only
+    assert df.loc[df.split == "test", "adv_correct_pgd"].notna().all()
+    assert df.loc[df.split == "train", "adv_correct_pgd"].isna().all()
+    # injected noise: exactly 10% of the training labels, none on test
+    tr = df[df.split == "train"]
+    assert tr["is_injected_noise"].sum() == round(0.1 * len(tr))
+    assert not df.loc[df.split == "test", "is_injected_noise"].any()
+    # no canary leaks into any output
+    assert df["example_id"].str.startswith("digits-").all()
+    meta = pq.read_schema(out / "examples.parquet").metadata
+    assert b"benign_audit" in meta and b"class_names" in meta[b"benign_audit"]
+
+
+def test_pairs_parquet_contract(digits_run):
+    out, _ = digits_run
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    df = pd.read_parquet(out / "examples.parquet")
+    for c in ("test_id", "train_id", "rank", "similarity", "influence", "reason"):
+        assert c in pairs.columns
+    test = df[df.split == "test"].set_index("example_id")
+    wrong = test.index[~test["correct_natural"] | ~test["correct_pgd"]]
+    assert set(pairs["test_id"]) == set(wrong)
+    assert set(pairs["train_id"]) <= set(df.loc[df.split == "train", "example_id"])
+    assert pairs.groupby("test_id")["rank"].apply(lambda r: sorted(r) == list(range(1, len(r) + 1))).all()
+    assert pairs["similarity"].between(-1.0001, 1.0001).all()
+    # natural errors list the strongest opponents first
+    nat = pairs[pairs.reason == "natural_error"]
+    assert (nat.groupby("test_id")["influence"].apply(lambda s: s.is_monotonic_increasing)).all()
+
+
+def test_injected_noise_is_found(digits_run):
+    out, man = digits_run
+    df = pd.read_parquet(out / "examples.parquet")
+    tr = df[df.split == "train"]
+    auroc = roc_auc_score(tr["is_injected_noise"], tr["issue_score"])
+    assert auroc >= 0.95, auroc
+    assert man["metrics"]["noise_auroc"] == pytest.approx(auroc, abs=1e-9)
+    flagged = tr[tr.is_label_issue]
+    assert flagged["is_injected_noise"].mean() >= 0.6  # precision
+    assert tr.loc[tr.is_injected_noise, "is_label_issue"].mean() >= 0.9  # recall
+    # the suggested label recovers the clean label for most flagged noisy rows
+    noisy = flagged[flagged.is_injected_noise]
+    assert (noisy["suggested_label"] == noisy["clean_label"]).mean() >= 0.9
+
+
+def test_paper_claims_hold_at_small_scale(digits_run):
+    """Natural fits the noise; PGD-AT refuses it and is far more accurate under the PGD attack."""
+    out, man = digits_run
+    m = man["metrics"]
+    assert m["natural_train_accuracy"] >= 0.99
+    assert m["natural_fits_noise"] >= 0.95
+    assert m["pgd_test_adv_accuracy"] >= m["natural_test_adv_accuracy"] + 0.4
+    df = pd.read_parquet(out / "examples.parquet")
+    tr = df[df.split == "train"]
+    missed = tr[~tr.correct_pgd]
+    assert missed["is_injected_noise"].mean() >= 0.8
+
+
+def test_load_model_reproduces_stored_predictions(digits_run):
+    import audit
+    from audit.data import load_dataset
+
+    out, _ = digits_run
+    model = audit.load_model(out, "pgd")
+    ds = load_dataset("digits")
+    df = pd.read_parquet(out / "examples.parquet")
+    x = torch.from_numpy(ds.images[df["index"].to_numpy()]).float() / 255
+    with torch.no_grad():
+        pred = model(x).argmax(1).numpy()
+    assert (pred == df["pred_pgd"].to_numpy()).mean() == 1.0
+
+
+def test_rerun_resumes_without_recomputing(digits_run):
+    from audit.config import RunConfig
+    from audit.pipeline import run_audit
+
+    out, first = digits_run
+    before = (out / "examples.parquet").read_bytes()
+    man = run_audit(RunConfig(dataset="digits", models=("natural", "pgd"), noise=0.1, seed=0), out, progress=False)
+    assert {s: v["status"] for s, v in man["stages"].items() if s != "write"} == {
+        "train_natural": "cached", "train_pgd": "cached", "crossval": "cached", "influence": "cached"}
+    assert man["metrics"]["noise_auroc"] == first["metrics"]["noise_auroc"]
+    after = pd.read_parquet(out / "examples.parquet")
+    assert after.equals(pd.read_parquet(__import__("io").BytesIO(before)))
+
+
+def test_manifest_records_signal_choice(digits_run):
+    _, man = digits_run
+    sel = man["signal_selection"]
+    assert sel["num_canaries"] >= 10
+    assert set(sel["members"]) <= set(sel["canary_scores"])
+    assert sel["chosen"] in sel["candidates"]
+    assert all(st["status"] in ("done", "cached") for st in man["stages"].values())
+    assert man["status"] == "complete" and man["device"] == "cpu"
