@@ -1,0 +1,284 @@
+"""Image files (or encoded bytes) into one uint8 (N, C, H, W) array, by one documented rule.
+
+Normalisation rule (``RULE_VERSION`` 1), the same for ``folder:``, ``csv:`` and ``parquet:`` sources:
+
+* **Channels.** The dataset is grey (C = 1) when every image has a grey Pillow mode (``1``, ``L``, ``LA``,
+  ``I``, ``I;16``, ``F``); otherwise it is RGB (C = 3) and grey images are replicated into three
+  channels. Alpha is dropped and palettes are expanded (Pillow's ``convert``). 16-bit images are scaled to
+  8 bits (value / 257); 32-bit integer and float images are rounded and clipped to 0..255.
+* **Size.** Every image is resized to the most common (width, height) of the dataset (ties go to the
+  larger area, then the larger height) with Pillow's bilinear filter, which antialiases when shrinking.
+  The aspect ratio is not kept. Multi-frame files contribute their first frame; EXIF orientation is not
+  applied (as in torchvision's ``ImageFolder``).
+
+Memory: when the decoded array would exceed the memory budget (``AUDIT_MEMORY_BUDGET_MB``, default
+2048 MiB, or the ``memory_budget_mb`` argument), images are decoded once into a uint8 ``np.memmap`` file
+in the cache directory (``AUDIT_CACHE_DIR``, default ``~/.cache/benign-audit``) and served from disk; the
+file is keyed by every source file's path, size and modification time, so a rerun maps it again without
+decoding, and a changed file makes a new one. A cache file is complete or absent: it is written under a
+temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from audit.data.checks import Problems
+
+RULE_VERSION = 1
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+DEFAULT_MEMORY_BUDGET_MB = 2048.0
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image to decode: a file ``path`` or encoded ``data`` bytes; ``name`` is how messages call it
+    (a path relative to the dataset root, or ``row 12``)."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def open(self):
+        from PIL import Image
+
+        return Image.open(self.path if self.path is not None else io.BytesIO(self.data))
+
+
+def readable_extensions() -> frozenset[str]:
+    """Lower-case file suffixes (``.png``) of every format this Pillow can open."""
+    from PIL import Image
+
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def memory_budget_bytes(memory_budget_mb: float | None = None) -> int:
+    """The in-RAM limit for decoded images, in bytes: the argument, else ``AUDIT_MEMORY_BUDGET_MB``, else 2048 MiB."""
+    from audit.errors import AuditInputError
+
+    if memory_budget_mb is None:
+        env = os.environ.get("AUDIT_MEMORY_BUDGET_MB")
+        try:
+            memory_budget_mb = float(env) if env else DEFAULT_MEMORY_BUDGET_MB
+        except ValueError:
+            raise AuditInputError(f"AUDIT_MEMORY_BUDGET_MB={env!r}: must be a number of MiB") from None
+    if memory_budget_mb < 0:
+        raise AuditInputError(f"memory budget {memory_budget_mb} MiB: must be ≥ 0")
+    return int(memory_budget_mb * 2**20)
+
+
+def cache_directory(cache_dir: str | Path | None = None) -> Path:
+    """Where decoded-image caches go: the argument, else ``AUDIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/benign-audit``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("AUDIT_CACHE_DIR"):
+        return Path(os.environ["AUDIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "benign-audit"
+
+
+def _describe(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _mode_array(img) -> np.ndarray:
+    """Decode ``img`` into (H, W) uint8 when its mode is grey, else (H, W, 3) uint8."""
+    mode = img.mode
+    if mode.startswith("I;16"):
+        a = np.asarray(img).astype(np.uint32)
+        return ((a + 128) // 257).astype(np.uint8)
+    if mode in ("I", "F"):
+        return np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+    if mode in GREY_MODES:
+        return np.asarray(img.convert("L"))
+    return np.asarray(img.convert("RGB"))
+
+
+def _fit(arr: np.ndarray, c: int, h: int, w: int) -> tuple[np.ndarray, bool]:
+    """(H', W'[, 3]) uint8 -> (c, h, w) view or copy, resizing bilinearly when the size differs."""
+    resized = arr.shape[:2] != (h, w)
+    if resized:
+        from PIL import Image
+
+        arr = np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR))
+    if arr.ndim == 2:
+        return arr[None], resized  # broadcasts to 3 channels on assignment when c == 3
+    return arr.transpose(2, 0, 1), resized
+
+
+def _target_size(sizes: np.ndarray) -> tuple[int, int]:
+    """Most common (width, height); ties go to the larger area, then the larger height."""
+    counts = Counter(map(tuple, sizes.tolist()))
+    w, h = max(counts, key=lambda s: (counts[s], s[0] * s[1], s[1], s[0]))
+    return int(w), int(h)
+
+
+class _DecodeCache:
+    """A uint8 memmap file of decoded images plus a JSON file written last (its presence = complete)."""
+
+    def __init__(self, root: Path, slug: str, key: str):
+        self.data = root / f"{slug}-{key}.u8"
+        self.meta = root / f"{slug}-{key}.json"
+        self.tmp = root / f"{slug}-{key}.u8.tmp{os.getpid()}"
+
+    def load(self) -> tuple[np.ndarray, dict] | None:
+        try:
+            meta = json.loads(self.meta.read_text())
+            shape = tuple(int(s) for s in meta["shape"])
+            if self.data.stat().st_size != int(np.prod(shape)):
+                return None
+            return np.memmap(self.data, dtype=np.uint8, mode="r", shape=shape), meta["info"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def create(self, shape: tuple[int, ...]) -> np.memmap:
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        return np.memmap(self.tmp, dtype=np.uint8, mode="w+", shape=shape)
+
+    def commit(self, arr: np.memmap, info: dict) -> tuple[np.ndarray, dict]:
+        arr.flush()
+        shape = arr.shape
+        del arr
+        self.tmp.replace(self.data)
+        tmp_meta = self.meta.with_name(self.meta.name + f".tmp{os.getpid()}")
+        tmp_meta.write_text(json.dumps({"shape": list(shape), "rule": RULE_VERSION, "info": info}))
+        tmp_meta.replace(self.meta)
+        loaded = self.load()
+        assert loaded is not None
+        return loaded
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
+                  memory_budget_mb: float | None = None, cache_dir: str | Path | None = None
+                  ) -> tuple[np.ndarray | None, dict]:
+    """Decode ``refs`` into one (N, C, H, W) uint8 array by the module's normalisation rule.
+
+    Every unreadable file (missing, not an image, corrupt or truncated) is recorded in ``problems``
+    under its ``name``, and decoding goes on so all of them are found; the array is then ``None``.
+    Returns the array (an ``np.ndarray``, or a read-only ``np.memmap`` over the budget) and an info
+    dict: ``image_size`` [H, W], ``channels``, ``resized`` and ``converted`` counts, ``source_modes``,
+    ``source_sizes`` (the five most common "WxH"), ``streamed`` and ``cache_file``.
+    ``slug`` names the cache file (e.g. the dataset's folder name).
+    """
+    budget = memory_budget_bytes(memory_budget_mb)
+    n = len(refs)
+    ok = np.ones(n, bool)
+    key = hashlib.sha256(f"rule{RULE_VERSION}".encode())
+    for i, r in enumerate(refs):
+        if r.path is None:
+            key.update(b"%d:" % len(r.data) + hashlib.blake2b(r.data, digest_size=16).digest())
+            continue
+        try:
+            st = os.stat(r.path)
+        except FileNotFoundError:
+            problems.add(f"{r.name}: no such file ({r.path})")
+            ok[i] = False
+            continue
+        except OSError as e:
+            problems.add(f"{r.name}: cannot read ({_describe(e)})")
+            ok[i] = False
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.add(f"{r.name}: not a file ({r.path})")
+            ok[i] = False
+            continue
+        key.update(f"{os.path.abspath(r.path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    safe_slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slug)[:60] or "images"
+    cache = _DecodeCache(cache_directory(cache_dir), safe_slug, key.hexdigest()[:20])
+    if ok.all() and n:
+        hit = cache.load()
+        if hit is not None:
+            arr, info = hit
+            return arr, dict(info, streamed=True, cache_file=str(cache.data))
+
+    # Pass 1: header of every file; full decode too while the decoded images fit the budget.
+    sizes = np.zeros((n, 2), np.int64)
+    modes: list[str] = [""] * n
+    kept: list[np.ndarray | None] = [None] * n
+    verified = np.zeros(n, bool)
+    kept_bytes, keep = 0, True
+    for i, r in enumerate(refs):
+        if not ok[i]:
+            continue
+        try:
+            with r.open() as img:
+                sizes[i] = img.size
+                modes[i] = img.mode
+                if keep:
+                    arr = _mode_array(img)
+                    verified[i] = True
+                    kept[i] = arr
+                    kept_bytes += arr.nbytes
+                    if kept_bytes > budget:
+                        keep, kept = False, [None] * n
+        except Exception as e:  # Pillow raises many types for bad files: OSError, SyntaxError, ValueError, ...
+            ok[i] = False
+            problems.add(f"{r.name}: cannot read as an image ({_describe(e)})")
+    good = np.flatnonzero(ok)
+    info: dict = {"source_modes": dict(Counter(modes[i] for i in good).most_common()),
+                  "source_sizes": {f"{w}x{h}": c for (w, h), c in Counter(map(tuple, sizes[good].tolist())).most_common(5)},
+                  "streamed": False, "cache_file": None}
+    if len(good) == 0:
+        return None, info
+    c = 1 if all(modes[i] in GREY_MODES for i in good) else 3
+    w, h = _target_size(sizes[good])
+    target_mode = "L" if c == 1 else "RGB"
+    info.update(image_size=[h, w], channels=c, mode=target_mode,
+                converted=int(sum(modes[i] != target_mode for i in good)))
+
+    if problems:  # refuse, but first decode what pass 1 only opened, to report every bad file at once
+        for i in good[~verified[good]]:
+            try:
+                with refs[i].open() as img:
+                    _mode_array(img)
+            except Exception as e:
+                problems.add(f"{refs[i].name}: cannot read as an image ({_describe(e)})")
+        return None, info
+
+    # Pass 2: fit every image into the output, in RAM or in a memmap file over the budget.
+    streamed = n * c * h * w > budget
+    out = cache.create((n, c, h, w)) if streamed else np.empty((n, c, h, w), np.uint8)
+    resized = 0
+    try:
+        for i, r in enumerate(refs):
+            arr = kept[i]
+            kept[i] = None  # free as we go: peak memory stays near one copy
+            if arr is None:
+                try:
+                    with r.open() as img:
+                        arr = _mode_array(img)
+                except Exception as e:
+                    problems.add(f"{r.name}: cannot read as an image ({_describe(e)})")
+                    continue
+            out[i], was_resized = _fit(arr, c, h, w)
+            resized += was_resized
+    except BaseException:
+        if streamed:
+            del out
+            cache.discard()
+        raise
+    info["resized"] = resized
+    if problems:
+        if streamed:
+            del out
+            cache.discard()
+        return None, info
+    if streamed:
+        out, info = cache.commit(out, info)
+        info = dict(info, streamed=True, cache_file=str(cache.data))
+    return out, info

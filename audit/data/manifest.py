@@ -1,0 +1,224 @@
+"""``csv:PATH`` and ``parquet:PATH``: a manifest table with columns ``path,label[,split]``.
+
+* ``path``: an image file relative to the manifest's folder. Paths that leave that folder (``../x.png``,
+  or an absolute path elsewhere) are refused; the check is on the normalised path, so symlinks inside
+  the folder are followed. A file listed twice is refused (one label per example).
+* ``label``: integers (``0..K-1``) or class names. Without a class list, integer labels give classes
+  ``"0".."K-1"`` with K = largest label + 1, and names give the sorted distinct names; a column mixing
+  the two is refused on the rows of the minority kind. A class list pins names and order: a
+  ``classes.txt`` beside the manifest (one name per line), or for Parquet the schema metadata key
+  ``class_names`` (a JSON list) or Hugging Face's ``ClassLabel`` names of the label column. With one,
+  a label is a listed name or an integer in ``[0, K)``, and listed classes without examples are refused.
+* ``split``: optional, ``train`` or ``test`` per row; without it a deterministic stratified split.
+
+Parquet files written by Hugging Face ``datasets`` (an ``image`` column of ``{bytes, path}`` structs and an
+integer ``label`` column) also load: images decode from the bytes. ``index`` is the manifest row,
+``example_ids`` the normalised relative paths (``row-000012``-style for embedded images), ``paths`` the
+absolute file paths. Images are normalised by the rule in :mod:`audit.data.images`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from audit.data.base import AuditDataset, stratified_split
+from audit.data.checks import Problems, check_classes, check_split_values
+from audit.data.images import ImageRef, decode_images
+from audit.data.sources import LoadOptions, register
+from audit.errors import AuditInputError
+
+_INT = re.compile(r"[+-]?\d+")
+CLASSES_FILE = "classes.txt"
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise AuditInputError(f"{path}: empty file (expected a header line path,label[,split])") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        raise AuditInputError(f"{path}: cannot read as CSV ({str(e).strip().splitlines()[0]})") from None
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet or truncated files
+        raise AuditInputError(f"{path}: cannot read as Parquet ({type(e).__name__}: {e})") from None
+    return table.to_pandas(), dict(table.schema.metadata or {})
+
+
+def _pinned_classes(path: Path, meta: dict[bytes, bytes], label_col: str, problems: Problems) -> list[str] | None:
+    """The class list that pins names and order, if the manifest comes with one."""
+    names = None
+    sidecar = path.parent / CLASSES_FILE
+    if sidecar.is_file():
+        names = [ln.strip() for ln in sidecar.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        where = str(sidecar)
+    elif b"class_names" in meta:
+        names, where = [str(s) for s in json.loads(meta[b"class_names"])], f"{path} metadata 'class_names'"
+    elif b"huggingface" in meta:
+        feats = json.loads(meta[b"huggingface"]).get("info", {}).get("features", {})
+        if isinstance(feats.get(label_col), dict) and "names" in feats[label_col]:
+            names, where = [str(s) for s in feats[label_col]["names"]], f"{path} Hugging Face ClassLabel"
+    if names is not None:
+        seen: dict[str, int] = {}
+        for i, nm in enumerate(names):
+            if nm in seen:
+                problems.add(f"{where}: class {nm!r} listed twice (entries {seen[nm]} and {i})")
+            seen.setdefault(nm, i)
+    return names
+
+
+def _labels(values: pd.Series, pinned: list[str] | None, problems: Problems, row) -> tuple[np.ndarray, list[str]]:
+    """Labels (N,) int64 (-1 where bad, recorded in ``problems``) and the class names."""
+    n = len(values)
+    out = np.full(n, -1, np.int64)
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        num = values.to_numpy(dtype=float, na_value=np.nan)
+        text = [str(int(v)) if np.isfinite(v) and v == int(v) else ("" if np.isnan(v) else repr(v)) for v in num]
+    else:
+        text = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip() for v in values]
+    is_int = np.array([bool(_INT.fullmatch(t)) for t in text], bool)
+    empty = np.array([t == "" for t in text], bool)
+    for i in np.flatnonzero(empty):
+        problems.add(f"{row(i)}: empty label")
+    if pinned is not None:
+        index = {nm: k for k, nm in enumerate(pinned)}
+        for i, t in enumerate(text):
+            if empty[i]:
+                continue
+            if t in index:
+                out[i] = index[t]
+            elif is_int[i] and 0 <= int(t) < len(pinned):
+                out[i] = int(t)
+            elif is_int[i]:
+                problems.add(f"{row(i)}: label {t} out of range [0, {len(pinned)})")
+            else:
+                known = ", ".join(pinned[:10]) + (", ..." if len(pinned) > 10 else "")
+                problems.add(f"{row(i)}: unknown class name {t!r} (known: {known})")
+        return out, list(pinned)
+    n_int, n_name = int((is_int & ~empty).sum()), int((~is_int & ~empty).sum())
+    if n_int >= n_name:  # integer labels; rows holding names are the odd ones out
+        for i in np.flatnonzero(~is_int & ~empty):
+            problems.add(f"{row(i)}: label {text[i]!r} is not an integer (the other labels are; "
+                         f"give {CLASSES_FILE} to use class names)")
+        ints = np.array([int(t) if ok else -1 for t, ok in zip(text, is_int)], np.int64)
+        for i in np.flatnonzero(is_int & (ints < 0)):
+            problems.add(f"{row(i)}: label {text[i]} is negative")
+        valid = is_int & (ints >= 0)
+        out[valid] = ints[valid]
+        k = int(ints[valid].max()) + 1 if valid.any() else 0
+        return out, [str(c) for c in range(k)]
+    for i in np.flatnonzero(is_int & ~empty):
+        problems.add(f"{row(i)}: label {text[i]!r} is an integer but the other labels are class names "
+                     f"(list the classes in {CLASSES_FILE} to mix the two)")
+    names = sorted({t for t, ok, e in zip(text, is_int, empty) if not ok and not e})
+    index = {nm: k for k, nm in enumerate(names)}
+    for i, t in enumerate(text):
+        if not is_int[i] and not empty[i]:
+            out[i] = index[t]
+    return out, names
+
+
+def _image_refs(df: pd.DataFrame, path: Path, problems: Problems, row) -> tuple[list[ImageRef], list[str], list[int], bool]:
+    """One :class:`ImageRef` per valid row, its id, and the rows they belong to; ``embedded`` for HF bytes."""
+    base = os.path.abspath(path.parent)
+    refs, ids, rows = [], [], []
+    if "path" not in df.columns:  # Hugging Face: image = {bytes, path}
+        for i, cell in enumerate(df["image"].tolist()):
+            data = cell.get("bytes") if isinstance(cell, dict) else None
+            if not data:
+                problems.add(f"{row(i)}: image cell has no bytes")
+                continue
+            refs.append(ImageRef(name=row(i), data=bytes(data)))
+            ids.append(f"{path.stem}-{i:06d}")
+            rows.append(i)
+        return refs, ids, rows, True
+    first_row: dict[str, int] = {}
+    for i, raw in enumerate(df["path"].tolist()):
+        p = "" if raw is None or (isinstance(raw, float) and np.isnan(raw)) else str(raw).strip()
+        if not p:
+            problems.add(f"{row(i)}: empty path")
+            continue
+        full = os.path.normpath(os.path.join(base, p))
+        if not full.startswith(base + os.sep):
+            problems.add(f"{row(i)}: path {p!r} escapes the manifest's folder {base}")
+            continue
+        rel = Path(os.path.relpath(full, base)).as_posix()
+        if rel in first_row:
+            problems.add(f"{row(i)}: path {p!r} repeats row {first_row[rel]}")
+            continue
+        first_row[rel] = i
+        refs.append(ImageRef(name=f"{row(i)} ({p})", path=Path(full)))
+        ids.append(rel)
+        rows.append(i)
+    return refs, ids, rows, False
+
+
+def _load_manifest(arg: str, spec: str, opts: LoadOptions, kind: str) -> AuditDataset:
+    path = Path(arg)
+    if not path.is_file():
+        raise AuditInputError(f"{spec}: no such file {path}")
+    if kind == "csv":
+        df, meta = _read_csv(path), {}
+    else:
+        df, meta = _read_parquet(path)
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    have_images = "path" in df.columns or ("image" in df.columns and kind == "parquet")
+    missing = [c for c, ok in (("path", have_images), ("label", "label" in df.columns)) if not ok]
+    if missing:
+        raise AuditInputError(f"{path}: missing column(s) {', '.join(missing)} "
+                              f"(expected path,label[,split]; found {', '.join(df.columns) or 'none'})")
+    if len(df) == 0:
+        raise AuditInputError(f"{path}: no rows")
+    row = (lambda i: f"row {i} (line {i + 2})") if kind == "csv" else (lambda i: f"row {i}")
+    problems = Problems(spec)
+    pinned = _pinned_classes(path, meta, "label", problems)
+    labels, class_names = _labels(df["label"], pinned, problems, row)
+    split = None
+    if "split" in df.columns:
+        raw = df["split"].astype(object).where(df["split"].notna(), "").astype(str).to_numpy()
+        split = check_split_values(raw, problems, row_name=row)
+    refs, ids, rows, embedded = _image_refs(df, path, problems, row)
+    images, info = decode_images(refs, problems, slug=f"{kind}-{path.stem}",
+                                 memory_budget_mb=opts.memory_budget_mb, cache_dir=opts.cache_dir)
+    if not problems:
+        check_classes(labels, class_names, problems, where="")
+    problems.raise_if_any()
+    assert images is not None and len(rows) == len(df)
+    if split is None:
+        split = stratified_split(labels)
+    base = os.path.abspath(path.parent)
+    return AuditDataset(
+        images=images,
+        labels=labels,
+        split=np.asarray(split).astype(str),
+        example_ids=np.array(ids).astype(str),
+        index=np.arange(len(df), dtype=np.int64),
+        class_names=tuple(class_names),
+        name=path.stem,
+        spec=spec,
+        paths=None if embedded else np.array([os.path.join(base, i) for i in ids]).astype(str),
+        extra=info,
+    )
+
+
+@register("csv")
+def load_csv(arg: str, *, spec: str, opts: LoadOptions) -> AuditDataset:
+    """A CSV manifest ``path,label[,split]`` (see the module docstring)."""
+    return _load_manifest(arg, spec, opts, "csv")
+
+
+@register("parquet")
+def load_parquet(arg: str, *, spec: str, opts: LoadOptions) -> AuditDataset:
+    """A Parquet manifest ``path,label[,split]``, or a Hugging Face image dataset in Parquet."""
+    return _load_manifest(arg, spec, opts, "parquet")
