@@ -74,7 +74,7 @@ def check_split_values(split: np.ndarray, problems: Problems, *, row_name=lambda
     norm = np.char.lower(np.char.strip(np.asarray(split).astype(str)))
     bad = np.flatnonzero(~np.isin(norm, [TRAIN, TEST]))
     for i in bad[:limit]:
-        problems.add(f"{row_name(i)}: split {split[i]!r} is not 'train' or 'test'")
+        problems.add(f"{row_name(i)}: split {str(split[i])!r} is not 'train' or 'test'")
     if len(bad) > limit:
         problems.add(f"... {len(bad) - limit} more rows with a split other than 'train' or 'test'")
     return norm

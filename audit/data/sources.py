@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from audit.data.base import TEST, TRAIN, AuditDataset, stratified_split, to_nchw_uint8
+from audit.data.base import AuditDataset, stratified_split, to_nchw_uint8
 from audit.data.checks import Problems, check_classes, check_split_values
 from audit.errors import AuditInputError
 
