@@ -1,21 +1,32 @@
 """Review decisions: an append-only SQLite log (WAL mode) inside the run directory.
 
 Each row is one decision by one reviewer at one time; the newest row per example wins. Rows are
-written when the person decides, never held only in a browser session.
+written when the person decides, never held only in a browser session, and never updated or deleted:
+an ``undo`` is itself a row that reverts the example to the decision before it.
+
+Decisions:
+
+``keep``     the given label is right (the example stays, label unchanged)
+``relabel``  the right label is ``new_label`` (a class index)
+``remove``   the example should leave the training set (unrecognisable, out of distribution, duplicate)
+``skip``     looked at, not decided; recorded for the audit trail, ignored by :meth:`DecisionStore.latest`
+``undo``     revert this example's newest effective decision
 """
 
 from __future__ import annotations
 
 import sqlite3
-
+from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
 from audit.errors import AuditInputError
 
 DECISIONS = ("keep", "relabel", "remove", "skip", "undo")
+EFFECTIVE = ("keep", "relabel", "remove")
 DB_NAME = "decisions.sqlite"
 
 _SCHEMA = """
@@ -30,74 +41,120 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_example ON decisions (example_id, seq);
 """
+_LOG_COLUMNS = ["seq", "example_id", "decision", "new_label", "reviewer", "decided_at", "based_on"]
+LATEST_COLUMNS = ["example_id", "decision", "new_label", "reviewer", "decided_at", "seq"]
 
 
 class DecisionStore:
-    """The decision log of one run directory."""
+    """The decision log of one run directory (``RUN/decisions.sqlite``).
+
+    Safe to use from several threads and processes at once: every call opens its own connection,
+    writes take SQLite's write lock (``BEGIN IMMEDIATE``), and readers never block writers (WAL).
+    """
 
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / DB_NAME
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise AuditInputError(f"{run_dir}: no such run directory")
+        self.path = run_dir / DB_NAME
         with self._connect() as con:
             con.executescript(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        con.execute("PRAGMA journal_mode=WAL")
-        con.execute("PRAGMA synchronous=NORMAL")
-        return con
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            yield con
 
     def record(self, example_id: str, decision: str, *, reviewer: str = "anonymous", new_label: int | None = None,
                based_on: int | None = None) -> dict:
-        """Append a decision. ``based_on`` is the ``seq`` of the latest decision the reviewer saw for
-        this example (None if none); when someone else decided since, the new row is still written
-        (nothing is lost) and the returned dict has ``conflict`` with the other decision."""
+        """Append a decision and return it as a dict (``seq``, ``decided_at``, ..., ``conflict``).
+
+        ``based_on`` is the ``seq`` of the newest non-skip row the reviewer saw for this example
+        (:meth:`last_seq` when the example was shown; None if it had none). When someone else wrote a
+        non-skip row since, the new row is still written (nothing is lost) and ``conflict`` holds that
+        other row (``seq``, ``decision``, ``new_label``, ``reviewer``, ``decided_at``) with ``agrees``:
+        whether it made the same decision. A ``skip`` never conflicts and is never conflicted with.
+        """
         if decision not in DECISIONS:
             raise AuditInputError(f"decision {decision!r}: must be one of {', '.join(DECISIONS)}")
-        if decision == "relabel" and new_label is None:
-            raise AuditInputError("decision 'relabel' needs new_label")
+        if not example_id:
+            raise AuditInputError("decision without an example_id")
+        if decision == "relabel":
+            if new_label is None:
+                raise AuditInputError("decision 'relabel' needs new_label")
+            new_label = int(new_label)
+        else:
+            new_label = None
+        reviewer = (reviewer or "").strip() or "anonymous"
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
-            prev = con.execute(
-                "SELECT seq, decision, new_label, reviewer, decided_at FROM decisions WHERE example_id=? "
-                "ORDER BY seq DESC LIMIT 1", (example_id,)).fetchone()
-            cur = con.execute(
-                "INSERT INTO decisions (example_id, decision, new_label, reviewer, decided_at, based_on) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (example_id, decision, new_label, reviewer, now, based_on))
-            con.execute("COMMIT")
+            try:
+                prev = con.execute(
+                    "SELECT seq, decision, new_label, reviewer, decided_at FROM decisions "
+                    "WHERE example_id=? AND decision != 'skip' ORDER BY seq DESC LIMIT 1", (example_id,)).fetchone()
+                cur = con.execute(
+                    "INSERT INTO decisions (example_id, decision, new_label, reviewer, decided_at, based_on) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", (example_id, decision, new_label, reviewer, now, based_on))
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
         out = {"seq": cur.lastrowid, "example_id": example_id, "decision": decision, "new_label": new_label,
-               "reviewer": reviewer, "decided_at": now, "conflict": None}
-        if prev is not None and prev[0] != based_on:
-            out["conflict"] = dict(zip(("seq", "decision", "new_label", "reviewer", "decided_at"), prev))
+               "reviewer": reviewer, "decided_at": now, "based_on": based_on, "conflict": None}
+        if decision != "skip" and prev is not None and prev[0] != based_on:
+            other = dict(zip(("seq", "decision", "new_label", "reviewer", "decided_at"), prev))
+            other["agrees"] = other["decision"] == decision and other["new_label"] == new_label
+            out["conflict"] = other
         return out
 
-    def log(self) -> pd.DataFrame:
-        """Every row, oldest first."""
+    def log(self, example_id: str | None = None) -> pd.DataFrame:
+        """Every row (or every row of one example), oldest first; columns ``seq, example_id, decision,
+        new_label`` (nullable Int64), ``reviewer, decided_at`` (ISO 8601 UTC), ``based_on``."""
+        where, params = ("WHERE example_id=?", (example_id,)) if example_id is not None else ("", ())
         with self._connect() as con:
-            return pd.read_sql_query("SELECT * FROM decisions ORDER BY seq", con)
+            rows = con.execute(f"SELECT {', '.join(_LOG_COLUMNS)} FROM decisions {where} ORDER BY seq", params).fetchall()
+        df = pd.DataFrame(rows, columns=_LOG_COLUMNS)
+        for c in ("new_label", "based_on"):
+            df[c] = df[c].astype("Int64")
+        return df
 
     def latest(self) -> pd.DataFrame:
-        """The newest effective decision per example (an ``undo`` reverts to the one before it;
-        ``skip`` is not a decision about the label and is left out)."""
-        log = self.log()
-        cols = ["example_id", "decision", "new_label", "reviewer", "decided_at", "seq"]
-        rows = []
-        for ex, g in log.groupby("example_id", sort=False):
-            stack = []
-            for r in g.itertuples(index=False):
-                if r.decision == "undo":
-                    if stack:
-                        stack.pop()
-                elif r.decision != "skip":
-                    stack.append(r)
+        """The effective decision per example, one row each (columns :data:`LATEST_COLUMNS`, oldest
+        decision first). An ``undo`` reverts to the decision before it; ``skip`` is not a decision
+        about the label and is left out; an example whose decisions were all undone has no row."""
+        effective: dict[str, list] = {}
+        stacks: dict[str, list] = {}
+        with self._connect() as con:
+            rows = con.execute("SELECT example_id, decision, new_label, reviewer, decided_at, seq FROM decisions "
+                               "WHERE decision != 'skip' ORDER BY seq").fetchall()
+        for r in rows:
+            stack = stacks.setdefault(r[0], [])
+            if r[1] == "undo":
+                if stack:
+                    stack.pop()
+            else:
+                stack.append(r)
+        for ex, stack in stacks.items():
             if stack:
-                r = stack[-1]
-                rows.append([r.example_id, r.decision, r.new_label, r.reviewer, r.decided_at, r.seq])
-        return pd.DataFrame(rows, columns=cols)
+                effective[ex] = stack[-1]
+        out = pd.DataFrame(sorted(effective.values(), key=lambda r: r[5]), columns=LATEST_COLUMNS)
+        out["new_label"] = out["new_label"].astype("Int64")
+        out["seq"] = out["seq"].astype("int64")
+        return out
 
     def last_seq(self, example_id: str) -> int | None:
+        """``seq`` of the newest non-skip row of ``example_id`` (what :meth:`record`'s ``based_on`` wants)."""
         with self._connect() as con:
-            row = con.execute("SELECT MAX(seq) FROM decisions WHERE example_id=?", (example_id,)).fetchone()
+            row = con.execute("SELECT MAX(seq) FROM decisions WHERE example_id=? AND decision != 'skip'",
+                              (example_id,)).fetchone()
         return row[0]
 
-
+    def version(self) -> int:
+        """The newest ``seq`` (0 when empty): changes whenever anyone writes, so callers can cache
+        :meth:`latest` by it."""
+        with self._connect() as con:
+            row = con.execute("SELECT MAX(seq) FROM decisions").fetchone()
+        return int(row[0] or 0)

@@ -1,7 +1,10 @@
-"""``audit app RUN [--port P]``: the Streamlit review app, bound to 127.0.0.1 by default."""
+"""``audit app RUN [--port P] [--host H] [--reviewer NAME]``: the Streamlit review app, bound to
+127.0.0.1 by default (this machine only)."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,19 +19,58 @@ def app_path() -> Path:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("app", help="review a run in the browser (Streamlit)")
+    p = sub.add_parser("app", help="review a run in the browser (Streamlit)",
+                       description="Keep, relabel or remove flagged examples; decisions go to RUN/decisions.sqlite.")
     p.add_argument("run", help="run directory")
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; anyone who can reach another "
+                        "address can read the run and write decisions)")
+    p.add_argument("--reviewer", default=None, help="default reviewer name (else $AUDIT_REVIEWER or the login name)")
     p.set_defaults(func=main)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def streamlit_command(run: Path, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", str(app_path()),
+            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--server.runOnSave", "false", "--server.enableXsrfProtection", "true",
+            "--client.toolbarMode", "viewer", "--global.developmentMode", "false",
+            "--", str(run)]
 
 
 def main(args) -> int:
     run = Path(args.run)
-    if not (run / "examples.parquet").exists():
+    if not (run / "examples.parquet").is_file():
         raise AuditInputError(f"{run}: no examples.parquet (run `audit run --out {run}` first)")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app_path()), "--server.address", args.host,
-           "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--", str(run.resolve())]
-    print(f"review app on http://{args.host}:{args.port}  (Ctrl-C to stop)")
-    return subprocess.call(cmd)
+    if not (run / "manifest.json").is_file():
+        raise AuditInputError(f"{run}: no manifest.json (an unfinished run? rerun `audit run --out {run}`)")
+    if not 0 < args.port < 65536:
+        raise AuditInputError(f"--port {args.port}: must be 1-65535")
+    if not os.access(run, os.W_OK):
+        raise AuditInputError(f"{run}: not writable; the app stores decisions in {run / 'decisions.sqlite'}")
+    run = run.resolve()
+    env = dict(os.environ, AUDIT_RUN_DIR=str(run))
+    if args.reviewer:
+        env["AUDIT_REVIEWER"] = args.reviewer
+    if not _is_loopback(args.host):
+        print(f"audit: warning: --host {args.host} lets anyone who can reach it read this run and write decisions",
+              file=sys.stderr)
+    print(f"review app on http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    cmd = streamlit_command(run, args.host, args.port)
+    if os.name == "posix":  # become the server: a signal to this process reaches it, no orphan is left
+        sys.stdout.flush()
+        os.execve(cmd[0], cmd, env)
+    try:  # pragma: no cover - Windows
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:  # pragma: no cover
+        return 0

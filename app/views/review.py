@@ -1,0 +1,427 @@
+"""Review queue: flagged examples most suspicious first, one page of thumbnails, the open example
+zoomed with its evidence, and one-click / one-key decisions that are written to the run's decision
+log inside the click's callback (nothing lives only in the browser).
+
+Keys: K keep · A accept the suggested label · 0–9 relabel to that class · X remove · S skip ·
+U undo · ←/→ previous/next without deciding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import data, ui
+from app.queue import CATEGORIES, SORTS, STATUSES, Filters, next_after, page_of, previous_before, review_queue, signal_names
+from audit.decisions import DecisionStore
+
+PAGE_SIZES = (12, 24, 48)
+NEIGHBOURS = 10
+
+
+# -- state -----------------------------------------------------------------------------------------
+def _set_current(example_id: str | None) -> None:
+    st.session_state["current"] = example_id
+    st.session_state["_qp_example"] = example_id
+    if example_id is None:
+        st.query_params.pop("example", None)
+    else:
+        st.query_params["example"] = example_id
+
+
+def _adopt_deep_link() -> None:
+    """``?example=ID`` in the URL (a reload, a shared link, the Pairs page) opens that example."""
+    qp = st.query_params.get("example")
+    if qp and qp != st.session_state.get("_qp_example"):
+        st.session_state["current"] = qp
+        st.session_state["_qp_example"] = qp
+
+
+# -- callbacks: run before the rerun, so the write happens inside the click ------------------------
+def decide(run_dir: str, example_id: str, decision: str, new_label, based_on, next_id, reviewer: str) -> None:
+    """Write one decision and move on. ``based_on``: the newest decision this session saw for the
+    example when it was shown; a different one in the log now means someone else decided meanwhile."""
+    res = DecisionStore(run_dir).record(example_id, decision, reviewer=reviewer, new_label=new_label,
+                                        based_on=based_on)
+    st.session_state["flash"] = res
+    st.session_state["conflict"] = res if res["conflict"] else None
+    if decision != "skip":
+        st.session_state["undo_stack"] = [*st.session_state.get("undo_stack", []), res][-50:]
+    _set_current(next_id)
+
+
+def undo_last(run_dir: str, reviewer: str) -> None:
+    """Undo this session's newest decision and reopen its example."""
+    stack = list(st.session_state.get("undo_stack", []))
+    if not stack:
+        st.session_state["flash"] = {"decision": "nothing", "example_id": None}
+        return
+    last = stack.pop()
+    st.session_state["undo_stack"] = stack
+    store = DecisionStore(run_dir)
+    res = store.record(last["example_id"], "undo", reviewer=reviewer, based_on=last["seq"])
+    st.session_state["flash"] = res
+    st.session_state["conflict"] = res if res["conflict"] else None
+    _set_current(last["example_id"])
+
+
+def undo_example(run_dir: str, example_id: str, based_on, reviewer: str) -> None:
+    res = DecisionStore(run_dir).record(example_id, "undo", reviewer=reviewer, based_on=based_on)
+    st.session_state["flash"] = res
+    st.session_state["conflict"] = res if res["conflict"] else None
+
+
+def go_page(key: str, queue_ids: np.ndarray, page_size: int) -> None:
+    p = int(st.session_state.get(key) or 1) - 1
+    if len(queue_ids):
+        _set_current(str(queue_ids[min(p * page_size, len(queue_ids) - 1)]))
+
+
+# -- sidebar filters (outside the fragment: changing one reruns the page) ---------------------------
+def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
+    with st.sidebar:
+        st.subheader("Queue", anchor=False)
+        split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split",
+                                     persist_state="session")
+        flagged_only = st.toggle("Flagged only", value=True, key="f_flagged", persist_state="session")
+        status = st.segmented_control("Status", list(STATUSES), default="to review", required=True, key="f_status",
+                                      persist_state="session")
+        cats = st.pills("Category", list(CATEGORIES), selection_mode="multi", key="f_categories",
+                        persist_state="session", help="none selected: every category")
+        classes = st.multiselect("Given label", list(range(len(run.class_names))), format_func=run.name,
+                                 key="f_classes", placeholder="every class", persist_state="session")
+        sigs = signal_names(df)
+        signals = st.multiselect("Signal fired", sigs, key="f_signals", placeholder="any signal",
+                                 persist_state="session", help="examples flagged by at least one of these")
+        lo, hi = float(df["issue_score"].min()), float(df["issue_score"].max())
+        if hi <= lo:
+            hi = lo + 1e-6
+        score = st.slider("issue_score", lo, hi, (lo, hi), key="f_score", persist_state="session")
+        c1, c2 = st.columns(2)
+        sort = c1.selectbox("Sort by", list(SORTS), key="f_sort", persist_state="session")
+        page_size = c2.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
+        st.caption("Keys: **K** keep · **A** accept suggestion · **0–9** relabel · **X** remove · **S** skip · "
+                   "**U** undo · **←/→** browse")
+    f = Filters(split=split or "train", flagged_only=flagged_only, categories=tuple(cats or ()),
+                classes=tuple(classes or ()), signals=tuple(signals or ()), score=tuple(score),
+                status=status or "to review", sort=sort)
+    return f, int(page_size)
+
+
+# -- the open example ---------------------------------------------------------------------------------
+def notices_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index) -> None:
+    conflict = st.session_state.get("conflict")
+    if conflict:
+        other = conflict["conflict"]
+        ex = conflict["example_id"]
+        given = df.at[rows.get_loc(ex), "given_label"] if ex in rows else None
+        theirs = ui.decision_text(run, other["decision"], other["new_label"], given)
+        mine = ui.decision_text(run, conflict["decision"], conflict["new_label"], given)
+        msg = (f"**Conflict on `{ex}`**: {other['reviewer']} {theirs} ({ui.ago(other['decided_at'])}) while you "
+               f"were looking. Both decisions are in the log; yours ({mine}) is now the effective one.")
+        if other.get("agrees"):
+            st.info(msg.replace("**Conflict", "**Also decided") + " You agree.", icon=":material/group:")
+        else:
+            st.warning(msg + " Undo yours (U) to restore theirs.", icon=":material/warning:")
+    flash = st.session_state.get("flash")
+    if flash and flash.get("example_id") and not conflict:
+        ex = flash["example_id"]
+        given = df.at[rows.get_loc(ex), "given_label"] if ex in rows else None
+        if flash["decision"] == "undo":
+            text = f"↶ Undid the last decision on `{ex}`"
+        elif flash["decision"] == "skip":
+            text = f"↷ Skipped `{ex}`"
+        else:
+            text = (f"{ui.DECISION_ICON[flash['decision']]} `{ex}` "
+                    f"{ui.decision_text(run, flash['decision'], flash['new_label'], given)} — saved. **U** undoes.")
+        st.caption(text)
+
+
+def header_ui(run: ui.Run, r: pd.Series, pos: int, n_queue: int, effective: pd.Series | None) -> None:
+    where = f"{pos + 1} of {n_queue} in queue" if pos >= 0 else "not in this queue"
+    st.markdown(f"<span class='audit-id'>{r['example_id']} · {r['split']} #{r['index']} · {where}</span>",
+                unsafe_allow_html=True)
+    if effective is not None:
+        st.success(f"{ui.DECISION_ICON[effective['decision']]} "
+                   f"{ui.decision_text(run, effective['decision'], effective['new_label'], r['given_label']).capitalize()}"
+                   f" by **{effective['reviewer']}**, {ui.ago(effective['decided_at'])}", icon=None)
+
+
+def labels_ui(run: ui.Run, r: pd.Series) -> None:
+    g, s = int(r["given_label"]), int(r["suggested_label"])
+    c1, c2 = st.columns(2)
+    c1.markdown(f"<div class='audit-small'>labelled</div><div class='audit-big'>{run.name(g)}</div>",
+                unsafe_allow_html=True)
+    color = "#1a7f37" if s != g else "#555"
+    c2.markdown(f"<div class='audit-small'>suggested</div><div class='audit-big' style='color:{color}'>"
+                f"{run.name(s)}</div>", unsafe_allow_html=True)
+    cat = str(r.get("category", "ok"))
+    badges = st.container(horizontal=True, gap="small")
+    with badges:
+        st.badge(cat, color=ui.CATEGORY_COLOR.get(cat, "gray"), help=ui.CATEGORY_HELP.get(cat))
+        st.badge(f"issue score {float(r['issue_score']):.3f}", color="blue",
+                 help="higher = more likely mislabelled (0–1, rank-based)")
+        if "evidence_confidence" in r.index and pd.notna(r["evidence_confidence"]):
+            st.badge(f"confidence {float(r['evidence_confidence']):.2f}", color="gray",
+                     help="how strongly the evidence backs its best class")
+    reason = r.get("category_reason")
+    if isinstance(reason, str) and reason:
+        st.caption(reason)
+
+
+def actions_ui(run: ui.Run, r: pd.Series, based_on, next_id, prev_id, reviewer: str) -> None:
+    """The decision buttons; every one carries the decision, the seq it was based on and the next example."""
+    ex, g, s = str(r["example_id"]), int(r["given_label"]), int(r["suggested_label"])
+    rd = str(run.dir)
+    common = dict(on_click=decide)
+
+    def args(decision, new_label=None):
+        return (rd, ex, decision, new_label, based_on, next_id, reviewer)
+
+    row = st.container(horizontal=True, gap="small")
+    with row:
+        st.button(f"Keep {run.name(g)}", key="decide_keep", shortcut="K", icon=":material/check:",
+                  args=args("keep"), help="the given label is right", **common)
+        st.button(f"Relabel → {run.name(s)}", key="decide_accept", shortcut="A", type="primary",
+                  icon=":material/edit:", disabled=(s == g), args=args("relabel", s),
+                  help="accept the suggested label", **common)
+        st.button("Remove", key="decide_remove", shortcut="X", icon=":material/delete:", args=args("remove"),
+                  help="unusable: not any class, corrupt, duplicate"
+                       + (" (test examples are listed in the export, never dropped)" if r["split"] == "test" else ""),
+                  **common)
+        st.button("Skip", key="decide_skip", shortcut="S", icon=":material/redo:", args=args("skip"),
+                  help="not sure; it comes back at the end of the queue", **common)
+    k = len(run.class_names)
+    if k <= 10:
+        st.caption("Relabel to")
+        cls = st.container(horizontal=True, gap="xsmall")
+        with cls:
+            for c in range(k):
+                st.button(run.name(c), key=f"relabel_{c}", shortcut=str(c) if k <= 10 else None,
+                          type="tertiary" if c == g else "secondary", disabled=(c == g),
+                          args=args("relabel", c), **common)
+    else:
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        to = c1.selectbox("Relabel to", list(range(k)), index=s, format_func=run.name, key="relabel_to")
+        c2.button("Relabel", key="decide_relabel", shortcut="L", disabled=(to == g), args=args("relabel", to), **common)
+    nav = st.container(horizontal=True, gap="small")
+    with nav:
+        st.button("Previous", key="nav_prev", shortcut="Left", icon=":material/arrow_back:", type="tertiary",
+                  disabled=prev_id is None, on_click=_set_current, args=(prev_id,))
+        st.button("Next", key="nav_next", shortcut="Right", icon=":material/arrow_forward:", type="tertiary",
+                  disabled=next_id is None, on_click=_set_current, args=(next_id,))
+        st.button("Undo", key="decide_undo", shortcut="U", icon=":material/undo:", type="tertiary",
+                  disabled=not st.session_state.get("undo_stack"), on_click=undo_last, args=(rd, reviewer),
+                  help="undo your last decision in this session")
+
+
+def signals_ui(r: pd.Series) -> None:
+    fired = [s for s in str(r.get("signals_fired") or "").split(",") if s]
+    if not fired:
+        st.caption("No signal fired on this example.")
+        return
+    st.caption(f"Signals that flagged it ({len(fired)})")
+    box = st.container(horizontal=True, gap="xsmall")
+    with box:
+        for s in fired:
+            st.badge(s, color="red" if s.startswith("robust") else "orange", help=ui.SIGNAL_HELP.get(s))
+
+
+def numbers_ui(run: ui.Run, df: pd.DataFrame, r: pd.Series) -> None:
+    """Per model: prediction, loss, AUM, forgetting; plus memorization, self-influence, label quality."""
+    rows = {}
+    for m in run.models:
+        name = ui.MODEL_NAME.get(m, m)
+        col = {}
+        if f"pred_{m}" in r.index:
+            col["predicts"] = run.name(r[f"pred_{m}"])
+        if f"loss_{m}" in r.index:
+            col["loss on given label"] = f"{float(r[f'loss_{m}']):.2f}"
+        if r["split"] == "test" and f"adv_correct_{m}" in r.index and pd.notna(r[f"adv_correct_{m}"]):
+            col["correct under attack"] = "yes" if bool(r[f"adv_correct_{m}"]) else "no"
+        if r["split"] == "train":
+            if f"aum_{m}" in r.index and pd.notna(r[f"aum_{m}"]):
+                col["AUM"] = f"{float(r[f'aum_{m}']):.2f}"
+            if f"first_learned_{m}" in r.index:
+                v = r[f"first_learned_{m}"]
+                col["first learned (epoch)"] = "never" if pd.isna(v) else str(int(v))
+            if f"forgetting_{m}" in r.index and pd.notna(r[f"forgetting_{m}"]):
+                col["forgetting events"] = str(int(r[f"forgetting_{m}"]))
+        rows[name] = col
+    t = pd.DataFrame(rows)
+    train = df[df["split"] == "train"]
+    extra = []
+    for c, label in (("memorization", "memorization"), ("self_influence", "self-influence"),
+                     ("label_quality", "label quality")):
+        if c in r.index and pd.notna(r[c]):
+            p = ui.percentile(train[c], r[c])
+            extra.append(f"**{label}** {float(r[c]):.3g}" + (f" <span class='audit-small'>({p:.0%} pct)</span>"
+                                                               if p is not None else ""))
+    if len(t):
+        st.table(t)
+    if extra:
+        st.markdown(" · ".join(extra), unsafe_allow_html=True)
+
+
+def dynamics_ui(run: ui.Run, r: pd.Series) -> None:
+    dyn = data.dynamics(run.dir)
+    curves = dyn.curves(str(r["example_id"])) if dyn is not None else pd.DataFrame()
+    if not len(curves):
+        st.caption("No training dynamics for this example (test examples and canaries have none).")
+        return
+    import altair as alt
+
+    curves["model"] = curves["model"].map(lambda m: ui.MODEL_NAME.get(m, m))
+    base = alt.Chart(curves).mark_line(strokeWidth=2).encode(
+        x=alt.X("epoch:Q", title="epoch"),
+        y=alt.Y("margin:Q", title=f"margin on label {run.name(r['given_label'])}"),
+        color=alt.Color("model:N", legend=alt.Legend(orient="top", title=None)),
+        tooltip=["model", "epoch", alt.Tooltip("margin:Q", format=".2f")])
+    zero = alt.Chart(pd.DataFrame({"y": [0]})).mark_rule(strokeDash=[4, 3], color="#999").encode(y="y:Q")
+    st.altair_chart((zero + base).properties(height=190), width="stretch")
+    st.caption("Margin = logit of the given label minus the best other logit, per epoch. Below zero: the model "
+               "disagrees with the label. A natural model that climbs late above zero while the robust one stays "
+               "below has memorized the label.")
+
+
+def neighbours_ui(run: ui.Run, r: pd.Series) -> None:
+    ids = list(r.get("neighbor_ids") if "neighbor_ids" in r.index and r.get("neighbor_ids") is not None else [])
+    labels = list(r.get("neighbor_labels") if "neighbor_labels" in r.index and r.get("neighbor_labels") is not None else [])
+    ids, labels = ids[:NEIGHBOURS], labels[:NEIGHBOURS]
+    if not ids:
+        st.caption("No neighbours recorded.")
+        return
+    counts = pd.Series([int(x) for x in labels]).value_counts()
+    summary = ", ".join(f"**{run.name(k)}** ×{n}" for k, n in counts.items())
+    st.caption(f"Nearest training images and their labels: {summary}")
+    cols = st.columns(len(ids), gap="xsmall")
+    for c, nid, lab in zip(cols, ids, labels):
+        lab = int(lab)
+        c.image(data.thumbnail(run.dir, str(nid), 56), caption=run.name(lab), width="content")
+
+
+def detail_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, current: str, queue_ids: np.ndarray,
+              latest: pd.DataFrame, reviewer: str) -> None:
+    r = df.loc[rows.get_loc(current)]
+    hit = np.flatnonzero(queue_ids == current)
+    pos = int(hit[0]) if len(hit) else -1
+    eff = latest[latest["example_id"] == current]
+    effective = eff.iloc[-1] if len(eff) else None
+    store = DecisionStore(run.dir)
+    based_on = store.last_seq(current)
+    next_id, prev_id = next_after(queue_ids, current), previous_before(queue_ids, current)
+    header_ui(run, r, pos, len(queue_ids), effective)
+    zc, ic = st.columns([2, 3], gap="medium")
+    with zc:
+        with st.container(key="zoom"):
+            png, src = data.zoom_image(run.dir, r)
+            st.image(png, width="content")
+            if src:
+                st.caption(f"`{src}`")
+    with ic:
+        labels_ui(run, r)
+        if effective is not None:
+            st.button("Undo this decision", key="undo_this", icon=":material/undo:", type="tertiary",
+                      on_click=undo_example, args=(str(run.dir), current, based_on, reviewer))
+    actions_ui(run, r, based_on, next_id, prev_id, reviewer)
+    signals_ui(r)
+    neighbours_ui(run, r)
+    t1, t2, t3 = st.tabs(["Training dynamics", "Numbers", "History"])
+    with t1:
+        dynamics_ui(run, r)
+    with t2:
+        numbers_ui(run, df, r)
+    with t3:
+        log = store.log(current)
+        if len(log):
+            st.dataframe(log.drop(columns=["example_id"]), hide_index=True, width="stretch")
+        else:
+            st.caption("No decisions yet.")
+
+
+def grid_ui(run: ui.Run, df: pd.DataFrame, page_rows: np.ndarray, current: str | None,
+            latest_by_id: dict) -> None:
+    grid = st.grid(6, min_column_width=80, gap="xsmall")
+    slot_now = [slot for slot, i in enumerate(page_rows) if str(df.at[i, "example_id"]) == current]
+    if slot_now:  # the open example's cell: a coloured frame (its button alone is too quiet)
+        st.html(f"<style>.st-key-cell_{slot_now[0]} {{border-color: #ff4b4b !important; "
+                f"box-shadow: 0 0 0 2px #ff4b4b inset;}}</style>")
+    for slot, i in enumerate(page_rows):
+        r = df.loc[i]
+        ex = str(r["example_id"])
+        with grid, st.container(key=f"cell_{slot}", border=True):
+            st.image(data.thumbnail(run.dir, ex, data.THUMB_GRID), width="content")
+            g, s = run.name(r["given_label"]), run.name(r["suggested_label"])
+            label = f"{g} → {s}" if s != g else g
+            dec = latest_by_id.get(ex)
+            if dec is not None:
+                label = f"{ui.DECISION_ICON[dec[0]]} {label}"
+            st.button(label, key=f"open_{slot}", type="tertiary",
+                      on_click=_set_current, args=(ex,), width="stretch",
+                      help=f"{ex} · {r.get('category', '')} · issue score {float(r['issue_score']):.3f}")
+
+
+@st.fragment
+def review_fragment(run: ui.Run, f: Filters, page_size: int) -> None:
+    """Queue grid and open example; a decision reruns only this (the next example at once)."""
+    df = data.examples(run.dir)
+    rows = data.row_of(run.dir)
+    latest = data.latest_decisions(run.dir)
+    reviewer = ui.reviewer()
+    q = review_queue(df, latest["example_id"], f)
+    queue_ids = df["example_id"].to_numpy()[q].astype(str)
+    current = st.session_state.get("current")
+    if current is not None and current not in rows:
+        st.warning(f"`{current}` is not an example of this run.")
+        current = None
+    if current is None and len(queue_ids):
+        current = str(queue_ids[0])
+        st.session_state["current"] = current
+
+    flagged = df[(df["split"] == f.split) & df["is_label_issue"]]
+    n_done = int(flagged["example_id"].isin(latest["example_id"]).sum())
+    head = st.container(horizontal=True, vertical_alignment="center")
+    with head:
+        st.markdown(f"**{len(queue_ids):,}** in this queue · **{n_done:,} of {len(flagged):,}** flagged "
+                    f"{f.split} examples reviewed")
+    st.progress(n_done / max(len(flagged), 1))
+
+    left, right = st.columns([5, 7], gap="large")
+    with left:
+        n_pages = max(1, -(-len(queue_ids) // page_size))
+        page = page_of(queue_ids, current, page_size) if current is not None else 0
+        page_rows = q[page * page_size:(page + 1) * page_size]
+        if len(page_rows):
+            grid_ui(run, df, page_rows, current, {k: (d, n) for k, d, n in
+                                                  zip(latest["example_id"], latest["decision"], latest["new_label"])})
+            st.caption(f"{len(flagged)} flagged {f.split} examples · {len(queue_ids):,} in this queue, "
+                       f"by {f.sort} · page {page + 1} of {n_pages}")
+        else:
+            st.success("Nothing left in this queue. Change the filters, or export on the Decisions page.",
+                       icon=":material/task_alt:")
+        if n_pages > 1:
+            # keyed by the page shown: the widget follows the open example instead of keeping its own state
+            key = f"queue_page_{page}_{n_pages}"
+            st.pagination(n_pages, default=page + 1, key=key, on_change=go_page, args=(key, queue_ids, page_size),
+                          max_visible_pages=7)
+    with right:
+        notices_ui(run, df, rows)
+        if current is not None:
+            detail_ui(run, df, rows, current, queue_ids, latest, reviewer)
+
+
+def main() -> None:
+    run = ui.current_run()
+    df = data.examples(run.dir)
+    _adopt_deep_link()
+    f, page_size = filters_ui(run, df)
+    st.header("Review queue", anchor=False)
+    imgs = data.images(run.dir)
+    if imgs.error:
+        st.warning(f"Pictures unavailable: {imgs.error}. Decisions still work.", icon=":material/image_not_supported:")
+    review_fragment(run, f, page_size)
+
+
+if __name__ == "__main__":
+    main()
