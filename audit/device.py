@@ -10,7 +10,8 @@ from audit.errors import AuditInputError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a torch.device; CPU uses every core."""
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a torch.device; CPU uses every core unless
+    ``OMP_NUM_THREADS`` is set."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -18,7 +19,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise AuditInputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     dev = torch.device(name)
-    if dev.type == "cpu":
+    if dev.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+        # all cores, unless the user pinned a count (on a shared machine one thread per process is
+        # far faster than several processes whose OpenMP threads fight for the same cores)
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
     else:
         torch.backends.cudnn.benchmark = True

@@ -63,4 +63,11 @@ def knn(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "faiss") -
     k = min(k, len(base))
     if k == 0 or len(queries) == 0:
         return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
-    return BACKENDS[backend]().search(base, queries, k)
+    index = TorchTopK("cuda") if backend == "torch" and _cuda() else BACKENDS[backend]()
+    return index.search(base, queries, k)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -30,7 +30,7 @@ from audit.train.models import build_model
 
 TRAIN_KEYS = ("arch", "width", "epochs", "robust_epochs", "batch_size", "lr", "robust_lr", "weight_decay", "norm", "eps", "step_size", "steps",
               "eps_warmup", "trades_beta", "seed", "canary_rate", "tracin_checkpoints", "eval_steps", "eval_restarts")
-CV_KEYS = ("arch", "width", "epochs", "batch_size", "lr", "weight_decay", "seed", "folds", "repeats", "canary_rate")
+CV_KEYS = ("arch", "width", "cv_epochs", "batch_size", "lr", "weight_decay", "seed", "folds", "repeats", "canary_rate")
 PAIR_KEYS = ("knn_k", "pairs_per_test", "tracin_checkpoints")
 
 
@@ -190,7 +190,8 @@ def train_stage(run: Run, method: str) -> dict:
     model = run.new_model()
     y = torch.as_tensor(run.train_labels)
     res = train_model(model, run.train_images, y, spec, device=run.device,
-                      checkpoint=run.ckpt / f"{method}.resume.pt", desc=f"train {method}", progress=run.progress)
+                      checkpoint=run.ckpt / f"{method}.resume.pt", desc=f"train {method}", progress=run.progress,
+                      compile=run.cfg.compile)
     final = run.ckpt / f"{method}.pt"
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(final.name + ".tmp")

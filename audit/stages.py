@@ -6,6 +6,8 @@ arrays (cached by the orchestrator) or writes the final artifacts.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -43,7 +45,8 @@ def evaluate_stage(run, model: torch.nn.Module, method: str) -> dict:
 
 def crossval_stage(run) -> dict:
     cfg = run.cfg
-    return cross_validate(run.train_images, run.train_labels, run.test_images, run.spec("natural"),
+    spec = replace(run.spec("natural"), epochs=cfg.cv_epochs)
+    return cross_validate(run.train_images, run.train_labels, run.test_images, spec,
                           run.ds.num_classes, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
                           device=run.device, progress=run.progress)
 
@@ -79,7 +82,8 @@ def influence_stage(run, trained: dict, cv: dict) -> dict:
         rob_wrong |= trained[m]["test_logits"].argmax(1) != run.test_labels
     query = np.flatnonzero(nat_wrong | rob_wrong)
     reason = np.where(nat_wrong[query], "natural_error", "robust_error")
-    sims, cand = knn(base, te_feat[query], cfg.knn_k)
+    backend = "torch" if run.device.type == "cuda" else "faiss"
+    sims, cand = knn(base, te_feat[query], cfg.knn_k, backend=backend)
 
     model = run.new_model().to(run.device)
     ckpts = _load_tracin_checkpoints(run)
@@ -108,7 +112,7 @@ def influence_stage(run, trained: dict, cv: dict) -> dict:
     ev_base = emb["train_features"][:n_real].astype(np.float32)
     all_q = np.concatenate([emb["train_features"], emb["test_features"]]).astype(np.float32)
     k = min(NEIGHBORS + 1, n_real)
-    nsim, nidx = knn(ev_base, all_q, k)
+    nsim, nidx = knn(ev_base, all_q, k, backend=backend)
     # drop each real training row's match with itself
     own = np.r_[np.arange(n_real), np.full(len(all_q) - n_real, -1)]
     is_self = nidx == own[:, None]

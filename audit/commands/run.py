@@ -27,6 +27,7 @@ def add_run_options(p) -> None:
     p.add_argument("--width", type=float, default=None, help="width multiplier of the architecture")
     p.add_argument("--epochs", type=int, default=None, help="natural model epochs (dataset default)")
     p.add_argument("--robust-epochs", type=int, default=None)
+    p.add_argument("--cv-epochs", type=int, default=None, help="epochs of each cross-validation model")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the natural model")
     p.add_argument("--robust-lr", type=float, default=None, help="peak learning rate of robust models")
@@ -45,6 +46,7 @@ def add_run_options(p) -> None:
     p.add_argument("--pairs-per-test", type=int, default=d.pairs_per_test)
     p.add_argument("--canary-rate", type=float, default=d.canary_rate)
     p.add_argument("--tracin-checkpoints", type=int, default=d.tracin_checkpoints)
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (GPU, long runs)")
 
 
 def config_from_args(args) -> RunConfig:

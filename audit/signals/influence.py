@@ -51,7 +51,18 @@ def tracin(
         self_infl += weight * (g * g).sum(1) * ((h * h).sum(1) + 1.0)
         if pair is not None and len(candidates):
             gq, hq = _grad_parts(model, query_images, query_labels, device)
-            gdot = np.einsum("qk,qck->qc", gq, g[candidates])
-            hdot = np.einsum("qd,qcd->qc", hq, h[candidates]) + 1.0
-            pair += weight * gdot * hdot
+            pair += weight * pair_products(gq, hq, g, h, candidates)
     return self_infl.astype(np.float32), (None if pair is None else pair.astype(np.float32))
+
+
+def pair_products(gq: np.ndarray, hq: np.ndarray, g: np.ndarray, h: np.ndarray, candidates: np.ndarray,
+                  chunk: int = 1024) -> np.ndarray:
+    """(g_q·g_i)(h_q·h_i + 1) for each query q and its candidates i: (Q, k). Chunked over queries so
+    the gathered (chunk, k, D) features stay small (10,000 × 50 × 256 floats would be 512 MB)."""
+    out = np.empty(candidates.shape, np.float64)
+    for s in range(0, len(candidates), chunk):
+        c = candidates[s:s + chunk]
+        gdot = np.einsum("qk,qck->qc", gq[s:s + chunk], g[c])
+        hdot = np.einsum("qd,qcd->qc", hq[s:s + chunk], h[c]) + 1.0
+        out[s:s + chunk] = gdot * hdot
+    return out

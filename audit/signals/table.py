@@ -96,6 +96,24 @@ def n_label_issues(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: list
     return n
 
 
+def _category_reasons(cat, given, alt, ev, votes_alt, mem, names) -> list[str]:
+    """One sentence per row saying why it got its category, for the person reviewing."""
+    out = []
+    for c, g, a, p, v, m in zip(cat, given, alt, ev, votes_alt, mem):
+        if c == "mislabelled":
+            out.append(f"{v} of 3 views (out-of-sample, robust, neighbours) say {names[a]}, "
+                       f"p={p[a]:.2f}; labelled {names[g]}")
+        elif c == "ambiguous":
+            top = np.argsort(p)[::-1][:2]
+            out.append(f"torn between {names[top[0]]} ({p[top[0]]:.2f}) and {names[top[1]]} ({p[top[1]]:.2f})")
+        elif c == "atypical":
+            out.append(f"memorized (memorization {m:.2f}) without a confident alternative label"
+                       if m >= 0.5 else f"flagged, but no confident alternative to {names[g]} (p={p[a]:.2f} for {names[a]})")
+        else:
+            out.append("")
+    return out
+
+
 def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
     """Write examples.parquet, pairs.parquet and dynamics.npz; return (metrics, manifest extras)."""
     from cleanlab.filter import find_label_issues
@@ -201,12 +219,19 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
         s[:n_tr] = v[real]
         df[f"{name}_score"] = s
         iss = np.zeros(len(given), bool)
-        if n_issues:
+        if name == "cleanlab":  # cleanlab's own decision, the documented baseline workflow
+            iss[:n_tr] = find_label_issues(y_tr[real], cv["oos_probs"][real]) if n_tr > K else False
+        elif n_issues:
             iss[np.argsort(-v[real], kind="stable")[:n_issues]] = True
         df[f"is_{name}_issue"] = iss
         fired = np.column_stack([fired, iss])
         fired_names.append(name)
     df["signals_fired"] = [",".join(n for n, f in zip(fired_names, r) if f) for r in fired]
+    nat_fit = df["correct_natural"].to_numpy(bool)
+    df["natural_fit_robust_miss"] = nat_fit & np.any([~df[f"correct_{m}"].to_numpy(bool) for m in robust], axis=0) \
+        if robust else np.zeros(len(given), bool)
+    df["category_reason"] = _category_reasons(cat, given, alt, ev, votes(alt, oos_arg, rob_all, knn_major[:len(given)]),
+                                              np.nan_to_num(mem_all, nan=0.0), ds.class_names)
     nb_ids = ds.example_ids[run.train_rows][infl["neighbor_idx"]]
     nb_ids = np.concatenate([nb_ids[:len(run.is_canary)][real], nb_ids[len(run.is_canary):]])
     df["neighbor_ids"] = [list(map(str, r)) for r in nb_ids]
