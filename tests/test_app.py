@@ -1,27 +1,242 @@
-"""The review app renders a real run without an exception (streamlit.testing AppTest)."""
+"""The review app's logic through Streamlit's AppTest: pages render, a decision is persisted inside the
+click, the next example follows, a second session's decision is reported as a conflict, undo, export
+reflects decisions, one page of images at most, and the file-access rule."""
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from audit.commands.app import app_path
+from audit.decisions import DecisionStore
+
+REVIEW = "views/review.py"
+DECISIONS = "views/decisions.py"
+ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
 
 
-def test_app_renders_flagged_grid(digits_run):
+@pytest.fixture
+def review_run(digits_run, tmp_path, monkeypatch):
+    """A private copy of the session's run (no checkpoints), so decisions made here stay here."""
+    src, man = digits_run
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ARTIFACTS:
+        shutil.copy2(src / name, run / name)
+    monkeypatch.setenv("AUDIT_RUN_DIR", str(run))
+    monkeypatch.setenv("AUDIT_REVIEWER", "tester")
+    return run, man
+
+
+def open_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(app_path()), default_timeout=60)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def current_id(at: AppTest) -> str:
+    return at.session_state["current"]
+
+
+def flagged_train(run: Path) -> pd.DataFrame:
+    df = pd.read_parquet(run / "examples.parquet")
+    return df[(df.split == "train") & df.is_label_issue].sort_values(["issue_score", "example_id"],
+                                                                      ascending=[False, True])
+
+
+def test_app_renders_flagged_grid(digits_run, monkeypatch):
     out, man = digits_run
+    monkeypatch.delenv("AUDIT_RUN_DIR", raising=False)
     at = AppTest.from_file(str(app_path()), default_timeout=60)
     at.run()  # no run directory given: a clear message, no exception
+    assert not at.exception
+    assert any("examples.parquet" in e.value for e in at.error)
     at = AppTest.from_file(str(app_path()), default_timeout=60)
-    import sys
-
-    old = sys.argv
-    sys.argv = ["streamlit_app.py", str(out)]
-    try:
-        at.run()
-    finally:
-        sys.argv = old
+    monkeypatch.setattr(sys, "argv", ["streamlit_app.py", str(out)])
+    at.run()
     assert not at.exception
     assert at.title[0].value == "benign-audit"
+    at.switch_page(REVIEW).run()
+    assert not at.exception
     flagged = man["metrics"]["num_flagged_train"]
     assert any(str(flagged) in c.value for c in at.caption)
-    assert len(at.get("image")) == min(30, flagged)
+    # one page of thumbnails (24 by default), the zoomed example and its 10 neighbours: never more
+    assert len(at.get("image")) == min(24, flagged) + 1 + 10
+    assert at.session_state["current"] == flagged_train(out)["example_id"].iloc[0]
+
+
+def test_every_page_renders(review_run):
+    run, man = review_run
+    at = open_app()
+    assert [m.label for m in at.metric][:2] == ["training examples", "flagged for review"]
+    assert at.metric[1].value == str(man["metrics"]["num_flagged_train"])
+    acc, per_class = at.dataframe[0].value, at.dataframe[1].value  # display-only tables carry no key
+    assert list(per_class["class"]) == man["dataset"]["class_names"]
+    assert per_class["flagged"].sum() == man["metrics"]["num_flagged_train"]
+    assert list(acc["model"]) == ["natural", "PGD-AT"]
+    assert acc["test, adversarial"].iloc[1] == pytest.approx(100 * man["metrics"]["pgd_test_adv_accuracy"])
+    for page in ("views/pairs.py", DECISIONS):
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+    pairs = pd.read_parquet(run / "pairs.parquet")
+    at.switch_page("views/pairs.py").run()
+    n_tests = pairs[pairs.reason == "robust_error"].test_id.nunique()
+    per_test = int(pairs.groupby("test_id").size().max())
+    assert len(at.get("image")) == min(6, n_tests) * (1 + per_test)
+
+
+def test_decision_is_persisted_in_the_click_and_next_example_follows(review_run):
+    run, _ = review_run
+    order = flagged_train(run)["example_id"].tolist()
+    at = open_app(REVIEW)
+    assert current_id(at) == order[0]
+    at.button(key="decide_keep").click().run()
+    assert not at.exception
+    log = DecisionStore(run).log()
+    assert list(log[["example_id", "decision", "reviewer"]].itertuples(index=False, name=None)) == \
+        [(order[0], "keep", "tester")]
+    assert current_id(at) == order[1]  # the next one, at once
+    assert at.query_params["example"] == order[1]
+    # relabel to a chosen class by its key, then accept the suggestion of the third
+    k = int(flagged_train(run).set_index("example_id").at[order[1], "given_label"] + 1) % 10
+    at.button(key=f"relabel_{k}").click().run()
+    at.button(key="decide_accept").click().run()
+    latest = DecisionStore(run).latest().set_index("example_id")
+    assert latest.at[order[1], "decision"] == "relabel" and latest.at[order[1], "new_label"] == k
+    suggested = int(flagged_train(run).set_index("example_id").at[order[2], "suggested_label"])
+    assert latest.at[order[2], "new_label"] == suggested
+    # a fresh session (a browser reload, a server restart) sees them: decided examples left the queue
+    at2 = open_app(REVIEW)
+    assert current_id(at2) == order[3]
+    assert any("3 of" in m.value for m in at2.markdown)
+    # and the deep link to a decided example shows who decided
+    at3 = AppTest.from_file(str(app_path()), default_timeout=60)
+    at3.query_params["example"] = order[0]
+    at3.run()
+    at3.switch_page(REVIEW).run()
+    assert current_id(at3) == order[0]
+    assert any("Kept" in s.value and "tester" in s.value for s in at3.success)
+
+
+def test_undo_restores_the_previous_decision(review_run):
+    run, _ = review_run
+    order = flagged_train(run)["example_id"].tolist()
+    at = open_app(REVIEW)
+    at.button(key="decide_remove").click().run()
+    assert DecisionStore(run).latest()["example_id"].tolist() == [order[0]]
+    at.button(key="decide_undo").click().run()
+    assert not at.exception
+    assert current_id(at) == order[0]  # reopened
+    assert len(DecisionStore(run).latest()) == 0
+    assert DecisionStore(run).log()["decision"].tolist() == ["remove", "undo"]  # nothing deleted
+    at.button(key="decide_skip").click().run()
+    assert current_id(at) == order[1]
+    assert len(DecisionStore(run).latest()) == 0  # a skip is not a decision about the label
+
+
+def test_two_sessions_deciding_the_same_example_both_kept_and_conflict_reported(review_run):
+    run, _ = review_run
+    first = flagged_train(run)["example_id"].iloc[0]
+    alice, bob = open_app(REVIEW), open_app(REVIEW)
+    alice.text_input(key="reviewer").set_value("alice").run()
+    bob.text_input(key="reviewer").set_value("bob").run()
+    assert current_id(alice) == current_id(bob) == first
+    alice.button(key="decide_keep").click().run()
+    assert not alice.warning
+    bob.button(key="decide_remove").click().run()  # bob was still looking at the version before alice's
+    assert not bob.exception
+    assert any("Conflict" in w.value and "alice" in w.value for w in bob.warning)
+    log = DecisionStore(run).log()
+    assert log[["decision", "reviewer"]].values.tolist() == [["keep", "alice"], ["remove", "bob"]]
+    assert DecisionStore(run).latest().set_index("example_id").at[first, "decision"] == "remove"
+
+
+def test_filters_and_paging_never_render_more_than_one_page(review_run):
+    run, _ = review_run
+    fl = flagged_train(run)
+    at = open_app(REVIEW)
+    at.selectbox(key="f_page_size").set_value(12).run()
+    assert len(at.get("image")) == 12 + 1 + 10
+    cls = int(fl["given_label"].value_counts().idxmax())
+    at.multiselect(key="f_classes").set_value([cls]).run()
+    want = fl[fl.given_label == cls]["example_id"].tolist()
+    assert current_id(at) == want[0]  # a new queue opens at its most suspicious example
+    buttons = [b for b in at.button if b.key and b.key.startswith("open_")]
+    assert len(buttons) == min(12, len(want))
+    at.button(key="open_1").click().run()
+    assert current_id(at) == want[1]
+
+
+def test_export_from_the_app_reflects_decisions(review_run):
+    run, _ = review_run
+    fl = flagged_train(run)
+    a, b = fl["example_id"].iloc[0], fl["example_id"].iloc[1]
+    store = DecisionStore(run)
+    store.record(a, "keep", reviewer="carol")
+    store.record(b, "remove", reviewer="carol")
+    at = open_app(DECISIONS)
+    assert at.metric[0].value == "2"
+    at.button(key="write_export").click().run()
+    assert not at.exception
+    out = pd.read_csv(run / "exports" / "labels.reviewed.csv")
+    assert b not in set(out.example_id)
+    row = out.set_index("example_id").loc[a]
+    assert row.decision == "keep" and row.reviewer == "carol" and row.label_source == "reviewer"
+    assert row.final_label == fl.set_index("example_id").at[a, "given_label"]
+    assert (run / "exports" / "labels.reviewed.flagged-test.csv").exists()
+
+
+def test_undo_selected_on_decisions_page(review_run):
+    run, _ = review_run
+    a = flagged_train(run)["example_id"].iloc[0]
+    DecisionStore(run).record(a, "remove", reviewer="dave")
+    at = open_app(DECISIONS)
+    # AppTest cannot click a dataframe row: select through the widget state the browser would send
+    at.session_state["decisions_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    at.button(key="undo_selected").click().run()
+    assert not at.exception
+    assert len(DecisionStore(run).latest()) == 0
+
+
+def test_file_access_stays_inside_run_and_dataset_root(tmp_path):
+    from app.data import safe_file
+
+    root = tmp_path / "data"
+    (root / "cat").mkdir(parents=True)
+    ok = root / "cat" / "a.png"
+    ok.write_bytes(b"\x89PNG")
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"\x89PNG")
+    (root / "cat" / "link.png").symlink_to(outside)
+    (root / "notes.txt").write_text("x")
+    roots = [tmp_path / "run", root]
+    assert safe_file(ok, roots) == ok.resolve()
+    assert safe_file(root / "cat" / ".." / "cat" / "a.png", roots) == ok.resolve()
+    assert safe_file(root / ".." / "secret.png", roots) is None
+    assert safe_file(root / "cat" / "link.png", roots) is None  # a symlink out is refused
+    assert safe_file("/etc/passwd", roots) is None
+    assert safe_file(root / "notes.txt", roots) is None  # not an image
+    assert safe_file(None, roots) is None and safe_file(np.nan, roots) is None
+
+
+def test_audit_app_refuses_a_missing_run_and_binds_loopback(tmp_path, capsys):
+    from audit.cli import build_parser, main as cli
+    from audit.commands.app import streamlit_command
+
+    assert cli(["app", str(tmp_path)]) == 2
+    assert "examples.parquet" in capsys.readouterr().err
+    args = build_parser().parse_args(["app", str(tmp_path)])
+    assert args.host == "127.0.0.1"
+    cmd = streamlit_command(tmp_path, args.host, 8501)
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[-1] == str(tmp_path)

@@ -43,3 +43,65 @@ def test_export_bad_suffix_is_usage_error(digits_run, tmp_path, capsys):
     assert cli(["export", str(out), "--out", str(tmp_path / "x.txt")]) == 2
     assert "x.txt" in capsys.readouterr().err
     assert not (tmp_path / "x.txt").exists()
+
+
+def _copy_run(src, dst):
+    import shutil
+
+    dst.mkdir()
+    for name in ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz"):
+        shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def test_export_use_decisions_with_provenance_and_test_labels_apart(digits_run, tmp_path, capsys):
+    from audit.decisions import DecisionStore
+
+    out = _copy_run(digits_run[0], tmp_path / "run")
+    ex = pd.read_parquet(out / "examples.parquet").set_index("example_id")
+    fl = ex[(ex.split == "train") & ex.is_label_issue].sort_values("issue_score", ascending=False).index
+    ok = ex[(ex.split == "train") & ~ex.is_label_issue].index
+    test_flagged = ex[(ex.split == "test") & ex.is_label_issue].index
+    test_ok = ex[(ex.split == "test") & ~ex.is_label_issue].index
+    s = DecisionStore(out)
+    s.record(fl[0], "keep", reviewer="ann")
+    s.record(fl[1], "relabel", reviewer="ann", new_label=(ex.at[fl[1], "given_label"] + 3) % 10)
+    s.record(fl[2], "remove", reviewer="bob")
+    s.record(ok[0], "remove", reviewer="bob")
+    s.record(fl[3], "remove", reviewer="bob")
+    s.record(fl[3], "undo", reviewer="bob")  # undone: the automatic rule applies again
+    s.record(test_ok[0], "remove", reviewer="cat")  # a person may question a test label; it is listed, not dropped
+    s.record(test_flagged[0], "relabel", reviewer="cat", new_label=(ex.at[test_flagged[0], "given_label"] + 1) % 10)
+
+    assert cli(["export", str(out), "--out", str(tmp_path / "labels.csv"), "--use-decisions"]) == 0
+    assert "labels.flagged-test.csv" in capsys.readouterr().out
+    a = pd.read_csv(tmp_path / "labels.csv", keep_default_na=False).set_index("example_id")
+    n_train = int((ex.split == "train").sum())
+    assert len(a) == n_train - 2 and fl[2] not in a.index and ok[0] not in a.index
+    assert set(a.index) <= set(ex.index[ex.split == "train"])  # no test row in the training labels
+    assert a.loc[fl[0], ["decision", "reviewer", "label_source"]].tolist() == ["keep", "ann", "reviewer"]
+    assert a.at[fl[0], "final_label"] == ex.at[fl[0], "given_label"]
+    assert a.at[fl[1], "final_label"] == (ex.at[fl[1], "given_label"] + 3) % 10
+    assert a.at[fl[1], "decided_at"] != ""
+    assert a.loc[fl[3], ["decision", "label_source"]].tolist() == ["", "suggested"]
+    assert a.at[fl[3], "final_label"] == ex.at[fl[3], "suggested_label"]
+    assert a.at[ok[1], "label_source"] == "given" and a.at[ok[1], "decision"] == ""
+    assert a.at[fl[0], "signals_fired"] == ex.at[fl[0], "signals_fired"]  # the signals travel with the label
+
+    t = pd.read_csv(tmp_path / "labels.flagged-test.csv", keep_default_na=False).set_index("example_id")
+    assert set(t.index) == set(test_flagged) | {test_ok[0]}
+    assert t.at[test_ok[0], "decision"] == "remove" and t.at[test_ok[0], "reviewed_label"] == ex.at[test_ok[0], "given_label"]
+    assert t.at[test_flagged[0], "reviewed_label"] == (ex.at[test_flagged[0], "given_label"] + 1) % 10
+
+
+def test_flagged_test_labels_listed_without_decisions_and_never_dropped(digits_run, tmp_path):
+    out, man = digits_run
+    assert cli(["export", str(out), "--out", str(tmp_path / "d.parquet"), "--drop-flagged",
+                "--test-out", str(tmp_path / "t.csv")]) == 0
+    t = pd.read_csv(tmp_path / "t.csv")
+    ex = pd.read_parquet(out / "examples.parquet")
+    want = ex[(ex.split == "test") & ex.is_label_issue]
+    assert len(t) == man["metrics"]["num_flagged_test"] == len(want)
+    assert set(t.example_id) == set(want.example_id) and (t.reviewed_label == t.given_label).all()
+    assert "decision" not in t.columns
+    assert cli(["export", str(out), "--out", str(tmp_path / "e.csv"), "--test-out", str(tmp_path / "e.csv")]) == 2

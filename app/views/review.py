@@ -72,6 +72,11 @@ def undo_example(run_dir: str, example_id: str, based_on, reviewer: str) -> None
     st.session_state["conflict"] = res if res["conflict"] else None
 
 
+def _filters_changed() -> None:
+    """A new queue starts at its most suspicious example."""
+    _set_current(None)
+
+
 def go_page(key: str, queue_ids: np.ndarray, page_size: int) -> None:
     p = int(st.session_state.get(key) or 1) - 1
     if len(queue_ids):
@@ -82,24 +87,24 @@ def go_page(key: str, queue_ids: np.ndarray, page_size: int) -> None:
 def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
     with st.sidebar:
         st.subheader("Queue", anchor=False)
-        split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split",
+        split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split", on_change=_filters_changed,
                                      persist_state="session")
-        flagged_only = st.toggle("Flagged only", value=True, key="f_flagged", persist_state="session")
-        status = st.segmented_control("Status", list(STATUSES), default="to review", required=True, key="f_status",
+        flagged_only = st.toggle("Flagged only", value=True, key="f_flagged", on_change=_filters_changed, persist_state="session")
+        status = st.segmented_control("Status", list(STATUSES), default="to review", required=True, key="f_status", on_change=_filters_changed,
                                       persist_state="session")
-        cats = st.pills("Category", list(CATEGORIES), selection_mode="multi", key="f_categories",
+        cats = st.pills("Category", list(CATEGORIES), selection_mode="multi", key="f_categories", on_change=_filters_changed,
                         persist_state="session", help="none selected: every category")
         classes = st.multiselect("Given label", list(range(len(run.class_names))), format_func=run.name,
-                                 key="f_classes", placeholder="every class", persist_state="session")
+                                 key="f_classes", on_change=_filters_changed, placeholder="every class", persist_state="session")
         sigs = signal_names(df)
-        signals = st.multiselect("Signal fired", sigs, key="f_signals", placeholder="any signal",
+        signals = st.multiselect("Signal fired", sigs, key="f_signals", on_change=_filters_changed, placeholder="any signal",
                                  persist_state="session", help="examples flagged by at least one of these")
         lo, hi = float(df["issue_score"].min()), float(df["issue_score"].max())
         if hi <= lo:
             hi = lo + 1e-6
-        score = st.slider("issue_score", lo, hi, (lo, hi), key="f_score", persist_state="session")
+        score = st.slider("issue_score", lo, hi, (lo, hi), key="f_score", on_change=_filters_changed, persist_state="session")
         c1, c2 = st.columns(2)
-        sort = c1.selectbox("Sort by", list(SORTS), key="f_sort", persist_state="session")
+        sort = c1.selectbox("Sort by", list(SORTS), key="f_sort", on_change=_filters_changed, persist_state="session")
         page_size = c2.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
         st.caption("Keys: **K** keep · **A** accept suggestion · **0–9** relabel · **X** remove · **S** skip · "
                    "**U** undo · **←/→** browse")
