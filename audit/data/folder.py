@@ -30,16 +30,18 @@ def _visible_dirs(path: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
-def _walk_images(class_dir: Path, exts: frozenset[str]) -> tuple[list[Path], list[Path]]:
-    """Image files under ``class_dir`` (recursively, sorted) and the files skipped for their suffix."""
+def _walk_images(root: str, class_dir: str, exts: frozenset[str]) -> tuple[list[str], list[str]]:
+    """Paths relative to ``root`` (posix) of the image files under ``class_dir`` (recursively) and of the
+    files skipped for their suffix. Strings, not ``Path`` objects: folders can hold millions of files."""
     images, skipped = [], []
+    cut = len(root) + 1
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = dirpath[cut:].replace(os.sep, "/")
         for f in filenames:
             if f.startswith("."):
                 continue
-            p = Path(dirpath) / f
-            (images if p.suffix.lower() in exts else skipped).append(p)
+            (images if os.path.splitext(f)[1].lower() in exts else skipped).append(f"{rel_dir}/{f}")
     return images, skipped
 
 
@@ -61,37 +63,37 @@ def load_folder(arg: str, *, spec: str, opts: LoadOptions) -> AuditDataset:
         raise AuditInputError(f"{spec}: {root} has no class sub-folders (expected {root}/<class>/<image files>)")
     problems = Problems(spec)
     exts = readable_extensions()
-    files: list[tuple[str, Path, int, str | None]] = []  # (relative path, path, label, split)
+    base = os.path.abspath(root)
+    files: list[tuple[str, int, str | None]] = []  # (relative path, label, split)
     skipped: list[str] = []
     per_class = np.zeros(len(class_names), np.int64)
     for tree, split in trees:
         for label, name in enumerate(class_names):
             if not (tree / name).is_dir():
                 continue
-            images, skip = _walk_images(tree / name, exts)
+            images, skip = _walk_images(base, os.path.join(base, os.path.relpath(tree / name, root)), exts)
             per_class[label] += len(images)
-            for p in images:
-                files.append((p.relative_to(root).as_posix(), p, label, split))
-            skipped += [p.relative_to(root).as_posix() for p in skip]
+            files += [(rel, label, split) for rel in images]
+            skipped += skip
     for label in np.flatnonzero(per_class == 0):
         where = " or ".join(f"{t.relative_to(root).as_posix() + '/' if t != root else ''}{class_names[label]}/"
                             for t, _ in trees)
         problems.add(f"class {class_names[label]!r}: no image files in {where}")
     files.sort(key=lambda f: f[0])
-    refs = [ImageRef(name=rel, path=p) for rel, p, _, _ in files]
+    refs = [ImageRef(name=rel, path=os.path.join(base, rel)) for rel, _, _ in files]
     images, info = decode_images(refs, problems, slug=f"folder-{root.resolve().name}",
-                                 memory_budget_mb=opts.memory_budget_mb, cache_dir=opts.cache_dir)
+                                 memory_budget_mb=opts.memory_budget_mb, cache_dir=opts.cache_dir,
+                                 workers=opts.decode_workers)
     if len(class_names) < 2:
         check_classes(np.zeros(0, np.int64), class_names, problems)
     problems.raise_if_any()
     assert images is not None
-    labels = np.array([f[2] for f in files], dtype=np.int64)
+    labels = np.array([f[1] for f in files], dtype=np.int64)
     if split_dirs:
-        split = np.array([f[3] for f in files]).astype(str)
+        split = np.array([f[2] for f in files]).astype(str)
     else:
         split = stratified_split(labels)
     n = len(files)
-    base = root.resolve()
     info["skipped_files"] = sorted(skipped + loose)  # not images, or images outside any class folder
     return AuditDataset(
         images=images,
@@ -102,6 +104,6 @@ def load_folder(arg: str, *, spec: str, opts: LoadOptions) -> AuditDataset:
         class_names=tuple(class_names),
         name=root.resolve().name,
         spec=spec,
-        paths=np.array([str(base / f[0]) for f in files]).astype(str),
+        paths=np.array([os.path.join(base, f[0]) for f in files]).astype(str),
         extra=info,
     )

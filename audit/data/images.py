@@ -38,6 +38,7 @@ from audit.data.checks import Problems
 RULE_VERSION = 1
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 DEFAULT_MEMORY_BUDGET_MB = 2048.0
+PARALLEL_MIN_IMAGES = 2000  # below this, starting worker processes costs more than it saves
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ImageRef:
     (a path relative to the dataset root, or ``row 12``)."""
 
     name: str
-    path: Path | None = None
+    path: str | Path | None = None
     data: bytes | None = None
 
     def open(self):
@@ -101,9 +102,9 @@ def _mode_array(img) -> np.ndarray:
         return ((a + 128) // 257).astype(np.uint8)
     if mode in ("I", "F"):
         return np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
-    if mode in GREY_MODES:
-        return np.asarray(img.convert("L"))
-    return np.asarray(img.convert("RGB"))
+    if mode in ("L", "RGB"):
+        return np.asarray(img)
+    return np.asarray(img.convert("L" if mode in GREY_MODES else "RGB"))
 
 
 def _fit(arr: np.ndarray, c: int, h: int, w: int) -> tuple[np.ndarray, bool]:
@@ -163,9 +164,102 @@ class _DecodeCache:
         self.tmp.unlink(missing_ok=True)
 
 
+def _work(refs: list[ImageRef], action: str, target: tuple[int, int, int] | None) -> list[tuple]:
+    """Open each of ``refs``: ``(width, height, mode, array or None, error or None, resized)`` per image.
+
+    action: ``header`` (size and mode only), ``verify`` (decode, keep nothing), ``decode`` (the image in
+    its normalised mode at its own size) or ``fit`` (decoded and fitted to ``target`` (C, H, W)).
+    Runs in worker processes when decoding is parallel, so it only takes and returns plain data.
+    """
+    out = []
+    for r in refs:
+        try:
+            with r.open() as img:
+                w, h = img.size
+                mode = img.mode
+                arr, resized = None, False
+                if action != "header":
+                    arr = _mode_array(img)
+                if action == "fit":
+                    fitted, resized = _fit(arr, *target)
+                    arr = np.ascontiguousarray(np.broadcast_to(fitted, target))
+                elif action == "verify":
+                    arr = None
+            out.append((w, h, mode, arr, None, resized))
+        except Exception as e:  # Pillow raises many types for bad files: OSError, SyntaxError, ValueError, ...
+            out.append((0, 0, "", None, _describe(e), False))
+    return out
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def decode_workers(n: int, workers: int | None = None) -> int:
+    """Processes that decode ``n`` images: the argument, else ``AUDIT_DECODE_WORKERS``, else one per usable
+    CPU (up to 8) when there are at least ``PARALLEL_MIN_IMAGES`` images and more than 2 CPUs, else 1 (in
+    this process: on 2 CPUs, starting workers costs about what they save)."""
+    from audit.errors import AuditInputError
+
+    if workers is None and os.environ.get("AUDIT_DECODE_WORKERS"):
+        try:
+            workers = int(os.environ["AUDIT_DECODE_WORKERS"])
+        except ValueError:
+            raise AuditInputError(f"AUDIT_DECODE_WORKERS={os.environ['AUDIT_DECODE_WORKERS']!r}: "
+                                  "must be a whole number of processes") from None
+    if workers is None:
+        cpus = _usable_cpus()
+        workers = min(8, cpus) if n >= PARALLEL_MIN_IMAGES and cpus > 2 else 1
+    return max(1, min(int(workers), max(n, 1)))
+
+
+class _Chunks:
+    """Runs :func:`_work` over index chunks in order, in this process or a process pool; the action of
+    each chunk is chosen when it is submitted, so a consumer's decisions steer the chunks still to come."""
+
+    def __init__(self, refs: Sequence[ImageRef], workers: int):
+        self.refs, self.workers, self.pool = refs, workers, None
+        if workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the caller may have torch's thread pools running
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def run(self, rows: np.ndarray, choose_action, target=None):
+        size = max(16, min(512, len(rows) // (4 * self.workers) + 1))
+        chunks = iter([rows[i:i + size] for i in range(0, len(rows), size)])
+        if self.pool is None:
+            for idx in chunks:
+                yield idx, _work([self.refs[i] for i in idx], choose_action(), target)
+            return
+        from collections import deque
+
+        pending: deque = deque()
+
+        def submit(idx):
+            pending.append((idx, self.pool.submit(_work, [self.refs[i] for i in idx], choose_action(), target)))
+
+        for idx in list(zip(range(2 * self.workers), chunks)):
+            submit(idx[1])
+        while pending:
+            idx, fut = pending.popleft()
+            yield idx, fut.result()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                submit(nxt)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
 def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
-                  memory_budget_mb: float | None = None, cache_dir: str | Path | None = None
-                  ) -> tuple[np.ndarray | None, dict]:
+                  memory_budget_mb: float | None = None, cache_dir: str | Path | None = None,
+                  workers: int | None = None) -> tuple[np.ndarray | None, dict]:
     """Decode ``refs`` into one (N, C, H, W) uint8 array by the module's normalisation rule.
 
     Every unreadable file (missing, not an image, corrupt or truncated) is recorded in ``problems``
@@ -173,7 +267,7 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
     Returns the array (an ``np.ndarray``, or a read-only ``np.memmap`` over the budget) and an info
     dict: ``image_size`` [H, W], ``channels``, ``resized`` and ``converted`` counts, ``source_modes``,
     ``source_sizes`` (the five most common "WxH"), ``streamed`` and ``cache_file``.
-    ``slug`` names the cache file (e.g. the dataset's folder name).
+    ``slug`` names the cache file (e.g. the dataset's folder name); ``workers``: see :func:`decode_workers`.
     """
     budget = memory_budget_bytes(memory_budget_mb)
     n = len(refs)
@@ -206,29 +300,35 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
             arr, info = hit
             return arr, dict(info, streamed=True, cache_file=str(cache.data))
 
-    # Pass 1: header of every file; full decode too while the decoded images fit the budget.
+    chunks = _Chunks(refs, decode_workers(int(ok.sum()), workers))
+    try:
+        return _decode(refs, problems, ok, budget, cache, chunks)
+    finally:
+        chunks.close()
+
+
+def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | None, dict]:
+    n = len(refs)
+    # Pass 1: size and mode of every file, and its decoded pixels while they fit the budget.
     sizes = np.zeros((n, 2), np.int64)
     modes: list[str] = [""] * n
     kept: list[np.ndarray | None] = [None] * n
     verified = np.zeros(n, bool)
-    kept_bytes, keep = 0, True
-    for i, r in enumerate(refs):
-        if not ok[i]:
-            continue
-        try:
-            with r.open() as img:
-                sizes[i] = img.size
-                modes[i] = img.mode
-                if keep:
-                    arr = _mode_array(img)
-                    verified[i] = True
+    state = {"bytes": 0, "keep": True}
+    for idx, results in chunks.run(np.flatnonzero(ok), lambda: "decode" if state["keep"] else "header"):
+        for i, (w, h, mode, arr, err, _) in zip(idx, results):
+            if err is not None:
+                ok[i] = False
+                problems.add(f"{refs[i].name}: cannot read as an image ({err})")
+                continue
+            sizes[i], modes[i] = (w, h), mode
+            if arr is not None:
+                verified[i] = True
+                if state["keep"]:
                     kept[i] = arr
-                    kept_bytes += arr.nbytes
-                    if kept_bytes > budget:
-                        keep, kept = False, [None] * n
-        except Exception as e:  # Pillow raises many types for bad files: OSError, SyntaxError, ValueError, ...
-            ok[i] = False
-            problems.add(f"{r.name}: cannot read as an image ({_describe(e)})")
+                    state["bytes"] += arr.nbytes
+                    if state["bytes"] > budget:
+                        state["keep"], kept = False, [None] * n
     good = np.flatnonzero(ok)
     info: dict = {"source_modes": dict(Counter(modes[i] for i in good).most_common()),
                   "source_sizes": {f"{w}x{h}": c for (w, h), c in Counter(map(tuple, sizes[good].tolist())).most_common(5)},
@@ -242,31 +342,29 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
                 converted=int(sum(modes[i] != target_mode for i in good)))
 
     if problems:  # refuse, but first decode what pass 1 only opened, to report every bad file at once
-        for i in good[~verified[good]]:
-            try:
-                with refs[i].open() as img:
-                    _mode_array(img)
-            except Exception as e:
-                problems.add(f"{refs[i].name}: cannot read as an image ({_describe(e)})")
+        for idx, results in chunks.run(good[~verified[good]], lambda: "verify"):
+            for i, res in zip(idx, results):
+                if res[4] is not None:
+                    problems.add(f"{refs[i].name}: cannot read as an image ({res[4]})")
         return None, info
 
     # Pass 2: fit every image into the output, in RAM or in a memmap file over the budget.
     streamed = n * c * h * w > budget
     out = cache.create((n, c, h, w)) if streamed else np.empty((n, c, h, w), np.uint8)
     resized = 0
+    in_hand = np.array([a is not None for a in kept], bool)
     try:
-        for i, r in enumerate(refs):
-            arr = kept[i]
+        for i in np.flatnonzero(in_hand):
+            out[i], was_resized = _fit(kept[i], c, h, w)
             kept[i] = None  # free as we go: peak memory stays near one copy
-            if arr is None:
-                try:
-                    with r.open() as img:
-                        arr = _mode_array(img)
-                except Exception as e:
-                    problems.add(f"{r.name}: cannot read as an image ({_describe(e)})")
-                    continue
-            out[i], was_resized = _fit(arr, c, h, w)
             resized += was_resized
+        for idx, results in chunks.run(np.flatnonzero(~in_hand), lambda: "fit", (c, h, w)):
+            for i, (_, _, _, arr, err, was_resized) in zip(idx, results):
+                if err is not None:
+                    problems.add(f"{refs[i].name}: cannot read as an image ({err})")
+                    continue
+                out[i] = arr
+                resized += was_resized
     except BaseException:
         if streamed:
             del out

@@ -24,8 +24,9 @@ import os
 import re
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from audit.data.base import AuditDataset, stratified_split
 from audit.data.checks import Problems, check_classes, check_split_values
@@ -33,11 +34,16 @@ from audit.data.images import ImageRef, decode_images
 from audit.data.sources import LoadOptions, register
 from audit.errors import AuditInputError
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 _INT = re.compile(r"[+-]?\d+")
 CLASSES_FILE = "classes.txt"
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -80,6 +86,8 @@ def _pinned_classes(path: Path, meta: dict[bytes, bytes], label_col: str, proble
 
 def _labels(values: pd.Series, pinned: list[str] | None, problems: Problems, row) -> tuple[np.ndarray, list[str]]:
     """Labels (N,) int64 (-1 where bad, recorded in ``problems``) and the class names."""
+    import pandas as pd
+
     n = len(values)
     out = np.full(n, -1, np.int64)
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
@@ -190,7 +198,8 @@ def _load_manifest(arg: str, spec: str, opts: LoadOptions, kind: str) -> AuditDa
         split = check_split_values(raw, problems, row_name=row)
     refs, ids, rows, embedded = _image_refs(df, path, problems, row)
     images, info = decode_images(refs, problems, slug=f"{kind}-{path.stem}",
-                                 memory_budget_mb=opts.memory_budget_mb, cache_dir=opts.cache_dir)
+                                 memory_budget_mb=opts.memory_budget_mb, cache_dir=opts.cache_dir,
+                                 workers=opts.decode_workers)
     if not problems:
         check_classes(labels, class_names, problems, where="")
     problems.raise_if_any()

@@ -41,11 +41,14 @@ class LoadOptions:
     memory_budget_mb: decoded image folders and manifests larger than this (MiB) stream from a memmap
         cache file; ``None`` reads ``AUDIT_MEMORY_BUDGET_MB`` (default 2048).
     cache_dir: where those cache files go; ``None`` reads ``AUDIT_CACHE_DIR`` (default ~/.cache/benign-audit).
+    decode_workers: processes decoding image files; ``None`` reads ``AUDIT_DECODE_WORKERS``, else one per
+        CPU (up to 8) from 2,000 images on, when there are more than 2 CPUs.
     """
 
     download: bool = False
     memory_budget_mb: float | None = None
     cache_dir: str | Path | None = None
+    decode_workers: int | None = None
 
 
 Loader = Callable[..., AuditDataset]
@@ -61,11 +64,11 @@ def register(prefix: str) -> Callable[[Loader], Loader]:
 
 
 def load_dataset(spec: str, *, download: bool = False, memory_budget_mb: float | None = None,
-                 cache_dir: str | Path | None = None) -> AuditDataset:
+                 cache_dir: str | Path | None = None, decode_workers: int | None = None) -> AuditDataset:
     """Load ``spec`` (``digits``, ``npz:PATH``, ``mnist:ROOT``, ``folder:PATH``, ``csv:PATH``, ...).
 
     Raises :class:`AuditInputError` (exit 2) naming the spec, file, row or value on bad input; a source
-    with several problems lists them all.
+    with several problems lists them all. The other arguments are :class:`LoadOptions`.
     """
     prefix, _, arg = spec.partition(":")
     if prefix not in SOURCES:
@@ -73,7 +76,8 @@ def load_dataset(spec: str, *, download: bool = False, memory_budget_mb: float |
         raise AuditInputError(f"--dataset {spec!r}: unknown source {prefix!r} (known: {known})")
     if prefix != "digits" and not arg:
         raise AuditInputError(f"--dataset {spec!r}: {prefix} needs a path, e.g. {prefix}:PATH")
-    opts = LoadOptions(download=download, memory_budget_mb=memory_budget_mb, cache_dir=cache_dir)
+    opts = LoadOptions(download=download, memory_budget_mb=memory_budget_mb, cache_dir=cache_dir,
+                       decode_workers=decode_workers)
     return SOURCES[prefix](arg, spec=spec, opts=opts)
 
 
