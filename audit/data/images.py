@@ -15,8 +15,9 @@ Memory: when the decoded array would exceed the memory budget (``AUDIT_MEMORY_BU
 2048 MiB, or the ``memory_budget_mb`` argument), images are decoded once into a uint8 ``np.memmap`` file
 in the cache directory (``AUDIT_CACHE_DIR``, default ``~/.cache/benign-audit``) and served from disk; the
 file is keyed by every source file's path, size and modification time, so a rerun maps it again without
-decoding, and a changed file makes a new one. A cache file is complete or absent: it is written under a
-temporary name and renamed.
+decoding, and a changed file makes a new one (replacing the caches of earlier versions of a dataset with
+the same folder name). A cache file is complete or absent: it is written under a temporary name and
+renamed.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class _DecodeCache:
     """A uint8 memmap file of decoded images plus a JSON file written last (its presence = complete)."""
 
     def __init__(self, root: Path, slug: str, key: str):
+        self.root, self.slug = root, slug
         self.data = root / f"{slug}-{key}.u8"
         self.meta = root / f"{slug}-{key}.json"
         self.tmp = root / f"{slug}-{key}.u8.tmp{os.getpid()}"
@@ -156,9 +158,19 @@ class _DecodeCache:
         tmp_meta = self.meta.with_name(self.meta.name + f".tmp{os.getpid()}")
         tmp_meta.write_text(json.dumps({"shape": list(shape), "rule": RULE_VERSION, "info": info}))
         tmp_meta.replace(self.meta)
+        self._evict_stale()
         loaded = self.load()
         assert loaded is not None
         return loaded
+
+    def _evict_stale(self) -> None:
+        """Remove this slug's caches of earlier file versions: a cache can be as large as the dataset.
+        A process still mapping one keeps reading it (the file lives on until unmapped)."""
+        for p in self.root.glob(f"{self.slug}-*"):
+            stem = p.name[len(self.slug) + 1:]
+            is_cache = len(stem.split(".")[0]) == 20 and p.suffix in (".u8", ".json")
+            if is_cache and p not in (self.data, self.meta):
+                p.unlink(missing_ok=True)
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)

@@ -45,7 +45,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     import pandas as pd
 
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise AuditInputError(f"{path}: empty file (expected a header line path,label[,split])") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
