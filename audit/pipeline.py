@@ -34,6 +34,10 @@ CV_KEYS = ("arch", "width", "cv_epochs", "batch_size", "lr", "weight_decay", "se
 PAIR_KEYS = ("knn_k", "pairs_per_test", "tracin_checkpoints")
 
 
+# Bumped when a stage's algorithm changes, so a rerun recomputes it instead of reusing old outputs.
+STAGE_VERSIONS = {"crossval": 2}
+
+
 class Run:
     """The state one ``audit run`` works on: paths, resolved config, data, device, stage bookkeeping."""
 
@@ -51,13 +55,16 @@ class Run:
         self.train_images = torch.from_numpy(np.concatenate([np.asarray(ds.images[tr]), c_img]))
         self.train_labels = np.concatenate([ds.labels[tr], c_lab]).astype(np.int64)
         self.is_canary = np.r_[np.zeros(len(tr), bool), np.ones(len(c_lab), bool)]
+        # cross-validation groups: each canary shares its source image's group
+        self.cv_groups = np.r_[np.arange(len(tr)), c_src]
         self.test_images = torch.from_numpy(np.asarray(ds.images[te]))
         self.test_labels = ds.labels[te].astype(np.int64)
 
     # -- stage bookkeeping ---------------------------------------------------------------------
     def stage(self, name: str, keys: tuple[str, ...], upstream: tuple[str, ...], fn: Callable[[], dict]) -> dict:
         """Run ``fn`` unless ``.cache/<name>.npz`` holds outputs for the same inputs and config."""
-        h = hashlib.sha256(json.dumps([name, self.fingerprint, self.cfg.hash(keys),
+        tag = f"{name}@v{STAGE_VERSIONS[name]}" if name in STAGE_VERSIONS else name
+        h = hashlib.sha256(json.dumps([tag, self.fingerprint, self.cfg.hash(keys),
                                        [self.keys[u] for u in upstream]]).encode()).hexdigest()[:16]
         self.keys[name] = h
         arrays_path, key_path = self.cache / f"{name}.npz", self.cache / f"{name}.json"

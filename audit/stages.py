@@ -48,7 +48,7 @@ def crossval_stage(run) -> dict:
     spec = replace(run.spec("natural"), epochs=cfg.cv_epochs)
     return cross_validate(run.train_images, run.train_labels, run.test_images, spec,
                           run.ds.num_classes, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
-                          device=run.device, progress=run.progress)
+                          device=run.device, progress=run.progress, groups=run.cv_groups)
 
 
 def _load_tracin_checkpoints(run) -> list[tuple[float, dict]]:

@@ -61,11 +61,17 @@ def test_injected_noise_is_found(digits_run):
     df = pd.read_parquet(out / "examples.parquet")
     tr = df[df.split == "train"]
     auroc = roc_auc_score(tr["is_injected_noise"], tr["issue_score"])
-    assert auroc >= 0.95, auroc
+    assert auroc >= 0.99, auroc
     assert man["metrics"]["noise_auroc"] == pytest.approx(auroc, abs=1e-9)
     flagged = tr[tr.is_label_issue]
-    assert flagged["is_injected_noise"].mean() >= 0.6  # precision
-    assert tr.loc[tr.is_injected_noise, "is_label_issue"].mean() >= 0.9  # recall
+    assert flagged["is_injected_noise"].mean() >= 0.85  # precision
+    assert tr.loc[tr.is_injected_noise, "is_label_issue"].mean() >= 0.95  # recall
+    # better than cleanlab's documented workflow on the same out-of-sample probabilities
+    from sklearn.metrics import average_precision_score
+
+    ours = average_precision_score(tr["is_injected_noise"], tr["issue_score"])
+    baseline = average_precision_score(tr["is_injected_noise"], tr["cleanlab_score"])
+    assert 1 - ours <= (2 / 3) * (1 - baseline), (ours, baseline)
     # the suggested label recovers the clean label for most flagged noisy rows
     noisy = flagged[flagged.is_injected_noise]
     assert (noisy["suggested_label"] == noisy["clean_label"]).mean() >= 0.9

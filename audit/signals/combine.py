@@ -39,13 +39,22 @@ def detection_metrics(score: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"auroc": float(roc_auc_score(truth, score)), "auprc": float(average_precision_score(truth, score))}
 
 
-def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray) -> dict:
+def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_exclude: int = 0) -> dict:
     """signals: name -> (N,) raw scores (higher = worse) over training rows *including* canaries.
 
-    Returns ``{"score": (N,) in [0, 1], "chosen": name, "members": [...], "canary": {name: metrics}}``.
+    Canaries are scored against the real rows minus the ``n_exclude`` that the consensus of all
+    signals (their mean rank) puts on top: those are probably real label noise, and counting them as
+    negatives would reward a signal for *missing* real noise (its canaries then meet less
+    competition). Returns ``{"score": (N,) in [0, 1], "chosen": name, "members": [...],
+    "canary": {name: metrics}, "candidates": {...}}``.
     """
     ranks = {k: rank01(v) for k, v in signals.items()}
-    per_signal = {k: detection_metrics(r, is_canary) for k, r in ranks.items()}
+    use = np.ones(len(is_canary), bool)
+    if n_exclude > 0:
+        consensus = np.mean(list(ranks.values()), axis=0)
+        real = np.flatnonzero(~is_canary)
+        use[real[np.argsort(-consensus[real], kind="stable")[:n_exclude]]] = False
+    per_signal = {k: detection_metrics(r[use], is_canary[use]) for k, r in ranks.items()}
     if not is_canary.any():
         # No canaries (tiny data): fall back to a fixed, documented preference order.
         order = [k for k in ("cleanlab", "aum_natural", "memorization") if k in ranks] or list(ranks)
@@ -58,7 +67,7 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray) ->
             candidates[f"mean_top{m}"] = (members, np.mean([ranks[k] for k in members], axis=0))
     scored = {}
     for name, (members, s) in candidates.items():
-        scored[name] = detection_metrics(s, is_canary)
+        scored[name] = detection_metrics(s[use], is_canary[use])
     simplicity = {name: len(members) for name, (members, _) in candidates.items()}
     best = max(scored, key=lambda k: (round(np.nan_to_num(scored[k]["auprc"], nan=-1), 3), -simplicity[k]))
     members, s = candidates[best]

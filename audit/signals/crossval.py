@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from audit.train.engine import TrainSpec, summarize_dynamics, train_model
@@ -21,15 +21,24 @@ from audit.train.evaluate import infer
 from audit.train.models import build_model
 
 
-def fold_masks(labels: np.ndarray, folds: int, repeats: int, seed: int) -> np.ndarray:
-    """Membership of each fold model's training set: bool (repeats × folds, N); True = trained on."""
+def fold_masks(labels: np.ndarray, folds: int, repeats: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Membership of each fold model's training set: bool (repeats × folds, N); True = trained on.
+
+    ``groups`` (N,) keeps rows of one group in the same fold (a canary and the image it was made
+    from are held out together, so no fold model judges a canary having seen its source)."""
     n = len(labels)
     masks = []
     for r in range(repeats):
         counts = np.bincount(labels)
         stratify = counts[counts > 0].min() >= folds
-        splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=seed + 1000 * r)
-        for tr, _ in splitter.split(np.zeros(n), labels if stratify else None):
+        rs = seed + 1000 * r
+        if groups is not None:
+            splitter = (StratifiedGroupKFold if stratify else GroupKFold)(n_splits=folds, shuffle=True, random_state=rs)
+            splits = splitter.split(np.zeros(n), labels, groups)
+        else:
+            splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=rs)
+            splits = splitter.split(np.zeros(n), labels if stratify else None)
+        for tr, _ in splits:
             m = np.zeros(n, bool)
             m[tr] = True
             masks.append(m)
@@ -66,6 +75,7 @@ def cross_validate(
     seed: int,
     device: torch.device,
     progress: bool = True,
+    groups: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Train ``folds × repeats`` natural models on uint8 ``images`` (N, C, H, W).
 
@@ -77,7 +87,7 @@ def cross_validate(
         ``test_probs`` (M, N_test, K) and ``masks`` (M, N) for train→test influence.
     """
     shape = tuple(images.shape[1:])
-    masks = fold_masks(labels, folds, repeats, seed)
+    masks = fold_masks(labels, folds, repeats, seed, groups)
     n, k, m = len(labels), num_classes, len(masks)
     y = torch.as_tensor(labels, dtype=torch.long)
     train_probs = np.zeros((m, n, k), np.float32)

@@ -129,9 +129,9 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
 
     # -- signals and their canary-chosen combination (train) -----------------------------------
     sig = training_signals(run, trained, cv, infl)
-    combo = choose_combination(sig, run.is_canary)
     n_issues = n_label_issues(y_tr[real], cv["oos_probs"][real],
                               [trained[m]["train_logits"][real].argmax(1) for m in robust])
+    combo = choose_combination(sig, run.is_canary, n_exclude=n_issues)
     score_tr = rank01(combo["score"][real])
     flag_tr = np.zeros(n_tr, bool)
     if n_issues:
@@ -271,7 +271,8 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
         metrics["natural_fits_noise"] = float(df["correct_natural"][:n_tr][truth].mean()) if truth.any() else float("nan")
     canary = {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo["canary"].items()}
     extra = {"signal_selection": {
-        "rule": "highest canary AUPRC among single signals and mean ranks of the best 2-4; "
+        "rule": "highest canary AUPRC (negatives: real rows outside the consensus top n) among single "
+                "signals and mean ranks of the best 2-4; "
                 "is_label_issue = top n by issue_score, n = min(cleanlab confident-joint estimate, robust training errors)",
         "chosen": combo["chosen"], "members": combo["members"], "canary_scores": canary,
         "candidates": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo.get("candidates", {}).items()},
