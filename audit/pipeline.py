@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -70,6 +71,7 @@ class Run:
         arrays_path, key_path = self.cache / f"{name}.npz", self.cache / f"{name}.json"
         if arrays_path.exists() and key_path.exists() and read_json(key_path).get("key") == h:
             self.stages[name] = {"status": "cached", "key": h, "seconds": 0.0}
+            self.log(f"{name}: up to date, skipped")
             self.write_manifest(status="running")
             return load_arrays(arrays_path)
         self.stages[name] = {"status": "running", "key": h}
@@ -84,8 +86,13 @@ class Run:
         save_arrays(arrays_path, out)
         write_json(key_path, {"key": h})
         self.stages[name] = {"status": "done", "key": h, "seconds": round(time.perf_counter() - t0, 3)}
+        self.log(f"{name}: done in {self.stages[name]['seconds']:.1f} s")
         self.write_manifest(status="running")
         return out
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            print(f"[audit] {msg}", file=sys.stderr, flush=True)
 
     def write_manifest(self, status: str, metrics: dict | None = None, extra: dict | None = None) -> dict:
         man = {
@@ -170,6 +177,7 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
     cfg = resolve_defaults(cfg, ds.shape, n_train, device.type == "cuda")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _drop_stale_outputs(out, cfg, ds)
     run = Run(cfg, out, ds, device, progress)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -186,6 +194,26 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
     run.stages["write"] = {"status": "done", "seconds": round(time.perf_counter() - t0, 3)}
     metrics["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     return run.write_manifest(status="complete", metrics=metrics, extra=extra)
+
+
+FINAL_OUTPUTS = ("examples.parquet", "pairs.parquet", "dynamics.npz", "report.html")
+
+
+def _drop_stale_outputs(out: Path, cfg: RunConfig, ds: AuditDataset) -> None:
+    """A run directory holds the outputs of one config and dataset: when the previous manifest says
+    otherwise, its final tables go before any work starts (cached stages stay; their keys decide).
+    Review decisions are never deleted."""
+    man_path = out / "manifest.json"
+    if not man_path.exists():
+        return
+    try:
+        old = read_json(man_path)
+    except (OSError, ValueError):
+        old = {}
+    same = old.get("config_hash") == cfg.hash() and old.get("dataset", {}).get("fingerprint") == ds.fingerprint()
+    if not same:
+        for name in FINAL_OUTPUTS:
+            (out / name).unlink(missing_ok=True)
 
 
 def train_stage(run: Run, method: str) -> dict:

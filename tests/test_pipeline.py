@@ -126,3 +126,21 @@ def test_manifest_records_signal_choice(digits_run):
     assert sel["chosen"] in sel["candidates"]
     assert all(st["status"] in ("done", "cached") for st in man["stages"].values())
     assert man["status"] == "complete" and man["device"] == "cpu"
+
+
+def test_outputs_of_another_config_are_dropped_before_work(tmp_path):
+    from audit.config import RunConfig
+    from audit.data import load_dataset
+    from audit.io import write_json
+    from audit.pipeline import _drop_stale_outputs
+
+    ds = load_dataset("digits")
+    cfg = RunConfig()
+    for name in ("examples.parquet", "pairs.parquet", "decisions.sqlite"):
+        (tmp_path / name).write_bytes(b"x")
+    write_json(tmp_path / "manifest.json", {"config_hash": cfg.hash(), "dataset": {"fingerprint": ds.fingerprint()}})
+    _drop_stale_outputs(tmp_path, cfg, ds)
+    assert (tmp_path / "examples.parquet").exists()  # same config: kept
+    _drop_stale_outputs(tmp_path, RunConfig(seed=1), ds)
+    assert not (tmp_path / "examples.parquet").exists() and not (tmp_path / "pairs.parquet").exists()
+    assert (tmp_path / "decisions.sqlite").exists()  # decisions are never deleted
