@@ -124,6 +124,8 @@ def style() -> None:
     [data-testid="stImage"] img {image-rendering: pixelated; border-radius: 4px;}
     .st-key-zoom [data-testid="stImage"] img {box-shadow: 0 1px 6px rgba(0,0,0,.18);}
     div[class*="st-key-cell_"] {text-align: center;}
+    .st-key-neighbours [data-testid="stImage"] {gap: 10px; flex-wrap: wrap;}
+    .st-key-neighbours [data-testid="stImageContainer"] {flex: 0 0 44px;}
     div[class*="st-key-cell_"] [data-testid="stImage"] {margin: 0 auto;}
     .audit-id {font-family: ui-monospace, monospace; font-size: .85rem; color: #666;}
     .audit-big {font-size: 2.1rem; font-weight: 650; line-height: 1.1;}

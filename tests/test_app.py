@@ -34,17 +34,24 @@ def review_run(digits_run, tmp_path, monkeypatch):
     return run, man
 
 
-def open_app(page: str | None = None) -> AppTest:
+def open_app(page: str | None = None, **query) -> AppTest:
+    """A new browser session on ``page`` (a page's url_path is its file name, so it opens directly)."""
     at = AppTest.from_file(str(app_path()), default_timeout=60)
-    at.run()
+    at.query_params.update(query)
     if page:
-        at.switch_page(page).run()
+        at.switch_page(page)
+    at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
 
 def current_id(at: AppTest) -> str:
     return at.session_state["current"]
+
+
+def pictures(at: AppTest) -> int:
+    """Pictures on the page: an ``st.image`` list (the neighbour strip) counts each of its images."""
+    return sum(len(e.proto.imgs) for e in at.get("image"))
 
 
 def flagged_train(run: Path) -> pd.DataFrame:
@@ -70,7 +77,7 @@ def test_app_renders_flagged_grid(digits_run, monkeypatch):
     flagged = man["metrics"]["num_flagged_train"]
     assert any(str(flagged) in c.value for c in at.caption)
     # one page of thumbnails (24 by default), the zoomed example and its 10 neighbours: never more
-    assert len(at.get("image")) == min(24, flagged) + 1 + 10
+    assert pictures(at) == min(24, flagged) + 1 + 10
     assert at.session_state["current"] == flagged_train(out)["example_id"].iloc[0]
 
 
@@ -91,7 +98,7 @@ def test_every_page_renders(review_run):
     at.switch_page("views/pairs.py").run()
     n_tests = pairs[pairs.reason == "robust_error"].test_id.nunique()
     per_test = int(pairs.groupby("test_id").size().max())
-    assert len(at.get("image")) == min(6, n_tests) * (1 + per_test)
+    assert pictures(at) == min(6, n_tests) * (1 + per_test)
 
 
 def test_decision_is_persisted_in_the_click_and_next_example_follows(review_run):
@@ -119,10 +126,7 @@ def test_decision_is_persisted_in_the_click_and_next_example_follows(review_run)
     assert current_id(at2) == order[3]
     assert any("3 of" in m.value for m in at2.markdown)
     # and the deep link to a decided example shows who decided
-    at3 = AppTest.from_file(str(app_path()), default_timeout=60)
-    at3.query_params["example"] = order[0]
-    at3.run()
-    at3.switch_page(REVIEW).run()
+    at3 = open_app(REVIEW, example=order[0])
     assert current_id(at3) == order[0]
     assert any("Kept" in s.value and "tester" in s.value for s in at3.success)
 
@@ -165,7 +169,7 @@ def test_filters_and_paging_never_render_more_than_one_page(review_run):
     fl = flagged_train(run)
     at = open_app(REVIEW)
     at.selectbox(key="f_page_size").set_value(12).run()
-    assert len(at.get("image")) == 12 + 1 + 10
+    assert pictures(at) == 12 + 1 + 10
     cls = int(fl["given_label"].value_counts().idxmax())
     at.multiselect(key="f_classes").set_value([cls]).run()
     want = fl[fl.given_label == cls]["example_id"].tolist()

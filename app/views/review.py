@@ -300,10 +300,24 @@ def neighbours_ui(run: ui.Run, r: pd.Series) -> None:
     counts = pd.Series([int(x) for x in labels]).value_counts()
     summary = ", ".join(f"**{run.name(k)}** ×{n}" for k, n in counts.items())
     st.caption(f"Nearest training images and their labels: {summary}")
-    cols = st.columns(len(ids), gap="xsmall")
-    for c, nid, lab in zip(cols, ids, labels):
-        lab = int(lab)
-        c.image(data.thumbnail(run.dir, str(nid), 56), caption=run.name(lab), width="content")
+    # one element for the whole strip: fewer elements, a faster page
+    with st.container(key="neighbours"):
+        st.image([data.thumbnail(run.dir, str(nid), 44) for nid in ids], caption=[run.name(int(x)) for x in labels],
+                 width="content")
+
+
+def recent_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, latest: pd.DataFrame, n: int = 6) -> None:
+    """The newest decisions in the run (anyone's), in the sidebar; a click reopens one."""
+    st.subheader("Recent decisions", anchor=False)
+    if not len(latest):
+        st.caption("None yet.")
+        return
+    recent = latest.sort_values("seq", ascending=False).head(n)
+    for i, d in enumerate(recent.itertuples(index=False)):
+        given = df.at[rows.get_loc(d.example_id), "given_label"] if d.example_id in rows else None
+        st.button(f"{ui.DECISION_ICON[d.decision]} {d.example_id} · {ui.decision_text(run, d.decision, d.new_label, given)}"
+                  f" · {d.reviewer}, {ui.ago(d.decided_at)}", key=f"recent_{i}", type="tertiary",
+                  on_click=_set_current, args=(str(d.example_id),))
 
 
 def detail_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, current: str, queue_ids: np.ndarray,
@@ -410,6 +424,8 @@ def review_fragment(run: ui.Run, f: Filters, page_size: int) -> None:
             key = f"queue_page_{page}_{n_pages}"
             st.pagination(n_pages, default=page + 1, key=key, on_change=go_page, args=(key, queue_ids, page_size),
                           max_visible_pages=7)
+    with st.sidebar:
+        recent_ui(run, df, rows, latest)
     with right:
         notices_ui(run, df, rows)
         if current is not None:
