@@ -29,6 +29,7 @@ import os
 import stat
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Sequence
 
@@ -255,8 +256,8 @@ class _Chunks:
         def submit(idx):
             pending.append((idx, self.pool.submit(_work, [self.refs[i] for i in idx], choose_action(), target)))
 
-        for idx in list(zip(range(2 * self.workers), chunks)):
-            submit(idx[1])
+        for idx in list(islice(chunks, 2 * self.workers)):  # a bounded window keeps memory bounded
+            submit(idx)
         while pending:
             idx, fut = pending.popleft()
             yield idx, fut.result()
