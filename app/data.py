@@ -94,6 +94,23 @@ def row_of(run: Path) -> pd.Index:
     return _row_of(str(p), _mtime(p))
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _sorted_train(path: str, mtime: float, column: str) -> np.ndarray:
+    df = _examples(path, mtime)
+    x = df.loc[df["split"] == "train", column].to_numpy(dtype=float, na_value=np.nan)
+    return np.sort(x[~np.isnan(x)])
+
+
+def train_percentile(run: Path, column: str, value) -> float | None:
+    """Share of training examples whose ``column`` is below ``value`` (sorted once per run, then a
+    binary search); None when the value is missing."""
+    if value is None or pd.isna(value):
+        return None
+    p = run / "examples.parquet"
+    xs = _sorted_train(str(p), _mtime(p), column)
+    return float(np.searchsorted(xs, float(value), side="left") / len(xs)) if len(xs) else None
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _pairs(path: str, mtime: float) -> pd.DataFrame:
     if not mtime:
@@ -127,12 +144,13 @@ class Dynamics:
 def _dynamics(path: str, mtime: float) -> Dynamics | None:
     if not mtime:
         return None
-    from audit.io import load_arrays
-
-    z = load_arrays(path)
-    models = [str(m) for m in z.get("models", [])]
-    return Dynamics({m: z[f"margin_{m}"] for m in models if f"margin_{m}" in z},
-                    pd.Index(z["example_ids"].astype(str)))
+    try:
+        with np.load(path, allow_pickle=False) as z:  # margins only: the largest arrays are read once
+            models = [str(m) for m in z["models"]] if "models" in z.files else []
+            return Dynamics({m: z[f"margin_{m}"] for m in models if f"margin_{m}" in z.files},
+                            pd.Index(z["example_ids"].astype(str)))
+    except (OSError, ValueError, KeyError):  # unreadable: the page says so instead of failing
+        return None
 
 
 def dynamics(run: Path) -> Dynamics | None:

@@ -25,8 +25,8 @@ def sidebar_ui(run: ui.Run) -> str:
     with st.sidebar:
         st.title("benign-audit")
         ds = run.manifest["dataset"]
-        st.caption(f"**{ds.get('name', ds['spec'])}** · {ds.get('num_train', '?')} train / {ds.get('num_test', '?')} test"
-                   f" · {len(run.class_names)} classes  \n`{run.dir}`")
+        st.caption(f"**{ds.get('name', ds['spec'])}** · {ds.get('num_train', '?')} train / "
+                   f"{ds.get('num_test', '?')} test · {len(run.class_names)} classes  \n`{run.dir}`")
         name = st.text_input("Reviewer", value=ui.default_reviewer(), key="reviewer", bind="query-params",
                              help="Stored with every decision you make.")
     return (name or "").strip() or ui.default_reviewer()

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from app import data
@@ -131,11 +130,3 @@ def style() -> None:
     .audit-big {font-size: 2.1rem; font-weight: 650; line-height: 1.1;}
     .audit-small {font-size: .8rem; color: #777;}
     </style>""")
-
-
-def percentile(values: pd.Series, v) -> float | None:
-    """Share of ``values`` below ``v`` (None when ``v`` is missing)."""
-    if v is None or pd.isna(v):
-        return None
-    x = values.dropna().to_numpy(float)
-    return float((x < float(v)).mean()) if len(x) else None

@@ -115,7 +115,8 @@ class DecisionStore:
         new_label`` (nullable Int64), ``reviewer, decided_at`` (ISO 8601 UTC), ``based_on``."""
         where, params = ("WHERE example_id=?", (example_id,)) if example_id is not None else ("", ())
         with self._connect() as con:
-            rows = con.execute(f"SELECT {', '.join(_LOG_COLUMNS)} FROM decisions {where} ORDER BY seq", params).fetchall()
+            rows = con.execute(f"SELECT {', '.join(_LOG_COLUMNS)} FROM decisions {where} ORDER BY seq",
+                               params).fetchall()
         df = pd.DataFrame(rows, columns=_LOG_COLUMNS)
         for c in ("new_label", "based_on"):
             df[c] = df[c].astype("Int64")

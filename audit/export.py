@@ -28,7 +28,8 @@ import pandas as pd
 from audit.errors import AuditInputError
 from audit.io import atomic_write_bytes, read_parquet_metadata, write_parquet
 
-EXPORT_COLUMNS = ["example_id", "index", "given_label", "suggested_label", "issue_score", "is_label_issue", "final_label"]
+EXPORT_COLUMNS = ["example_id", "index", "given_label", "suggested_label", "issue_score", "is_label_issue",
+                  "final_label"]
 PROVENANCE_COLUMNS = ["label_source", "decision", "reviewer", "decided_at"]
 SIGNAL_COLUMNS = ["category", "signals_fired", "category_reason", "evidence_confidence", "path", "clean_label",
                   "is_injected_noise"]
@@ -56,7 +57,8 @@ def _with_decisions(df: pd.DataFrame, run_dir: str | Path) -> pd.DataFrame:
     return out
 
 
-def cleaned_labels(run_dir: str | Path, *, drop_flagged: bool = False, use_decisions: bool = False) -> pd.DataFrame:
+def cleaned_labels(run_dir: str | Path, *, drop_flagged: bool = False, use_decisions: bool = False,
+                   examples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Training rows with ``final_label``: the suggested label where flagged, the given one elsewhere.
 
     With ``drop_flagged``, flagged rows are removed instead of relabelled. With ``use_decisions``, a
@@ -65,8 +67,10 @@ def cleaned_labels(run_dir: str | Path, *, drop_flagged: bool = False, use_decis
     ``label_source``, ``decision``, ``reviewer`` and ``decided_at`` are added. The signals behind
     each row (``category``, ``signals_fired``, ...) follow where the run has them. Only training rows:
     test labels are listed by :func:`flagged_test_labels`, never removed.
+
+    ``examples``: the run's ``examples.parquet`` if already loaded (not modified); read otherwise.
     """
-    df = load_examples(run_dir)
+    df = load_examples(run_dir) if examples is None else examples
     df = df[df["split"] == "train"].copy()
     flagged = df["is_label_issue"].to_numpy(bool)
     df["final_label"] = np.where(flagged, df["suggested_label"], df["given_label"]).astype(np.int64)
@@ -91,12 +95,13 @@ def cleaned_labels(run_dir: str | Path, *, drop_flagged: bool = False, use_decis
     return out
 
 
-def flagged_test_labels(run_dir: str | Path, *, use_decisions: bool = False) -> pd.DataFrame:
+def flagged_test_labels(run_dir: str | Path, *, use_decisions: bool = False,
+                        examples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Test rows a person should look at: every flagged test example, and with ``use_decisions``
     every test example a reviewer decided on. Nothing here is removed: ``reviewed_label`` is the
     reviewer's class after ``relabel``, the given label otherwise, and a ``remove`` decision is listed
-    (``decision`` = ``remove``) for the person to act on."""
-    df = load_examples(run_dir)
+    (``decision`` = ``remove``) for the person to act on. ``examples`` as in :func:`cleaned_labels`."""
+    df = load_examples(run_dir) if examples is None else examples
     df = df[df["split"] == "test"].copy()
     cols = list(TEST_COLUMNS)
     df["reviewed_label"] = df["given_label"].astype(np.int64)

@@ -30,9 +30,17 @@ def decisions_table(run: ui.Run) -> pd.DataFrame:
         "final": final, "suggested": [run.name(s) for s in ex["suggested_label"]],
         "category": ex.get("category", pd.Series([""] * len(ex))).to_numpy(),
         "issue_score": ex["issue_score"].to_numpy(), "reviewer": latest["reviewer"].to_numpy(),
-        "decided_at": latest["decided_at"].to_numpy(), "seq": latest["seq"].to_numpy(),
+        "decided_at": [str(t)[:19].replace("T", " ") for t in latest["decided_at"]], "seq": latest["seq"].to_numpy(),
     })
     return out.sort_values("seq", ascending=False).reset_index(drop=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _exports(run_dir: str, version: int, drop_flagged: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cleaned labels and flagged test labels, recomputed only when a decision is written."""
+    df = data.examples(Path(run_dir))
+    return (cleaned_labels(run_dir, drop_flagged=drop_flagged, use_decisions=True, examples=df),
+            flagged_test_labels(run_dir, use_decisions=True, examples=df))
 
 
 def undo_selected(run_dir: str, picks: list[tuple[str, int]], reviewer: str) -> None:
@@ -72,8 +80,8 @@ def export_ui(run: ui.Run) -> None:
                "Same as `audit export RUN --use-decisions --out labels.csv`.")
     drop = st.toggle("Drop flagged examples nobody decided on (instead of relabelling them)", value=False,
                      key="export_drop_flagged")
-    labels = cleaned_labels(run.dir, drop_flagged=drop, use_decisions=True)
-    test = flagged_test_labels(run.dir, use_decisions=True)
+    version = DecisionStore(run.dir).version()
+    labels, test = _exports(str(run.dir), version, drop)
     n_train = int((data.examples(run.dir)["split"] == "train").sum())
     c = st.columns(4)
     c[0].metric("training rows exported", f"{len(labels):,}", f"{n_train - len(labels):,} removed",
@@ -83,11 +91,13 @@ def export_ui(run: ui.Run) -> None:
     c[3].metric("flagged test labels", f"{len(test):,}")
     b = st.container(horizontal=True, gap="small")
     with b:
-        st.download_button("labels.csv", labels.to_csv(index=False), file_name="labels.csv", mime="text/csv",
-                           icon=":material/download:", type="primary", key="download_labels", on_click="ignore")
-        st.download_button("flagged-test.csv", test.to_csv(index=False), file_name="labels.flagged-test.csv",
+        # the files are made when clicked (callables), not on every rerun
+        st.download_button("labels.csv", lambda: labels.to_csv(index=False), file_name="labels.csv",
+                           mime="text/csv", icon=":material/download:", type="primary", key="download_labels",
+                           on_click="ignore")
+        st.download_button("flagged-test.csv", lambda: test.to_csv(index=False), file_name="labels.flagged-test.csv",
                            mime="text/csv", icon=":material/download:", key="download_test", on_click="ignore")
-        st.download_button("decision log.csv", DecisionStore(run.dir).log().to_csv(index=False),
+        st.download_button("decision log.csv", lambda: DecisionStore(run.dir).log().to_csv(index=False),
                            file_name="decisions.csv", mime="text/csv", icon=":material/download:",
                            key="download_log", on_click="ignore")
         st.button(f"Write to {EXPORT_DIR}/ in the run", key="write_export", icon=":material/save:",
@@ -110,10 +120,14 @@ def main() -> None:
                                             "decided_at": st.column_config.TextColumn("decided at (UTC)")})
         picked = list(event.selection.rows) if event is not None else []
         picks = [(str(table.at[i, "example_id"]), int(table.at[i, "seq"])) for i in picked]
-        st.button(f"Undo {len(picks)} selected" if picks else "Undo selected", key="undo_selected",
+        bar = st.container(horizontal=True, gap="small", vertical_alignment="center")
+        bar.button(f"Undo {len(picks)} selected" if picks else "Undo selected", key="undo_selected",
                   icon=":material/undo:", disabled=not picks, on_click=undo_selected,
                   args=(str(run.dir), picks, ui.reviewer()),
                   help="appends an undo row per example; the example returns to the review queue")
+        if len(picks) == 1:
+            bar.page_link("views/review.py", label=f"Open {picks[0][0]} in the review queue",
+                          icon=":material/open_in_new:", query_params={"example": picks[0][0]})
     else:
         st.info("No decisions yet. Open the Review queue and press K, A, X or a class key.", icon=":material/info:")
     with st.expander("Full decision log (append-only)"):

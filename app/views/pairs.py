@@ -51,12 +51,13 @@ def pair_row_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, test_id: str, par
             tr = df.loc[rows.get_loc(pr.train_id)]
             with c:
                 st.image(data.thumbnail(run.dir, pr.train_id, 96), width="content")
-                st.markdown(f"#{pr.rank} labelled **{run.name(tr['given_label'])}**"
-                            + (f" → {run.name(tr['suggested_label'])}" if tr["is_label_issue"]
-                               and tr["suggested_label"] != tr["given_label"] else ""))
+                badge = ""
                 if tr["is_label_issue"]:
                     cat = str(tr.get("category", "flagged"))
-                    st.badge(cat, color=ui.CATEGORY_COLOR.get(cat, "red"))
+                    badge = f" :{ui.CATEGORY_COLOR.get(cat, 'red')}-badge[{cat}]"
+                moved = tr["is_label_issue"] and tr["suggested_label"] != tr["given_label"]
+                st.markdown(f"#{pr.rank} labelled **{run.name(tr['given_label'])}**"
+                            + (f" → {run.name(tr['suggested_label'])}" if moved else "") + badge)
                 st.caption(f"influence {pr.influence:+.3g} · sim {pr.similarity:.2f}")
                 st.page_link("views/review.py", label="Review", icon=":material/open_in_new:",
                              query_params={"example": str(pr.train_id)})

@@ -13,7 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from app import data, ui
-from app.queue import CATEGORIES, SORTS, STATUSES, Filters, next_after, page_of, previous_before, review_queue, signal_names
+from app.queue import (CATEGORIES, SORTS, STATUSES, Filters, next_after, page_of, previous_before, review_queue,
+                       signal_names)
 from audit.decisions import DecisionStore
 
 PAGE_SIZES = (12, 24, 48)
@@ -85,26 +86,28 @@ def go_page(key: str, queue_ids: np.ndarray, page_size: int) -> None:
 
 # -- sidebar filters (outside the fragment: changing one reruns the page) ---------------------------
 def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
+    """The queue's filters; their values live for the whole session (``persist_state``), and a change
+    reopens the new queue at its top."""
+    keep = dict(on_change=_filters_changed, persist_state="session")
     with st.sidebar:
         st.subheader("Queue", anchor=False)
-        split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split", on_change=_filters_changed,
-                                     persist_state="session")
-        flagged_only = st.toggle("Flagged only", value=True, key="f_flagged", on_change=_filters_changed, persist_state="session")
-        status = st.segmented_control("Status", list(STATUSES), default="to review", required=True, key="f_status", on_change=_filters_changed,
-                                      persist_state="session")
-        cats = st.pills("Category", list(CATEGORIES), selection_mode="multi", key="f_categories", on_change=_filters_changed,
-                        persist_state="session", help="none selected: every category")
+        split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split",
+                                     **keep)
+        flagged_only = st.toggle("Flagged only", value=True, key="f_flagged", **keep)
+        status = st.segmented_control("Status", list(STATUSES), default="to review", required=True,
+                                      key="f_status", **keep)
+        cats = st.pills("Category", list(CATEGORIES), selection_mode="multi", key="f_categories",
+                        help="none selected: every category", **keep)
         classes = st.multiselect("Given label", list(range(len(run.class_names))), format_func=run.name,
-                                 key="f_classes", on_change=_filters_changed, placeholder="every class", persist_state="session")
-        sigs = signal_names(df)
-        signals = st.multiselect("Signal fired", sigs, key="f_signals", on_change=_filters_changed, placeholder="any signal",
-                                 persist_state="session", help="examples flagged by at least one of these")
+                                 key="f_classes", placeholder="every class", **keep)
+        signals = st.multiselect("Signal fired", signal_names(df), key="f_signals", placeholder="any signal",
+                                 help="examples flagged by at least one of these", **keep)
         lo, hi = float(df["issue_score"].min()), float(df["issue_score"].max())
         if hi <= lo:
             hi = lo + 1e-6
-        score = st.slider("issue_score", lo, hi, (lo, hi), key="f_score", on_change=_filters_changed, persist_state="session")
+        score = st.slider("issue_score", lo, hi, (lo, hi), key="f_score", **keep)
         c1, c2 = st.columns(2)
-        sort = c1.selectbox("Sort by", list(SORTS), key="f_sort", on_change=_filters_changed, persist_state="session")
+        sort = c1.selectbox("Sort by", list(SORTS), key="f_sort", **keep)
         page_size = c2.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
         st.caption("Keys: **K** keep · **A** accept suggestion · **0–9** relabel · **X** remove · **S** skip · "
                    "**U** undo · **←/→** browse")
@@ -148,9 +151,9 @@ def header_ui(run: ui.Run, r: pd.Series, pos: int, n_queue: int, effective: pd.S
     st.markdown(f"<span class='audit-id'>{r['example_id']} · {r['split']} #{r['index']} · {where}</span>",
                 unsafe_allow_html=True)
     if effective is not None:
-        st.success(f"{ui.DECISION_ICON[effective['decision']]} "
-                   f"{ui.decision_text(run, effective['decision'], effective['new_label'], r['given_label']).capitalize()}"
-                   f" by **{effective['reviewer']}**, {ui.ago(effective['decided_at'])}", icon=None)
+        what = ui.decision_text(run, effective["decision"], effective["new_label"], r["given_label"])
+        st.success(f"{ui.DECISION_ICON[effective['decision']]} {what.capitalize()} by **{effective['reviewer']}**, "
+                   f"{ui.ago(effective['decided_at'])}")
 
 
 def labels_ui(run: ui.Run, r: pd.Series) -> None:
@@ -233,7 +236,7 @@ def signals_ui(r: pd.Series) -> None:
             st.badge(s, color="red" if s.startswith("robust") else "orange", help=ui.SIGNAL_HELP.get(s))
 
 
-def numbers_ui(run: ui.Run, df: pd.DataFrame, r: pd.Series) -> None:
+def numbers_ui(run: ui.Run, r: pd.Series) -> None:
     """Per model: prediction, loss, AUM, forgetting; plus memorization, self-influence, label quality."""
     rows = {}
     for m in run.models:
@@ -255,12 +258,11 @@ def numbers_ui(run: ui.Run, df: pd.DataFrame, r: pd.Series) -> None:
                 col["forgetting events"] = str(int(r[f"forgetting_{m}"]))
         rows[name] = col
     t = pd.DataFrame(rows)
-    train = df[df["split"] == "train"]
     extra = []
     for c, label in (("memorization", "memorization"), ("self_influence", "self-influence"),
                      ("label_quality", "label quality")):
         if c in r.index and pd.notna(r[c]):
-            p = ui.percentile(train[c], r[c])
+            p = data.train_percentile(run.dir, c, r[c])
             extra.append(f"**{label}** {float(r[c]):.3g}" + (f" <span class='audit-small'>({p:.0%} pct)</span>"
                                                                if p is not None else ""))
     if len(t):
@@ -291,8 +293,9 @@ def dynamics_ui(run: ui.Run, r: pd.Series) -> None:
 
 
 def neighbours_ui(run: ui.Run, r: pd.Series) -> None:
-    ids = list(r.get("neighbor_ids") if "neighbor_ids" in r.index and r.get("neighbor_ids") is not None else [])
-    labels = list(r.get("neighbor_labels") if "neighbor_labels" in r.index and r.get("neighbor_labels") is not None else [])
+    ids, labels = r.get("neighbor_ids"), r.get("neighbor_labels")
+    ids = [] if ids is None else list(ids)
+    labels = [] if labels is None else list(labels)
     ids, labels = ids[:NEIGHBOURS], labels[:NEIGHBOURS]
     if not ids:
         st.caption("No neighbours recorded.")
@@ -315,8 +318,9 @@ def recent_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, latest: pd.DataFram
     recent = latest.sort_values("seq", ascending=False).head(n)
     for i, d in enumerate(recent.itertuples(index=False)):
         given = df.at[rows.get_loc(d.example_id), "given_label"] if d.example_id in rows else None
-        st.button(f"{ui.DECISION_ICON[d.decision]} {d.example_id} · {ui.decision_text(run, d.decision, d.new_label, given)}"
-                  f" · {d.reviewer}, {ui.ago(d.decided_at)}", key=f"recent_{i}", type="tertiary",
+        what = ui.decision_text(run, d.decision, d.new_label, given)
+        st.button(f"{ui.DECISION_ICON[d.decision]} {d.example_id} · {what} · {d.reviewer}, {ui.ago(d.decided_at)}",
+                  key=f"recent_{i}", type="tertiary",
                   on_click=_set_current, args=(str(d.example_id),))
 
 
@@ -350,7 +354,7 @@ def detail_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, current: str, queue
     with t1:
         dynamics_ui(run, r)
     with t2:
-        numbers_ui(run, df, r)
+        numbers_ui(run, r)
     with t3:
         log = store.log(current)
         if len(log):
