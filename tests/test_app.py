@@ -178,6 +178,30 @@ def test_filters_and_paging_never_render_more_than_one_page(review_run):
     assert len(buttons) == min(12, len(want))
     at.button(key="open_1").click().run()
     assert current_id(at) == want[1]
+    # flagged test labels are reviewable too (they have no training dynamics)
+    at.multiselect(key="f_classes").set_value([]).run()
+    at.segmented_control(key="f_split").set_value("test").run()
+    assert not at.exception
+    ex = pd.read_parquet(run / "examples.parquet")
+    test_flagged = ex[(ex.split == "test") & ex.is_label_issue].sort_values("issue_score", ascending=False)
+    assert current_id(at) == test_flagged["example_id"].iloc[0]
+    assert any("No training dynamics" in c.value for c in at.caption)
+
+
+def test_many_classes_relabel_through_the_class_picker(review_run):
+    import json
+
+    run, man = review_run
+    man = json.loads((run / "manifest.json").read_text())
+    man["dataset"]["class_names"] = [f"class {i}" for i in range(12)]  # past 10 classes: no digit keys
+    (run / "manifest.json").write_text(json.dumps(man))
+    at = open_app(REVIEW)
+    assert not [b for b in at.button if b.key and b.key.startswith("relabel_")]
+    at.selectbox(key="relabel_to").set_value(11).run()
+    at.button(key="decide_relabel").click().run()
+    assert not at.exception
+    row = DecisionStore(run).log().iloc[0]
+    assert row["decision"] == "relabel" and row["new_label"] == 11
 
 
 def test_export_from_the_app_reflects_decisions(review_run):

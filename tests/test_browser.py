@@ -151,7 +151,6 @@ def test_review_in_a_real_browser_decisions_survive_reload_and_restart(browser_r
         _wait_loaded(page, page_pictures)
         assert _open_id(page) == order[0]
         assert len(page.query_selector_all('[data-testid="stImage"] img')) == page_pictures  # one page, no more
-        _shot(page, "review")
 
         # one key: K keeps the label, and the next example opens at once
         page.locator("body").press("k")
@@ -165,6 +164,8 @@ def test_review_in_a_real_browser_decisions_survive_reload_and_restart(browser_r
         page.wait_for_function(f"() => ({OPEN_ID})().startsWith({order[2]!r})")
         latest = DecisionStore(run).latest().set_index("example_id")
         assert latest.at[order[1], "decision"] == "relabel" and latest.at[order[1], "new_label"] == suggested
+        _wait_loaded(page, page_pictures)
+        _shot(page, "review")
 
         # reload: a new browser session finds both kept, counted, and out of the "to review" queue
         page.reload()
