@@ -22,10 +22,15 @@ import pytest
 
 from audit.decisions import DecisionStore
 
-pytestmark = pytest.mark.browser
-
 CHROMIUM = next((p for p in (os.environ.get("AUDIT_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
                              shutil.which("chromium-browser")) if p and Path(p).exists()), None)
+# Checked before any fixture runs (the session's audit run included), so a missing browser costs nothing.
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium for the end-to-end browser test: "
+                       "`apt-get install chromium` (Debian/Ubuntu; .ci/run does this), or set AUDIT_CHROMIUM"),
+]
+sync_playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright").sync_playwright
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 SCREENS = Path(os.environ.get("AUDIT_SCREENSHOTS", "/tmp/audit-screens"))
@@ -100,10 +105,6 @@ def browser_run(digits_run, tmp_path):
 
 @pytest.fixture
 def browser():
-    if CHROMIUM is None:
-        pytest.skip("needs Chromium for the end-to-end browser test: `apt-get install chromium` "
-                    "(Debian/Ubuntu; .ci/run does this), or set AUDIT_CHROMIUM to its path")
-    sync_playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright").sync_playwright
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

@@ -400,7 +400,8 @@ def review_fragment(run: ui.Run, f: Filters, page_size: int) -> None:
         current = None
     if current is None and len(queue_ids):
         current = str(queue_ids[0])
-        st.session_state["current"] = current
+    if current != st.session_state.get("current") or st.query_params.get("example") != current:
+        _set_current(current)  # the URL names the open example, so a reload or a shared link reopens it
 
     flagged = df[(df["split"] == f.split) & df["is_label_issue"]]
     n_done = int(flagged["example_id"].isin(latest["example_id"]).sum())
