@@ -171,7 +171,8 @@ def plot_flagged_per_class(tr: pd.DataFrame, class_names: list[str]) -> bytes:
     return _fig_png(fig)
 
 
-def _exceed_curve(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def fraction_above(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """For each s in ``grid``: the fraction of finite ``values`` greater than s."""
     v = np.sort(values[np.isfinite(values)])
     if len(v) == 0:
         return np.full(len(grid), np.nan)
@@ -197,10 +198,10 @@ def plot_self_influence(tr: pd.DataFrame, robust: list[str]) -> bytes:
         else:
             lo = min(0.0, np.nanmin(vals)) if np.isfinite(vals).any() else 0.0
             grid = np.linspace(lo, 1.0, 201)
-        ax.plot(grid, _exceed_curve(vals, grid), color="k", lw=2, label=f"all training points ({len(vals)})")
+        ax.plot(grid, fraction_above(vals, grid), color="k", lw=2, label=f"all training points ({len(vals)})")
         for m in robust:
             wrong = ~tr[f"correct_{m}"].astype(bool).to_numpy()
-            ax.plot(grid, _exceed_curve(vals[wrong], grid), color=MODEL_COLORS.get(m, None), lw=2,
+            ax.plot(grid, fraction_above(vals[wrong], grid), color=MODEL_COLORS.get(m, None), lw=2,
                     label=f"misclassified by {m} ({int(wrong.sum())})")
         ax.set_xlabel(label)
         ax.set_ylabel("fraction with self-influence > s")

@@ -161,7 +161,7 @@ def plot(summary: pd.DataFrame, cfg: LabelNoiseConfig, rc, ds, path: Path) -> No
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.6, 4.2))
     eps_vals = sorted(summary["eps"].unique())
     cmap = plt.get_cmap("Reds")
     for i, eps in enumerate(eps_vals):
@@ -177,7 +177,7 @@ def plot(summary: pd.DataFrame, cfg: LabelNoiseConfig, rc, ds, path: Path) -> No
     ax.set_ylabel("error")
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     seeds = int(summary["seeds"].min())
     ax.set_title(f"Fig. 2b on {ds.name}: natural {rc.arch} ({rc.epochs} epochs), ℓ∞ PGD {cfg.steps} steps;\n"
                  f"mean and 95% band over {seeds} seed{'s' if seeds > 1 else ''}", fontsize=9)

@@ -166,8 +166,7 @@ def run_cell(base: torch.Tensor, sigma2: float, eta: float, seed: int, cfg: ToyM
     from audit.train.attacks import PGD
 
     t0 = time.perf_counter()
-    s_idx = cfg.sigma2.index(sigma2)
-    gen = torch.Generator().manual_seed(10_000 * seed + s_idx)  # same clean data for every η
+    gen = torch.Generator().manual_seed(10_000 * seed + int(round(1000 * sigma2)))  # same clean data for every η
     x, y = sample(base, cfg.n_train, sigma2, gen)
     xt, yt = sample(base, cfg.n_test, sigma2, gen)
     y_noisy = torch.from_numpy(noisy_labels(y.numpy(), eta, 2, seed=seed))
@@ -197,7 +196,8 @@ def run(cfg: ToyMnistConfig, out: str | Path, *, device: str = "auto", threads: 
 
     Writes ``toy_mnist_runs.csv`` (one row per cell, rewritten after each, so a rerun with the same
     config resumes), ``toy_mnist.csv`` (mean and 95% CI over seeds), ``toy_mnist.png``,
-    ``toy_mnist_samples.png`` and ``toy_mnist.json``.
+    ``toy_mnist_samples.png`` and ``toy_mnist.json``. Cells already in ``toy_mnist_runs.csv`` from a
+    run with the same settings (the σ², η and seed grids may differ) are reused.
     """
     from tqdm.auto import tqdm
 
@@ -210,8 +210,8 @@ def run(cfg: ToyMnistConfig, out: str | Path, *, device: str = "auto", threads: 
     base = torch.from_numpy(two_images(cfg.source, cfg.size))
     runs_path, meta_path = out / "toy_mnist_runs.csv", out / "toy_mnist.json"
     done: list[dict] = []
-    if runs_path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()).get("config") == _jsonable(cfg):
-        done = pd.read_csv(runs_path).to_dict("records")
+    if runs_path.is_file() and meta_path.is_file() and _same_cells(json.loads(meta_path.read_text()).get("config"), cfg):
+        done = pd.read_csv(runs_path).to_dict("records")  # cells from an earlier run with the same settings
     have = {(r["sigma2"], r["eta"], r["seed"]) for r in done}
     cells = [(s, e, k) for s in cfg.sigma2 for e in cfg.etas for k in range(cfg.seeds)]
     t0 = time.perf_counter()
@@ -223,6 +223,8 @@ def run(cfg: ToyMnistConfig, out: str | Path, *, device: str = "auto", threads: 
             done.extend(run_cell(base, s, e, k, cfg, dev))
             write_csv(runs_path, pd.DataFrame(done))
     runs = pd.DataFrame(done)
+    cell_set = set(cells)
+    runs = runs[[(r.sigma2, r.eta, r.seed) in cell_set for r in runs.itertuples()]]
     summary = summarize(runs, ["sigma2", "eta", "eps"], ["adversarial_error", "test_error", "train_error", "epochs"])
     write_csv(out / "toy_mnist.csv", summary)
     plot(summary, cfg, out / "toy_mnist.png")
@@ -230,6 +232,17 @@ def run(cfg: ToyMnistConfig, out: str | Path, *, device: str = "auto", threads: 
     write_json(meta_path, {"experiment": "toy-mnist", "config": _jsonable(cfg), "status": "complete",
                            "device": str(dev), "seconds": round(time.perf_counter() - t0, 1), "paper": PAPER})
     return summary
+
+
+GRID = ("sigma2", "etas", "seeds")
+
+
+def _same_cells(old: dict | None, cfg: ToyMnistConfig) -> bool:
+    """Would a cell computed under ``old`` come out the same under ``cfg``? (The grid may differ.)"""
+    if not old:
+        return False
+    new = _jsonable(cfg)
+    return {k: v for k, v in old.items() if k not in GRID} == {k: v for k, v in new.items() if k not in GRID}
 
 
 def _jsonable(cfg: ToyMnistConfig) -> dict:

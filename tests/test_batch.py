@@ -1,0 +1,102 @@
+"""audit batch: checks every run before training, skips complete runs, goes on past a failed one."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from audit.batch import load_batch
+from audit.cli import main as cli
+from audit.io import read_json, read_parquet_metadata
+
+TINY = 'epochs = 4\nrobust_epochs = 2\nfolds = 2\ntracin_checkpoints = 2\nknn_k = 10\n'
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[[run]]\nname = "a"\nnoise = 0.1\n[[run', ["invalid TOML"]),
+    ('[[run]]\nname = "a"\nnoize = 0.1\n', ["[[run]] #1", "noize"]),
+    ('[[run]]\nname = "a"\n[[run]]\nname = "b"\nrobust-epochs = 3\n', ["[[run]] #2", "robust-epochs", "robust_epochs"]),
+    ('[[run]]\nname = "a"\nnoise = "0.1"\n', ["noise", "must be a number"]),
+    ('[[run]]\nname = "a"\nnoise = 1.5\n', ["('a')", "noise 1.5"]),
+    ('[[run]]\nname = "a"\nmodels = ["natural", "magic"]\n', ["models", "magic"]),
+    ('[[run]]\nnoise = 0.1\n', ["[[run]] #1", "missing key 'name'"]),
+    ('[[run]]\nname = "a"\n[[run]]\nname = "a"\n', ["[[run]] #2", "already used"]),
+    ('[[run]]\nname = "a/b"\n', ["name = 'a/b'"]),
+    ('[[run]]\nname = "a"\ndataset = "npz:missing.npz"\n', ["missing.npz", "does not exist"]),
+    ('[[run]]\nname = "a"\ndataset = "nosuch:x"\n', ["unknown source 'nosuch'"]),
+    ('[defaults]\nepochz = 3\n[[run]]\nname = "a"\n', ["[defaults]", "epochz"]),
+    ('[run]\nname = "a"\n', ["[[run]]"]),
+    ('[[runs]]\nname = "a"\n', ["'runs'"]),
+])
+def test_bad_batch_file_exits_2_before_any_training(tmp_path, capsys, text, words):
+    f = tmp_path / "grid.toml"
+    f.write_text(text)
+    assert cli(["batch", str(f), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(f) in err
+    for w in words:
+        assert w in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_precedence_defaults_run_flags_and_relative_paths(tmp_path):
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "x.npz", images=np.zeros((20, 8, 8), np.uint8), labels=np.arange(20) % 2)
+    f = tmp_path / "grid.toml"
+    f.write_text('[defaults]\nepochs = 7\nseed = 1\nmodels = "natural,trades"\n'
+                 '[[run]]\nname = "a"\n'
+                 '[[run]]\nname = "b"\nepochs = 9\ndataset = "npz:data/x.npz"\nmodels = ["natural"]\n')
+    a, b = load_batch(f, {"seed": 5})
+    assert (a.config.epochs, a.config.seed, a.config.models) == (7, 5, ("natural", "trades"))
+    assert (b.config.epochs, b.config.seed, b.config.models) == (9, 5, ("natural",))
+    assert b.config.dataset == f"npz:{tmp_path / 'data' / 'x.npz'}"
+
+
+def test_batch_skips_complete_goes_on_past_failure_and_summarizes(tmp_path, digits_run, capsys):
+    done_dir, done_man = digits_run
+    out = tmp_path / "out"
+    shutil.copytree(done_dir, out / "digits-noise10")  # complete, same options: must be skipped
+    (tmp_path / "broken.npz").write_bytes(b"not a zip file")  # exists, so it passes the checks, then fails
+    f = tmp_path / "grid.toml"
+    f.write_text(
+        '[[run]]\nname = "digits-noise10"\ndataset = "digits"\nmodels = ["natural", "pgd"]\nnoise = 0.1\nseed = 0\n'
+        f'[[run]]\nname = "broken"\ndataset = "npz:{tmp_path / "broken.npz"}"\n{TINY}'
+        f'[[run]]\nname = "tiny"\ndataset = "digits"\nnoise = 0.2\nseed = 1\n{TINY}')
+    before = (out / "digits-noise10" / "manifest.json").stat().st_mtime_ns
+
+    assert cli(["batch", str(f), "--out", str(out), "--quiet"]) == 1  # a run failed
+    err = capsys.readouterr().err
+    assert "[failed] broken" in err and "broken.npz" in err
+
+    s = pd.read_csv(out / "summary.csv").set_index("name")
+    assert list(s.index) == ["digits-noise10", "broken", "tiny"]
+    assert dict(s["status"]) == {"digits-noise10": "skipped", "broken": "failed", "tiny": "complete"}
+    assert (out / "digits-noise10" / "manifest.json").stat().st_mtime_ns == before
+    m = done_man["metrics"]
+    row = s.loc["digits-noise10"]
+    assert row["num_examples"] == 1797 and row["num_flagged_train"] == m["num_flagged_train"]
+    assert row["robust_model"] == "pgd"
+    for col, key in [("natural_test_accuracy", "natural_test_accuracy"), ("natural_test_adv_accuracy", "natural_test_adv_accuracy"),
+                     ("robust_test_accuracy", "pgd_test_accuracy"), ("robust_test_adv_accuracy", "pgd_test_adv_accuracy"),
+                     ("estimated_noise_rate", "estimated_noise_rate"), ("wall_seconds", "wall_seconds")]:
+        assert row[col] == pytest.approx(m[key], abs=1e-4)
+    assert "broken.npz" in s.loc["broken", "error"] and np.isnan(s.loc["broken", "num_flagged_train"])
+    assert "not a zip" in (out / "broken" / "error.txt").read_text() or "BadZipFile" in (out / "broken" / "error.txt").read_text()
+    tiny = read_json(out / "tiny" / "manifest.json")
+    assert tiny["status"] == "complete" and tiny["config"]["epochs"] == 4 and tiny["config"]["noise"] == 0.2
+    assert s.loc["tiny", "num_examples"] == 1797 and s.loc["tiny", "num_flagged_train"] == tiny["metrics"]["num_flagged_train"]
+    assert 0 <= s.loc["tiny", "robust_test_adv_accuracy"] <= 1
+    pq = pd.read_parquet(out / "summary.parquet")
+    assert list(pq["status"]) == ["skipped", "failed", "complete"]
+    assert read_parquet_metadata(out / "summary.parquet")["kind"] == "batch_summary"
+
+    # Rerun: the run that finished is now skipped too; the broken one fails again and is still reported.
+    tiny_mtime = (out / "tiny" / "manifest.json").stat().st_mtime_ns
+    assert cli(["batch", str(f), "--out", str(out), "--quiet"]) == 1
+    s2 = pd.read_csv(out / "summary.csv").set_index("name")
+    assert dict(s2["status"]) == {"digits-noise10": "skipped", "broken": "failed", "tiny": "skipped"}
+    assert (out / "tiny" / "manifest.json").stat().st_mtime_ns == tiny_mtime
+    assert s2.loc["tiny", "num_flagged_train"] == s.loc["tiny", "num_flagged_train"]

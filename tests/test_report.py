@@ -1,0 +1,79 @@
+"""audit report: one self-contained HTML file with the plots and galleries of a run."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from audit.cli import main as cli
+from audit.report import count_images, fraction_above, max_influence_per_test, top_pairs
+
+
+def test_report_is_self_contained_and_embeds_every_image(tmp_path, digits_run, capsys):
+    src, man = digits_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    assert cli(["report", str(run), "--top", "6", "--pairs", "3"]) == 0
+    page = (run / "report.html").read_text()
+    assert str(run / "report.html") in capsys.readouterr().out
+    # 5 plots + 6 flagged examples + 3 pairs of (test, train) images, all inline PNG
+    assert count_images(page) == 5 + 6 + 2 * 3
+    assert re.search(r'(src|href)="(https?:|//|file:)', page) is None and "<script" not in page
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    sizes = [Image.open(io.BytesIO(base64.b64decode(b))).size for b in pngs]
+    assert all(w >= 84 and h >= 84 for w, h in sizes)  # 8×8 digits are upscaled, not shown as specks
+    for text in ("issue_score by category", "Figure 5a", "Figure 5b", "Natural vs robust accuracy",
+                 "Top 6 flagged training examples", "Top train → test pairs", "mislabelled"):
+        assert text in page
+    ex = pd.read_parquet(run / "examples.parquet")
+    top = ex[ex["is_label_issue"]].sort_values("issue_score", ascending=False, kind="stable").head(6)
+    order = [page.index(f"<b>{eid}</b>") for eid in top["example_id"]]
+    assert order == sorted(order)  # gallery in issue_score order
+    assert f"<td>{man['metrics']['num_flagged_train']}</td>" in page
+
+
+def test_paper_figure_5a_holds_on_the_run(digits_run):
+    """What the Figure 5a plot shows, as numbers: the training points the robust model refuses to fit
+    have far higher self-influence (memorization) than training points overall."""
+    run, _ = digits_run
+    tr = pd.read_parquet(run / "examples.parquet").query("split == 'train'")
+    wrong = ~tr["correct_pgd"].astype(bool)
+    grid = np.array([0.5])
+    for col in ("memorization", "self_influence"):
+        v = tr[col].to_numpy(float)
+        if col == "self_influence":
+            v = v / np.nanmax(v)
+            grid = np.array([0.05])
+        assert fraction_above(v[wrong.to_numpy()], grid)[0] > 2 * fraction_above(v, grid)[0]
+
+
+def test_fraction_above_and_pair_selection_are_exact():
+    assert fraction_above(np.array([0.1, 0.2, 0.2, 0.9, np.nan]), np.array([0.0, 0.2, 0.5, 1.0])).tolist() == [1.0, 0.25, 0.25, 0.0]
+    pairs = pd.DataFrame({
+        "test_id": ["t1", "t1", "t2", "t3", "t4"], "train_id": ["a", "b", "c", "d", "e"], "rank": [1, 2, 1, 1, 1],
+        "similarity": [0.9] * 5, "influence": [5.0, 9.0, -7.0, 2.0, 8.0], "fz_influence": [0.1, 0.3, 0.2, np.nan, 0.0],
+        "reason": ["robust_error", "robust_error", "natural_error", "natural_error", "robust_error"]})
+    assert list(top_pairs(pairs, 3)["train_id"]) == ["e", "a", "c"]  # robust errors by influence, then |natural|
+    per = max_influence_per_test(pairs)
+    assert per.loc["t1", "influence"] == 9.0 and per.loc["t1", "fz_influence"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("what", ["missing", "running", "no-examples"])
+def test_report_refuses_what_is_not_a_complete_run(tmp_path, capsys, what):
+    run = tmp_path / "r"
+    if what != "missing":
+        run.mkdir()
+        (run / "manifest.json").write_text(json.dumps({"status": "running" if what == "running" else "complete"}))
+    assert cli(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert {"missing": "no manifest.json", "running": "'running'", "no-examples": "examples.parquet"}[what] in err
+    assert not (run / "report.html").exists()
