@@ -394,6 +394,12 @@ def test_npz_collects_every_problem(tmp_path):
                      "row 2: split 'dev' is not 'train' or 'test'"]
 
 
+def test_npz_that_is_not_a_zip_says_so(tmp_path):
+    (tmp_path / "x.npz").write_bytes(b"not a zip file")
+    assert error_of(f"npz:{tmp_path / 'x.npz'}") == (
+        f"{tmp_path / 'x.npz'}: not a zip archive (an .npz file is a zip of .npy arrays, as np.savez writes)")
+
+
 def test_unknown_source_lists_the_known_ones():
     (msg,) = problems_of("hf:mnist")
     assert "unknown source 'hf'" in msg and "cifar100, csv, digits, fashion-mnist, folder, mnist, npz, parquet" in msg

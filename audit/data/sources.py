@@ -113,6 +113,10 @@ def load_npz(arg: str, *, spec: str = "", opts: LoadOptions = LoadOptions()) -> 
     path = Path(arg)
     if not path.is_file():
         raise AuditInputError(f"{path}: no such file")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # else numpy takes it for a pickle and says so, which misleads
+        raise AuditInputError(f"{path}: not a zip archive (an .npz file is a zip of .npy arrays, as np.savez writes)")
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:  # corrupt zip, not an npz, object arrays
