@@ -46,7 +46,7 @@ LATEST_COLUMNS = ["example_id", "decision", "new_label", "reviewer", "decided_at
 
 
 class DecisionStore:
-    """The decision log of one run directory (``RUN/decisions.sqlite``).
+    """The decision log of one run directory (``RUN/decisions.sqlite``, created by the first decision).
 
     Safe to use from several threads and processes at once: every call opens its own connection,
     writes take SQLite's write lock (``BEGIN IMMEDIATE``), and readers never block writers (WAL).
@@ -57,14 +57,24 @@ class DecisionStore:
         if not run_dir.is_dir():
             raise AuditInputError(f"{run_dir}: no such run directory")
         self.path = run_dir / DB_NAME
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
+        if self.path.exists():
+            with self._connect() as con:
+                con.executescript(_SCHEMA)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, create: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection, or with the file missing and not ``create``, one to an empty in-memory log
+        (reading a run nobody reviewed writes nothing into it)."""
+        if not create and not self.path.exists():
+            with closing(sqlite3.connect(":memory:", isolation_level=None)) as con:
+                con.executescript(_SCHEMA)
+                yield con
+            return
         with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                con.executescript(_SCHEMA)
             yield con
 
     def record(self, example_id: str, decision: str, *, reviewer: str = "anonymous", new_label: int | None = None,
@@ -89,7 +99,7 @@ class DecisionStore:
             new_label = None
         reviewer = (reviewer or "").strip() or "anonymous"
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        with self._connect() as con:
+        with self._connect(create=True) as con:
             con.execute("BEGIN IMMEDIATE")
             try:
                 prev = con.execute(

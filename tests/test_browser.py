@@ -82,7 +82,11 @@ class AppServer:
                 raise RuntimeError(f"audit app did not answer on {self.url} within 90 s; see {log}")
             time.sleep(0.2)  # polling a socket: there is no event to wait on
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """End the server: SIGTERM and wait, or with ``crash`` SIGKILL (what a power cut would do)."""
+        if self.proc.poll() is None and crash:
+            self.proc.kill()
+            self.proc.wait(15)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -176,9 +180,9 @@ def test_review_in_a_real_browser_decisions_survive_reload_and_restart(browser_r
         page.get_by_role("button", name=f"{order[0]} · kept").wait_for()
         page.get_by_role("button", name=f"{order[1]} · relabelled").wait_for()
     finally:
-        server.stop()
+        server.stop(crash=True)
 
-    # a server restart: the decisions live in the run directory, not in the server
+    # the server killed and started again: the decisions live in the run directory, not in the server
     server = AppServer(run, tmp_path / "app2.log")
     try:
         page = browser.new_page(viewport={"width": 1440, "height": 1400})

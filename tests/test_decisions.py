@@ -90,3 +90,11 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     log = DecisionStore(tmp_path).log()
     assert len(log) == 100 and log["seq"].is_unique
     assert sorted(log.groupby("reviewer").size().tolist()) == [25, 25, 25, 25]
+
+
+def test_reading_writes_nothing_until_the_first_decision(tmp_path):
+    s = DecisionStore(tmp_path)
+    assert len(s.log()) == 0 and len(s.latest()) == 0 and s.version() == 0 and s.last_seq("ex") is None
+    assert not (tmp_path / DB_NAME).exists()
+    s.record("ex", "keep")
+    assert (tmp_path / DB_NAME).exists() and len(DecisionStore(tmp_path).log()) == 1
