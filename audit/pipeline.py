@@ -102,7 +102,7 @@ class Run:
             "config": self.cfg.to_dict(),
             "config_hash": self.cfg.hash(),
             "dataset": {
-                "spec": self.ds.spec, "name": self.ds.name, "fingerprint": self.fingerprint,
+                "spec": absolute_spec(self.ds.spec), "name": self.ds.name, "fingerprint": self.fingerprint,
                 "num_train": int(len(self.train_rows)), "num_test": int(len(self.test_rows)),
                 "num_canaries": int(self.is_canary.sum()), "shape": list(self.ds.shape),
                 "class_names": list(self.ds.class_names),
@@ -129,6 +129,15 @@ class Run:
 
     def new_model(self) -> torch.nn.Module:
         return build_model(self.cfg.arch, self.ds.shape, self.ds.num_classes, self.cfg.width)
+
+
+def absolute_spec(spec: str) -> str:
+    """``npz:data/x.npz`` -> ``npz:/abs/data/x.npz``, so the app and reports find the data from any
+    working directory; specs without a path (``digits``) are returned as they are."""
+    prefix, sep, arg = spec.partition(":")
+    if not sep or not arg:
+        return spec
+    return f"{prefix}:{Path(arg).expanduser().resolve()}"
 
 
 def _package_versions() -> dict[str, str]:
