@@ -29,8 +29,13 @@ from audit.signals.canaries import make_canaries
 from audit.train.engine import TrainSpec, train_model
 from audit.train.models import build_model
 
-TRAIN_KEYS = ("arch", "width", "epochs", "robust_epochs", "batch_size", "lr", "robust_lr", "weight_decay", "norm", "eps", "step_size", "steps",
-              "eps_warmup", "trades_beta", "seed", "canary_rate", "tracin_checkpoints", "eval_steps", "eval_restarts")
+# The config fields each stage reads (its cache key): a natural model does not depend on robust
+# training options and vice versa, so changing --robust-epochs retrains only the robust models.
+COMMON_KEYS = ("arch", "width", "batch_size", "weight_decay", "seed", "canary_rate", "noise", "noise_kind",
+               "norm", "eps", "eval_steps", "eval_restarts")
+NATURAL_KEYS = COMMON_KEYS + ("epochs", "lr", "tracin_checkpoints")
+ROBUST_KEYS = COMMON_KEYS + ("robust_epochs", "robust_lr", "step_size", "steps", "eps_warmup")
+TRADES_KEYS = ROBUST_KEYS + ("trades_beta",)
 CV_KEYS = ("arch", "width", "cv_epochs", "batch_size", "lr", "weight_decay", "seed", "folds", "repeats", "canary_rate")
 PAIR_KEYS = ("knn_k", "pairs_per_test", "tracin_checkpoints")
 
@@ -193,7 +198,8 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
 
     trained = {}
     for m in cfg.models:
-        trained[m] = run.stage(f"train_{m}", TRAIN_KEYS + ("noise", "noise_kind"), (),
+        keys = NATURAL_KEYS if m == "natural" else TRADES_KEYS if m == "trades" else ROBUST_KEYS
+        trained[m] = run.stage(f"train_{m}", keys, (),
                                lambda m=m: train_stage(run, m))
     cv = run.stage("crossval", CV_KEYS + ("noise", "noise_kind"), (), lambda: crossval_stage(run))
     upstream = tuple(f"train_{m}" for m in cfg.models) + ("crossval",)
