@@ -12,7 +12,9 @@ from audit.batch import load_batch
 from audit.cli import main as cli
 from audit.io import read_json, read_parquet_metadata
 
-TINY = 'epochs = 4\nrobust_epochs = 2\nfolds = 2\ntracin_checkpoints = 2\nknn_k = 10\n'
+# A seconds-long audit: few epochs, 2 folds, a weak evaluation attack.
+TINY = ('epochs = 3\nrobust_epochs = 1\ncv_epochs = 3\nfolds = 2\nsteps = 2\neval_steps = 5\neval_restarts = 1\n'
+        'tracin_checkpoints = 1\nknn_k = 10\n')
 
 
 @pytest.mark.parametrize("text, words", [
@@ -86,7 +88,7 @@ def test_batch_skips_complete_goes_on_past_failure_and_summarizes(tmp_path, digi
     assert "broken.npz" in s.loc["broken", "error"] and np.isnan(s.loc["broken", "num_flagged_train"])
     assert "not a zip" in (out / "broken" / "error.txt").read_text() or "BadZipFile" in (out / "broken" / "error.txt").read_text()
     tiny = read_json(out / "tiny" / "manifest.json")
-    assert tiny["status"] == "complete" and tiny["config"]["epochs"] == 4 and tiny["config"]["noise"] == 0.2
+    assert tiny["status"] == "complete" and tiny["config"]["epochs"] == 3 and tiny["config"]["noise"] == 0.2
     assert s.loc["tiny", "num_examples"] == 1797 and s.loc["tiny", "num_flagged_train"] == tiny["metrics"]["num_flagged_train"]
     assert 0 <= s.loc["tiny", "robust_test_adv_accuracy"] <= 1
     pq = pd.read_parquet(out / "summary.parquet")
