@@ -6,7 +6,7 @@ Per-dataset defaults (eps and step sizes in [0, 1] pixel units):
 images         arch        epochs* train attack        source
 =============  ==========  ======  ==================  ==============================================
 ≤ 16×16 grey   mlp         100/40  eps 0.1, 5 steps    scaled down for scikit-learn's 8×8 digits (0..16 grey levels)
-MNIST-like     mnist_cnn   30/10   eps 0.3, 6 steps    Madry et al. 2018 / the paper: eps 0.3 (paper: 30 steps)
+MNIST-like     mnist_cnn   30/16   eps 0.3, 6 steps    Madry et al. 2018 / the paper: eps 0.3 (paper: 30 steps)
 colour         resnet18    40/30   eps 8/255, 7 steps  Madry et al. 2018 / Rice et al. 2020: eps 8/255, step 2/255
 =============  ==========  ======  ==================  ==============================================
 
@@ -105,7 +105,7 @@ def resolve_defaults(cfg: RunConfig, shape: tuple[int, int, int], n_train: int, 
         d = dict(arch="mlp", width=1.0, epochs=100, robust_epochs=40, cv_epochs=60, batch_size=128, lr=0.2, robust_lr=0.1,
                  weight_decay=0.0, eps=0.1, steps=5, eps_warmup=0.0)
     elif c == 1:
-        d = dict(arch="mnist_cnn", width=1.0 if on_gpu else 0.5, epochs=30, robust_epochs=10, cv_epochs=10,
+        d = dict(arch="mnist_cnn", width=1.0 if on_gpu else 0.5, epochs=30, robust_epochs=16, cv_epochs=10,
                  batch_size=128,
                  lr=0.05, robust_lr=0.05, weight_decay=0.0, eps=0.3, steps=6, eps_warmup=0.4)
     else:
