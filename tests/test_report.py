@@ -34,7 +34,7 @@ def test_report_is_self_contained_and_embeds_every_image(tmp_path, digits_run, c
                  "Top 6 flagged training examples", "Top train → test pairs", "mislabelled"):
         assert text in page
     ex = pd.read_parquet(run / "examples.parquet")
-    top = ex[ex["is_label_issue"]].sort_values("issue_score", ascending=False, kind="stable").head(6)
+    top = ex[ex["is_label_issue"] & (ex["split"] == "train")].sort_values("issue_score", ascending=False, kind="stable").head(6)
     order = [page.index(f"<b>{eid}</b>") for eid in top["example_id"]]
     assert order == sorted(order)  # gallery in issue_score order
     assert f"<td>{man['metrics']['num_flagged_train']}</td>" in page
