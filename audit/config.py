@@ -10,7 +10,7 @@ MNIST-like     mnist_cnn   30/16   eps 0.3, 6 steps    Madry et al. 2018 / the p
 colour         resnet18    40/30   eps 8/255, 7 steps  Madry et al. 2018 / Rice et al. 2020: eps 8/255, step 2/255
 =============  ==========  ======  ==================  ==============================================
 
-\* natural / robust epochs. The natural model trains to (near) zero training error, as in the paper;
+(*) natural / robust epochs. The natural model trains to (near) zero training error, as in the paper;
 the cross-validation models (``cv_epochs``) stop earlier: they only need good out-of-sample
 probabilities, which memorization does not improve.
 
