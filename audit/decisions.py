@@ -16,6 +16,7 @@ Decisions:
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from audit.errors import AuditInputError
+from audit.errors import AuditError, AuditInputError
 
 DECISIONS = ("keep", "relabel", "remove", "skip", "undo")
 EFFECTIVE = ("keep", "relabel", "remove")
@@ -57,9 +58,10 @@ class DecisionStore:
         if not run_dir.is_dir():
             raise AuditInputError(f"{run_dir}: no such run directory")
         self.path = run_dir / DB_NAME
+        self._ready = False
         if self.path.exists():
-            with self._connect() as con:
-                con.executescript(_SCHEMA)
+            with self._connect(create=True):
+                pass
 
     @contextmanager
     def _connect(self, create: bool = False) -> Iterator[sqlite3.Connection]:
@@ -71,11 +73,26 @@ class DecisionStore:
                 yield con
             return
         with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as con:
-            con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
-            if create:
-                con.executescript(_SCHEMA)
+            if create and not self._ready:
+                self._initialise(con)
             yield con
+
+    def _initialise(self, con: sqlite3.Connection) -> None:
+        """WAL mode (persistent in the file) and the schema, once per store. Switching the journal
+        mode can fail with "database is locked" at once, without waiting for the busy timeout, when
+        several writers create the file together, so it is retried with back-off."""
+        for attempt in range(100):
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)
+                self._ready = True
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(min(0.5, 0.01 * (attempt + 1)))
+        raise AuditError(f"{self.path}: database stayed locked while being created")
 
     def record(self, example_id: str, decision: str, *, reviewer: str = "anonymous", new_label: int | None = None,
                based_on: int | None = None) -> dict:
