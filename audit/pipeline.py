@@ -191,8 +191,8 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
     cfg = resolve_defaults(cfg, ds.shape, n_train, device.type == "cuda")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _drop_stale_outputs(out, cfg, ds)
     run = Run(cfg, out, ds, device, progress)
+    _drop_stale_outputs(out, cfg, run.fingerprint)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
@@ -214,7 +214,7 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
 FINAL_OUTPUTS = ("examples.parquet", "pairs.parquet", "dynamics.npz", "report.html")
 
 
-def _drop_stale_outputs(out: Path, cfg: RunConfig, ds: AuditDataset) -> None:
+def _drop_stale_outputs(out: Path, cfg: RunConfig, fingerprint: str) -> None:
     """A run directory holds the outputs of one config and dataset: when the previous manifest says
     otherwise, its final tables go before any work starts (cached stages stay; their keys decide).
     Review decisions are never deleted."""
@@ -225,7 +225,7 @@ def _drop_stale_outputs(out: Path, cfg: RunConfig, ds: AuditDataset) -> None:
         old = read_json(man_path)
     except (OSError, ValueError):
         old = {}
-    same = old.get("config_hash") == cfg.hash() and old.get("dataset", {}).get("fingerprint") == ds.fingerprint()
+    same = old.get("config_hash") == cfg.hash() and old.get("dataset", {}).get("fingerprint") == fingerprint
     if not same:
         for name in FINAL_OUTPUTS:
             (out / name).unlink(missing_ok=True)

@@ -139,8 +139,8 @@ def test_outputs_of_another_config_are_dropped_before_work(tmp_path):
     for name in ("examples.parquet", "pairs.parquet", "decisions.sqlite"):
         (tmp_path / name).write_bytes(b"x")
     write_json(tmp_path / "manifest.json", {"config_hash": cfg.hash(), "dataset": {"fingerprint": ds.fingerprint()}})
-    _drop_stale_outputs(tmp_path, cfg, ds)
+    _drop_stale_outputs(tmp_path, cfg, ds.fingerprint())
     assert (tmp_path / "examples.parquet").exists()  # same config: kept
-    _drop_stale_outputs(tmp_path, RunConfig(seed=1), ds)
+    _drop_stale_outputs(tmp_path, RunConfig(seed=1), ds.fingerprint())
     assert not (tmp_path / "examples.parquet").exists() and not (tmp_path / "pairs.parquet").exists()
     assert (tmp_path / "decisions.sqlite").exists()  # decisions are never deleted

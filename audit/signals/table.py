@@ -168,8 +168,9 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
     oos_arg = np.concatenate([cv["oos_probs"][real], test_cv]).argmax(1)
     rob_all = [np.concatenate([a, b]) for a, b in zip(rob_probs_tr, rob_probs_te)]
     mem_all = np.r_[cv["memorization"][real], np.full(n_te, np.nan)]
-    cat = _categories(flagged, given, ev, votes(alt, oos_arg, rob_all, knn_major[:len(given)]),
-                      np.nan_to_num(mem_all, nan=0.0), alt)
+    votes_alt = votes(alt, oos_arg, rob_all, knn_major[:len(given)])
+    mem_filled = np.nan_to_num(mem_all, nan=0.0)
+    cat = _categories(flagged, given, ev, votes_alt, mem_filled, alt)
 
     # -- the examples table ----------------------------------------------------------------------
     rows = np.r_[run.train_rows, run.test_rows]
@@ -210,7 +211,7 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
         v = np.full(len(given), np.nan)
         v[:n_tr] = cv[col][real]
         df[name] = v
-    df["label_quality"] = np.r_[get_label_quality_scores(y_tr[real], cv["oos_probs"][real]), lq_te]
+    df["label_quality"] = np.r_[1.0 - sig["cleanlab"][real], lq_te]  # the cleanlab signal is 1 − quality
     # every signal in the detector shape: <name>_score and is_<name>_issue (train rows)
     fired = np.zeros((len(given), 0), bool)
     fired_names = []
@@ -230,8 +231,7 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
     nat_fit = df["correct_natural"].to_numpy(bool)
     df["natural_fit_robust_miss"] = nat_fit & np.any([~df[f"correct_{m}"].to_numpy(bool) for m in robust], axis=0) \
         if robust else np.zeros(len(given), bool)
-    df["category_reason"] = _category_reasons(cat, given, alt, ev, votes(alt, oos_arg, rob_all, knn_major[:len(given)]),
-                                              np.nan_to_num(mem_all, nan=0.0), ds.class_names)
+    df["category_reason"] = _category_reasons(cat, given, alt, ev, votes_alt, mem_filled, ds.class_names)
     nb_ids = ds.example_ids[run.train_rows][infl["neighbor_idx"]]
     nb_ids = np.concatenate([nb_ids[:len(run.is_canary)][real], nb_ids[len(run.is_canary):]])
     df["neighbor_ids"] = [list(map(str, r)) for r in nb_ids]
