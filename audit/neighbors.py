@@ -39,8 +39,11 @@ class FaissFlat(NeighborIndex):
 class TorchTopK(NeighborIndex):
     """Chunked matmul + top-k in torch (fast on a GPU, exact)."""
 
-    def __init__(self, device: str = "cpu", chunk: int = 4096):
-        self.device, self.chunk = device, chunk
+    def __init__(self, device: str | None = None, chunk: int = 4096):
+        import torch
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.chunk = chunk
 
     def search(self, base, queries, k):
         import torch
@@ -63,11 +66,4 @@ def knn(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "faiss") -
     k = min(k, len(base))
     if k == 0 or len(queries) == 0:
         return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
-    index = TorchTopK("cuda") if backend == "torch" and _cuda() else BACKENDS[backend]()
-    return index.search(base, queries, k)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return BACKENDS[backend]().search(base, queries, k)
