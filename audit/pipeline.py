@@ -31,17 +31,19 @@ from audit.train.models import build_model
 
 # The config fields each stage reads (its cache key): a natural model does not depend on robust
 # training options and vice versa, so changing --robust-epochs retrains only the robust models.
-COMMON_KEYS = ("arch", "width", "batch_size", "weight_decay", "seed", "canary_rate", "noise", "noise_kind",
+COMMON_KEYS = ("arch", "width", "weight_decay", "seed", "canary_rate", "noise", "noise_kind",
                "norm", "eps", "eval_steps", "eval_restarts")
-NATURAL_KEYS = COMMON_KEYS + ("epochs", "lr", "tracin_checkpoints")
-ROBUST_KEYS = COMMON_KEYS + ("robust_epochs", "robust_lr", "step_size", "steps", "eps_warmup")
+NATURAL_KEYS = COMMON_KEYS + ("epochs", "batch_size", "lr", "tracin_checkpoints")
+ROBUST_KEYS = COMMON_KEYS + ("robust_epochs", "robust_batch_size", "robust_lr", "step_size", "steps", "eps_warmup")
 TRADES_KEYS = ROBUST_KEYS + ("trades_beta",)
-CV_KEYS = ("arch", "width", "cv_epochs", "batch_size", "lr", "weight_decay", "seed", "folds", "repeats", "canary_rate")
+CV_KEYS = ("arch", "width", "cv_epochs", "cv_batch_size", "cv_lr", "weight_decay", "seed", "folds", "repeats",
+           "canary_rate")
 PAIR_KEYS = ("knn_k", "pairs_per_test", "tracin_checkpoints")
 
 
-# Bumped when a stage's algorithm changes, so a rerun recomputes it instead of reusing old outputs.
-STAGE_VERSIONS = {"crossval": 2}
+# Bumped when a stage's algorithm changes, so a rerun recomputes it instead of reusing old outputs
+# (training v2: adversarial accuracy counts every iterate of every restart, PGD.fooled).
+STAGE_VERSIONS = {"crossval": 2, "train_natural": 2, "train_pgd": 2, "train_trades": 2, "train_fgsm": 2}
 
 
 class Run:
@@ -127,7 +129,8 @@ class Run:
         c = self.cfg
         return TrainSpec(method=method, arch=c.arch, width=c.width,
                          epochs=c.epochs if method == "natural" else c.robust_epochs,
-                         batch_size=c.batch_size, lr=c.lr if method == "natural" else c.robust_lr,
+                         batch_size=c.batch_size if method == "natural" else c.robust_batch_size,
+                         lr=c.lr if method == "natural" else c.robust_lr,
                          weight_decay=c.weight_decay, norm=c.norm, eps=c.eps, step_size=c.step_size,
                          steps=c.steps, trades_beta=c.trades_beta, eps_warmup=0.0 if method == "natural" else c.eps_warmup,
                          seed=c.seed, tracin_checkpoints=c.tracin_checkpoints)

@@ -45,7 +45,7 @@ def evaluate_stage(run, model: torch.nn.Module, method: str) -> dict:
 
 def crossval_stage(run) -> dict:
     cfg = run.cfg
-    spec = replace(run.spec("natural"), epochs=cfg.cv_epochs)
+    spec = replace(run.spec("natural"), epochs=cfg.cv_epochs, lr=cfg.cv_lr, batch_size=cfg.cv_batch_size)
     return cross_validate(run.train_images, run.train_labels, run.test_images, spec,
                           run.ds.num_classes, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
                           device=run.device, progress=run.progress, groups=run.cv_groups)

@@ -1,7 +1,11 @@
 """Detection quality: the audit's issue_score / is_label_issue against cleanlab's documented workflow.
 
-    python benchmarks/detection.py [--dataset digits] [--kinds symmetric,pair,confusion]
-                                   [--rates 0.1,0.2,0.4] [--seed 0] [--out benchmarks/results/detection.csv]
+    python benchmarks/detection.py [--dataset digits] [--kinds symmetric,pair,confusion,mixed]
+                                   [--rates 0.1,0.2,0.4] [--seed 0] [--set eps=0.1 ...]
+                                   [--out benchmarks/results/detection.csv]
+
+Real image data beyond the bundled digits: ``npz:/work/shared/datasets/mnist10k.npz`` (10,000 MNIST
+digits, where present) and Fashion-MNIST from ``python benchmarks/fetch_fashion_mnist.py``.
 
 For each noise kind and rate it runs a full audit (``audit.run_audit``) and reads, from the same run:
 
@@ -28,7 +32,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from audit.config import RunConfig
+from audit.config import config_from_dict
 from audit.pipeline import run_audit
 
 
@@ -58,6 +62,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="digits")
     ap.add_argument("--kinds", default="symmetric,pair,confusion")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a run option for every setting (RunConfig field), e.g. eps=0.1")
     ap.add_argument("--rates", default="0.1,0.2,0.4")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default="natural,pgd")
@@ -65,11 +71,19 @@ def main():
     ap.add_argument("--workdir", default=None, help="keep the run directories here")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="detection-"))
+    extra = {}
+    for kv in args.set:
+        key, _, val = kv.partition("=")
+        try:
+            extra[key] = json.loads(val)
+        except ValueError:
+            extra[key] = val
+    config_from_dict(extra)  # unknown keys fail here, before any training
     rows = []
     for kind in args.kinds.split(","):
         for rate in map(float, args.rates.split(",")):
-            cfg = RunConfig(dataset=args.dataset, noise=rate, noise_kind=kind, seed=args.seed,
-                            models=tuple(args.models.split(",")))
+            cfg = config_from_dict({"dataset": args.dataset, "noise": rate, "noise_kind": kind, "seed": args.seed,
+                                    "models": args.models, **extra})
             out = work / f"{Path(args.dataset.split(':')[-1]).stem}-{kind}-{rate}"
             t0 = time.perf_counter()
             man = run_audit(cfg, out, progress=False)

@@ -42,3 +42,37 @@ def test_steps_to_flip_is_monotone_in_budget():
     few = PGD(eps=0.05, step_size=0.02, steps=5, random_start=False).steps_to_flip(m, x, y)
     wrong = m(x).argmax(1) != y
     assert (few[wrong] == 0).all() and (few[~wrong] >= 1).all() and (few <= 6).all()
+
+
+def test_steps_to_flip_matches_the_full_batch_trajectory():
+    """Dropping flipped examples from the batch changes no other example's count."""
+    m = _model()
+    x, y = torch.rand(96, 1, 4, 4), torch.randint(0, 3, (96,))
+    pgd = PGD(eps=0.2, step_size=0.03, steps=8, random_start=False)
+    ref = torch.full((96,), 9, dtype=torch.long)
+    delta = torch.zeros_like(x, requires_grad=True)
+    for t in range(9):
+        logits = m(x + delta)
+        ref[(logits.argmax(1) != y) & (ref == 9)] = t
+        (g,) = torch.autograd.grad(nn.functional.cross_entropy(logits, y, reduction="sum"), delta)
+        delta = ((x + (delta + 0.03 * g.sign()).clamp(-0.2, 0.2)).clamp(0, 1) - x).detach().requires_grad_(True)
+    got = pgd.steps_to_flip(m, x, y)
+    assert torch.equal(got, ref)
+    assert 0 < int((got == 9).sum()) < 96 and int((got >= 2).sum()) > 0  # the test exercises compaction
+
+
+def test_fooled_is_at_least_as_strong_as_the_final_iterate():
+    """Same random start: every example fooled by the last iterate is caught, and a restart adds more."""
+    m = _model()
+    x, y = torch.rand(128, 1, 4, 4), torch.randint(0, 3, (128,))
+    pgd = PGD(eps=0.15, step_size=0.05, steps=6, restarts=1)
+    torch.manual_seed(1)
+    final = m(pgd(m, x, y)).argmax(1) != y
+    torch.manual_seed(1)
+    once = pgd.fooled(m, x, y)
+    torch.manual_seed(1)
+    twice = PGD(eps=0.15, step_size=0.05, steps=6, restarts=2).fooled(m, x, y)
+    assert bool((once | ~final).all()) and bool((twice | ~once).all())
+    assert bool(once[m(x).argmax(1) != y].all())
+    assert 0 < int(final.sum()) <= int(once.sum()) <= int(twice.sum()) < 128
+    assert m.training  # the model's mode is restored

@@ -9,7 +9,7 @@ from audit.cli import main as cli
 from audit.data.noise import noisy_labels
 
 
-@pytest.mark.parametrize("kind", ["symmetric", "pair", "confusion"])
+@pytest.mark.parametrize("kind", ["symmetric", "pair", "confusion", "mixed"])
 def test_noise_flips_exactly_the_rate(kind):
     y = np.repeat(np.arange(10), 100)
     conf = np.ones((10, 10)) if kind == "confusion" else None
@@ -19,6 +19,12 @@ def test_noise_flips_exactly_the_rate(kind):
     if kind == "pair":
         mapping = {(a, b) for a, b in zip(y[out != y], out[out != y])}
         assert len(mapping) == len({a for a, _ in mapping})  # one target per class
+    if kind == "mixed":  # half follow one class permutation, the rest go anywhere
+        pairs = {}
+        for a, b in zip(y[out != y], out[out != y]):
+            pairs.setdefault(a, []).append(b)
+        top = sum(max(np.bincount(v)) for v in pairs.values())
+        assert 100 <= top < 200
 
 
 def test_bad_dataset_spec_exits_2(tmp_path, capsys):

@@ -144,3 +144,22 @@ def test_outputs_of_another_config_are_dropped_before_work(tmp_path):
     _drop_stale_outputs(tmp_path, RunConfig(seed=1), ds.fingerprint())
     assert not (tmp_path / "examples.parquet").exists() and not (tmp_path / "pairs.parquet").exists()
     assert (tmp_path / "decisions.sqlite").exists()  # decisions are never deleted
+
+
+def test_each_role_gets_its_own_recipe_and_only_its_stage_reruns():
+    """Natural, robust and cross-validation models have their own epochs, batch size and lr; a
+    stage's cache key reads only its own (changing the natural batch size keeps the folds)."""
+    from audit.config import RunConfig, resolve_defaults
+    from audit.pipeline import CV_KEYS, NATURAL_KEYS, ROBUST_KEYS
+
+    mn = resolve_defaults(RunConfig(dataset="npz:x.npz"), (1, 28, 28), 7500, on_gpu=False)
+    assert (mn.epochs, mn.batch_size, mn.lr) == (15, 64, 0.1)
+    assert (mn.robust_epochs, mn.robust_batch_size, mn.robust_lr, mn.steps, mn.eps) == (12, 128, 0.05, 2, 0.3)
+    assert (mn.cv_epochs, mn.cv_batch_size, mn.cv_lr) == (10, 128, 0.05)
+    assert resolve_defaults(RunConfig(dataset="fashion-mnist:/d"), (1, 28, 28), 100, on_gpu=False).eps == 0.1
+    dg = resolve_defaults(RunConfig(), (1, 8, 8), 1000, on_gpu=False)
+    assert dg.cv_lr == dg.lr and dg.cv_batch_size == dg.robust_batch_size == dg.batch_size
+    mine = resolve_defaults(RunConfig(batch_size=32), (1, 8, 8), 1000, on_gpu=False)
+    assert mine.robust_batch_size == mine.cv_batch_size == 32  # one flag still sets all three when alone
+    assert "batch_size" in NATURAL_KEYS and "batch_size" not in CV_KEYS + ROBUST_KEYS
+    assert "cv_batch_size" in CV_KEYS and "robust_batch_size" in ROBUST_KEYS

@@ -7,7 +7,7 @@ import numpy as np
 from audit.data.base import TRAIN, AuditDataset
 from audit.errors import AuditInputError
 
-NOISE_KINDS = ("symmetric", "pair", "confusion")
+NOISE_KINDS = ("symmetric", "pair", "confusion", "mixed")
 
 
 def noisy_labels(
@@ -24,7 +24,8 @@ def noisy_labels(
     kind: ``symmetric`` (uniform over the other classes), ``pair`` (a fixed seeded class permutation
     without fixed points: class c always goes to perm[c]), or ``confusion`` (to class k ≠ c with
     probability proportional to ``confusion[c, k]``, a (K, K) matrix of counts, e.g. a trained model's
-    confusion matrix).
+    confusion matrix), or ``mixed`` (half of the flips pair, half symmetric: the mixed noise of real
+    annotation, where some classes are confused systematically and other mistakes are random).
     """
     if not 0.0 <= rate < 1.0:
         raise AuditInputError(f"--noise {rate}: must be in [0, 1)")
@@ -38,15 +39,21 @@ def noisy_labels(
         return out
     flip = rng.choice(len(labels), size=n_flip, replace=False)
     k = num_classes
-    if kind == "symmetric":
-        shift = rng.integers(1, k, size=n_flip)
-        out[flip] = (labels[flip] + shift) % k
-    elif kind == "pair":
+    if kind in ("pair", "mixed"):
         # A random cyclic permutation has no fixed points.
         order = rng.permutation(k)
         perm = np.empty(k, dtype=np.int64)
         perm[order] = np.roll(order, -1)
+    if kind == "symmetric":
+        shift = rng.integers(1, k, size=n_flip)
+        out[flip] = (labels[flip] + shift) % k
+    elif kind == "pair":
         out[flip] = perm[labels[flip]]
+    elif kind == "mixed":
+        half = flip[: n_flip // 2]
+        rest = flip[n_flip // 2:]
+        out[half] = perm[labels[half]]
+        out[rest] = (labels[rest] + rng.integers(1, k, size=len(rest))) % k
     else:
         if confusion is None:
             raise AuditInputError("--noise-kind confusion needs a confusion matrix")
