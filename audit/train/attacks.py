@@ -93,70 +93,58 @@ class PGD(Attack):
             best = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, cand)
         return best
 
+    def _flip_times(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """PGD from ``delta`` in which each example leaves the batch at its first misclassified iterate.
+        Returns, per example, that iterate (0 = the start) or ``steps + 1``. Each trajectory is
+        independent of the others (eval mode, summed loss), so leaving changes no other example."""
+        out = torch.full((x.shape[0],), self.steps + 1, dtype=torch.long, device=x.device)
+        active = torch.arange(x.shape[0], device=x.device)
+        delta = (x + delta).clamp(0, 1) - x
+        with torch.enable_grad():
+            for t in range(self.steps + 1):
+                delta.requires_grad_(True)
+                logits = model(x + delta)
+                wrong = logits.argmax(1) != y
+                out[active[wrong]] = t
+                keep = ~wrong
+                if t == self.steps or not bool(keep.any()):
+                    break
+                (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), delta)
+                with torch.no_grad():
+                    delta = _lp_project(delta + _step(grad, self.step_size, self.norm), self.eps, self.norm)
+                    delta = (x + delta).clamp(0, 1) - x
+                active, x, y, delta = active[keep], x[keep], y[keep], delta[keep].detach()
+        return out
+
     def steps_to_flip(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per example, the first PGD step (1..steps) after which the prediction is no longer ``y``;
         0 when it is wrong already, ``steps + 1`` when it never flips. No random start (deterministic).
-
-        Examples leave the batch as soon as they flip, so a fragile (natural) model costs a few steps,
-        not ``steps``; each example's trajectory is independent of the others (eval mode, summed loss).
-        """
+        Flipped examples leave the batch, so a fragile (natural) model costs a few steps, not ``steps``."""
         was_training = model.training
         model.eval()
-        out = torch.full((x.shape[0],), self.steps + 1, dtype=torch.long, device=x.device)
-        active = torch.arange(x.shape[0], device=x.device)
-        xa, ya = x, y
-        delta = torch.zeros_like(x)
         try:
-            with torch.enable_grad():
-                for t in range(self.steps + 1):
-                    delta.requires_grad_(True)
-                    logits = model(xa + delta)
-                    wrong = logits.argmax(1) != ya
-                    out[active[wrong]] = t
-                    keep = ~wrong
-                    if t == self.steps or not bool(keep.any()):
-                        break
-                    (grad,) = torch.autograd.grad(F.cross_entropy(logits, ya, reduction="sum"), delta)
-                    with torch.no_grad():
-                        delta = _lp_project(delta + _step(grad, self.step_size, self.norm), self.eps, self.norm)
-                        delta = (xa + delta).clamp(0, 1) - xa
-                    active, xa, ya, delta = active[keep], xa[keep], ya[keep], delta[keep].detach()
+            return self._flip_times(model, x, y, torch.zeros_like(x))
         finally:
             model.train(was_training)
-        return out
 
     def fooled(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per example: does any iterate of any restart move the prediction off ``y``? (bool (N,)).
 
-        The evaluation form of the attack: an example leaves the batch at its first misclassified
-        iterate (kept as the adversarial example, as AutoAttack does) and later restarts run only on
-        the examples that are still correct, so attacking a fragile model costs a few steps.
+        The evaluation form of the attack: an example counts as broken at its first misclassified
+        iterate (as AutoAttack keeps the first success), and each further restart runs only on the
+        examples still correct, so attacking a fragile model costs a few steps.
         """
         was_training = model.training
         model.eval()
         hit = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         try:
-            with torch.enable_grad():
-                for _ in range(max(1, self.restarts)):
-                    active = torch.nonzero(~hit).flatten()
-                    if not len(active):
-                        break
-                    xa, ya = x[active], y[active]
-                    delta = _random_start(xa, self.eps, self.norm) if self.random_start else torch.zeros_like(xa)
-                    delta = (xa + delta).clamp(0, 1) - xa
-                    for t in range(self.steps + 1):
-                        delta.requires_grad_(True)
-                        logits = model(xa + delta)
-                        wrong = logits.argmax(1) != ya
-                        hit[active[wrong]] = True
-                        keep = ~wrong
-                        if t == self.steps or not bool(keep.any()):
-                            break
-                        (grad,) = torch.autograd.grad(F.cross_entropy(logits, ya, reduction="sum"), delta)
-                        with torch.no_grad():
-                            delta = _lp_project(delta + _step(grad, self.step_size, self.norm), self.eps, self.norm)
-                            delta = (xa + delta).clamp(0, 1) - xa
-                        active, xa, ya, delta = active[keep], xa[keep], ya[keep], delta[keep].detach()
+            for _ in range(max(1, self.restarts)):
+                active = torch.nonzero(~hit).flatten()
+                if not len(active):
+                    break
+                xa, ya = x[active], y[active]
+                start = _random_start(xa, self.eps, self.norm) if self.random_start else torch.zeros_like(xa)
+                hit[active[self._flip_times(model, xa, ya, start) <= self.steps]] = True
         finally:
             model.train(was_training)
         return hit
