@@ -154,7 +154,7 @@ def test_each_role_gets_its_own_recipe_and_only_its_stage_reruns():
 
     mn = resolve_defaults(RunConfig(dataset="npz:x.npz"), (1, 28, 28), 7500, on_gpu=False)
     assert (mn.epochs, mn.batch_size, mn.lr) == (15, 64, 0.1)
-    assert (mn.robust_epochs, mn.robust_batch_size, mn.robust_lr, mn.steps, mn.eps) == (12, 128, 0.05, 2, 0.3)
+    assert (mn.robust_epochs, mn.robust_batch_size, mn.robust_lr, mn.steps, mn.eps) == (10, 128, 0.05, 2, 0.3)
     assert (mn.cv_epochs, mn.cv_batch_size, mn.cv_lr) == (10, 128, 0.05)
     assert resolve_defaults(RunConfig(dataset="fashion-mnist:/d"), (1, 28, 28), 100, on_gpu=False).eps == 0.1
     dg = resolve_defaults(RunConfig(), (1, 8, 8), 1000, on_gpu=False)

@@ -39,13 +39,16 @@ def detection_metrics(score: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"auroc": float(roc_auc_score(truth, score)), "auprc": float(average_precision_score(truth, score))}
 
 
-def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_exclude: int = 0) -> dict:
+def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_exclude: int = 0,
+                       ineligible: tuple[str, ...] = ()) -> dict:
     """signals: name -> (N,) raw scores (higher = worse) over training rows *including* canaries.
 
     Canaries are scored against the real rows minus the ``n_exclude`` that the consensus of all
     signals (their mean rank) puts on top: those are probably real label noise, and counting them as
     negatives would reward a signal for *missing* real noise (its canaries then meet less
-    competition). Returns ``{"score": (N,) in [0, 1], "chosen": name, "members": [...],
+    competition). Signals in ``ineligible`` are scored and reported but never chosen: the canaries
+    cannot judge them fairly (see :data:`audit.signals.table.TWIN_BIASED`). Returns
+    ``{"score": (N,) in [0, 1], "chosen": name, "members": [...],
     "canary": {name: metrics}, "candidates": {...}}``.
     """
     ranks = {k: rank01(v) for k, v in signals.items()}
@@ -59,8 +62,9 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_
         # No canaries (tiny data): fall back to a fixed, documented preference order.
         order = [k for k in ("cleanlab", "aum_natural", "memorization") if k in ranks] or list(ranks)
         return {"score": ranks[order[0]], "chosen": order[0], "members": [order[0]], "canary": per_signal}
-    order = sorted(ranks, key=lambda k: -np.nan_to_num(per_signal[k]["auprc"], nan=-1))
-    candidates = {k: ([k], ranks[k]) for k in ranks}
+    pool = [k for k in ranks if k not in ineligible] or list(ranks)
+    order = sorted(pool, key=lambda k: -np.nan_to_num(per_signal[k]["auprc"], nan=-1))
+    candidates = {k: ([k], ranks[k]) for k in pool}
     for m in (2, 3, 4):
         if len(order) >= m:
             members = order[:m]
