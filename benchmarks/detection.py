@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,7 @@ def main():
             cfg = config_from_dict({"dataset": args.dataset, "noise": rate, "noise_kind": kind, "seed": args.seed,
                                     "models": args.models, **extra})
             out = work / f"{Path(args.dataset.split(':')[-1]).stem}-{kind}-{rate}"
+            shutil.rmtree(out, ignore_errors=True)  # compute is measured from scratch, never from a cache
             t0 = time.perf_counter()
             man = run_audit(cfg, out, progress=False)
             row = {"dataset": args.dataset, "kind": kind, "rate": rate, **evaluate(out, man),

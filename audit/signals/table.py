@@ -21,18 +21,19 @@ import numpy as np
 import pandas as pd
 
 from audit.io import save_arrays, write_parquet
-from audit.signals.combine import choose_combination, detection_metrics, rank01
+from audit.signals.combine import canary_weights, choose_combination, detection_metrics, rank01
 
 CATEGORIES = ("mislabelled", "atypical", "ambiguous", "ok")
 
-# Signals the canaries cannot judge fairly. A canary is a shifted copy of a training image whose
-# correctly labelled source stays in the training set, so a model must overrule that near-twin to
-# memorize the canary: it is memorized later and less than real noise, which has no twin. Signals
-# read from the memorization phase of the natural model therefore look better on canaries than on
-# real noise (on 10,000 MNIST digits with 20% noise, aum_natural ranked the canaries best, 0.72
-# canary AUPRC, yet was the weakest of the top signals on the real noise, 0.965 against 0.994 for
-# aum_early). They are kept as columns and in the manifest but not chosen for issue_score.
-TWIN_BIASED = ("aum_natural", "self_influence", "memorization", "steps_to_flip")
+# Signals the canaries overrate. A canary is a shifted copy of a training image whose correctly
+# labelled source stays in the training set, so a model must overrule that near-twin to memorize the
+# canary: it is memorized later and less than real noise, which has no twin. AUM over the natural
+# model's whole run, memorization phase included, therefore ranks canaries better than real noise
+# (on 10,000 MNIST digits with 20% noise it ranked the canaries best, 0.72 canary AUPRC, yet was the
+# weakest of the top signals on the real noise, 0.965 against 0.994 for aum_early). It is kept as a
+# column and in the manifest but not chosen for issue_score. (Self-influence, memorization and steps
+# to flip are *under*rated by the canaries, so choosing them by canaries stays conservative.)
+TWIN_BIASED = ("aum_natural",)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -140,7 +141,11 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
     sig = training_signals(run, trained, cv, infl)
     n_issues = n_label_issues(y_tr[real], cv["oos_probs"][real],
                               [trained[m]["train_logits"][real].argmax(1) for m in robust])
-    combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=TWIN_BIASED)
+    from cleanlab.count import estimate_joint
+
+    joint = estimate_joint(y_tr[real], cv["oos_probs"][real]) if n_tr > K else np.ones((K, K))
+    c_w = canary_weights(joint, y_tr[run.is_canary], y_tr[real][run.canary_source])
+    combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=TWIN_BIASED, canary_weight=c_w)
     score_tr = rank01(combo["score"][real])
     flag_tr = np.zeros(n_tr, bool)
     if n_issues:
@@ -281,13 +286,15 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
     canary = {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo["canary"].items()}
     extra = {"signal_selection": {
         "rule": "highest canary AUPRC (negatives: real rows outside the consensus top n) among single "
-                "signals and mean ranks of the best 2-4, leaving out the signals of the natural model's "
-                "memorization phase (canaries have a correctly labelled twin, real noise does not); "
+                "signals and mean ranks of the best 2-4, canaries weighted by cleanlab's estimated noise "
+                "transitions, leaving out aum_natural (canaries have a correctly labelled twin, real noise "
+                "does not); "
                 "is_label_issue = top n by issue_score, n = min(cleanlab confident-joint estimate, robust training errors)",
         "chosen": combo["chosen"], "members": combo["members"], "canary_scores": canary,
         "not_eligible": [k for k in TWIN_BIASED if k in canary],
         "candidates": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo.get("candidates", {}).items()},
-        "num_canaries": int(run.is_canary.sum()), "num_label_issues": n_issues}}
+        "num_canaries": int(run.is_canary.sum()), "num_label_issues": n_issues,
+        "canary_weight_range": [round(float(c_w.min()), 3), round(float(c_w.max()), 3)] if len(c_w) else []}}
 
     meta = {"class_names": list(ds.class_names), "dataset": ds.spec, "config_hash": cfg.hash(),
             "models": models, "fingerprint": run.fingerprint}

@@ -1,0 +1,60 @@
+"""Signal choice by canaries: exact on constructed signals."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from audit.signals.combine import choose_combination, rank01
+
+
+def _signals():
+    rng = np.random.default_rng(0)
+    n, m = 400, 20
+    is_canary = np.r_[np.zeros(n, bool), np.ones(m, bool)]
+    noise = rng.random(n + m)
+    perfect = np.where(is_canary, 10.0, noise)  # ranks every canary first
+    good = np.where(is_canary, 0.9 + 0.1 * rng.random(n + m), noise)
+    return is_canary, {"perfect": perfect, "good": good, "random": rng.random(n + m)}
+
+
+def test_best_canary_ranking_wins_and_ties_go_to_the_simpler():
+    is_canary, sig = _signals()
+    out = choose_combination(sig, is_canary)
+    assert out["chosen"] == "perfect" and out["members"] == ["perfect"]
+    assert out["canary"]["perfect"]["auprc"] == 1.0 and out["canary"]["random"]["auprc"] < 0.3
+    assert np.allclose(out["score"], rank01(sig["perfect"]))
+
+
+def test_ineligible_signals_are_scored_but_never_chosen():
+    is_canary, sig = _signals()
+    out = choose_combination(sig, is_canary, ineligible=("perfect",))
+    assert "perfect" not in out["members"] and out["chosen"] == "good"
+    assert out["canary"]["perfect"]["auprc"] == 1.0  # still reported
+    assert "perfect" not in out["candidates"]
+
+
+def test_canary_weights_follow_the_estimated_noise_transitions():
+    from audit.signals.combine import canary_weights
+
+    joint = np.full((3, 3), 0.01)
+    np.fill_diagonal(joint, 0.3)
+    joint[1, 0] = 0.2  # most of the noise: true class 0 labelled 1
+    given, source = np.array([1, 2, 0, 1]), np.array([0, 0, 1, 2])
+    w = canary_weights(joint, given, source)
+    assert np.isclose(w.mean(), 1.0) and w[0] == w.max() and w[0] > 3 * w[1]
+    assert np.allclose(w[1:], w[1])  # the rare transitions share the floor
+    assert np.allclose(canary_weights(np.ones((3, 3)), given, source), 1.0)  # symmetric noise: uniform
+
+
+def test_weighted_canaries_favour_the_signal_that_finds_the_likely_flips():
+    rng = np.random.default_rng(1)
+    n = 300
+    is_canary = np.r_[np.zeros(n, bool), np.ones(4, bool)]
+    base = rng.random(n + 4)
+    a = base.copy()
+    a[n:] = [5.0, 5.0, 0.2, 0.2]  # finds the two canaries on the common transition
+    b = base.copy()
+    b[n:] = [0.2, 0.2, 5.0, 5.0]  # finds the two on rare transitions
+    sig = {"a": a, "b": b}
+    assert choose_combination(sig, is_canary, canary_weight=np.array([1.8, 1.8, 0.2, 0.2]))["chosen"] == "a"
+    assert choose_combination(sig, is_canary, canary_weight=np.array([0.2, 0.2, 1.8, 1.8]))["chosen"] == "b"
