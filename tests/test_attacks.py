@@ -34,6 +34,10 @@ def test_fgsm_and_trades_stay_in_ball():
     for att in (FGSM(eps=0.1), TradesKL(eps=0.1, step_size=0.03, steps=5)):
         x_adv = att(m, x, y)
         assert ((x_adv - x).abs().max() <= 0.1 + 1e-5) and x_adv.min() >= 0 and x_adv.max() <= 1
+    torch.manual_seed(2)
+    by_hand = m(FGSM(eps=0.1)(m, x, y)).argmax(1) != y
+    torch.manual_seed(2)
+    assert torch.equal(FGSM(eps=0.1).fooled(m, x, y), by_hand)  # one-shot attacks: judged on what they return
 
 
 def test_steps_to_flip_is_monotone_in_budget():

@@ -117,6 +117,14 @@ def browser():
             b.close()
 
 
+def _open(browser, server, path: str):
+    """A new page of the running app at ``path``, with a timeout for a busy 2-core machine."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1400})
+    page.set_default_timeout(90_000)
+    page.goto(server.url + path)
+    return page
+
+
 def _wait_loaded(page, images: int, timeout_ms: int = 90_000) -> None:
     page.wait_for_function(LOADED, arg=images, timeout=timeout_ms)
 
@@ -145,9 +153,7 @@ def test_review_in_a_real_browser_decisions_survive_reload_and_restart(browser_r
 
     server = AppServer(run, tmp_path / "app.log")
     try:
-        page = browser.new_page(viewport={"width": 1440, "height": 1400})
-        page.set_default_timeout(90_000)
-        page.goto(server.url + "/")
+        page = _open(browser, server, "/")
         page.get_by_text("Natural versus robust training").wait_for()
         _wait_loaded(page, 0)
         _shot(page, "overview")
@@ -185,9 +191,7 @@ def test_review_in_a_real_browser_decisions_survive_reload_and_restart(browser_r
     # the server killed and started again: the decisions live in the run directory, not in the server
     server = AppServer(run, tmp_path / "app2.log")
     try:
-        page = browser.new_page(viewport={"width": 1440, "height": 1400})
-        page.set_default_timeout(90_000)
-        page.goto(server.url + "/decisions")
+        page = _open(browser, server, "/decisions")
         page.get_by_text("decisions in effect").wait_for()
         _wait_loaded(page, 0)
         assert _metric(page, "decisions in effect").split()[-1] == "2"

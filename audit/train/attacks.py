@@ -46,6 +46,13 @@ class Attack(ABC):
     @abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
+    def fooled(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per example: is the returned adversarial example misclassified? (bool (N,)). Attacks that
+        can say more cheaply (PGD: any iterate of any restart) override this."""
+        x_adv = self(model, x, y)
+        with torch.no_grad():
+            return model(x_adv).argmax(1) != y
+
     def __call__(self, model, x, y):
         was_training = model.training
         model.eval()

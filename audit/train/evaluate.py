@@ -36,20 +36,12 @@ def infer(model: nn.Module, images: torch.Tensor, device: torch.device, batch: i
 
 def adversarial_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack, device: torch.device,
                         batch: int = 512) -> np.ndarray:
-    """Per example: still classified as ``labels`` after ``attack``. Returns bool (N,).
-
-    A :class:`PGD` attack is run in its evaluation form (:meth:`PGD.fooled`: every iterate of every
-    restart counts); any other attack is judged on the example it returns."""
+    """Per example: still classified as ``labels`` after ``attack`` (:meth:`Attack.fooled`; for PGD
+    every iterate of every restart counts). Returns bool (N,)."""
     out = []
     for sl in _chunks(len(images), batch):
         x = images[sl].to(device).float().div_(255.0)
-        y = labels[sl].to(device)
-        if isinstance(attack, PGD):
-            out.append((~attack.fooled(model, x, y)).cpu())
-            continue
-        x_adv = attack(model, x, y)
-        with torch.no_grad():
-            out.append((model(x_adv).argmax(1) == y).cpu())
+        out.append((~attack.fooled(model, x, labels[sl].to(device))).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, bool)
 
 
