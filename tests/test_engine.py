@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audit.data import load_dataset
-from audit.train.engine import TrainSpec, summarize_dynamics, train_model
+from audit.train.engine import TrainSpec, augment_batch, summarize_dynamics, train_model
 from audit.train.models import build_model
 
 CPU = torch.device("cpu")
@@ -43,9 +43,10 @@ def test_every_method_learns_and_records(method, digits_small):
     assert len(res.tracin) == 4 and abs(sum(w for _, w, _ in res.tracin) - res.lrs.sum()) < 1e-5
 
 
-def test_interrupted_training_resumes_to_the_same_weights(digits_small, tmp_path):
+@pytest.mark.parametrize("augment", ["none", "shift"])
+def test_interrupted_training_resumes_to_the_same_weights(digits_small, tmp_path, augment):
     x, y = digits_small
-    spec = TrainSpec(method="natural", epochs=5, batch_size=64, lr=0.1)
+    spec = TrainSpec(method="natural", epochs=5, batch_size=64, lr=0.1, augment=augment)
     torch.manual_seed(0)
     full = train_model(build_model("mlp", (1, 8, 8), 10), x, y, spec, device=CPU, progress=False)
 
@@ -77,6 +78,36 @@ def test_interrupted_training_resumes_to_the_same_weights(digits_small, tmp_path
         assert torch.equal(a, b)
     assert np.array_equal(full.margin, resumed.margin)
     assert [e for e, _, _ in full.tracin] == [e for e, _, _ in resumed.tracin]
+
+
+def _shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """img (C, H, W) moved down dy and right dx pixels, zero-filled."""
+    out = torch.zeros_like(img)
+    h, w = img.shape[1:]
+    out[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = img[:, max(0, -dy):h - max(0, dy),
+                                                                        max(0, -dx):w - max(0, dx)]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["shift", "shift+flip"])
+def test_augment_batch_moves_each_image_by_at_most_two_pixels(kind):
+    torch.manual_seed(0)
+    x = torch.rand(24, 2, 28, 28)
+    out = augment_batch(x, kind, torch.Generator().manual_seed(5))
+    assert out.shape == x.shape
+    assert torch.equal(out, augment_batch(x, kind, torch.Generator().manual_seed(5)))  # seeded: resumable
+    found = []
+    for i in range(len(x)):
+        views = [(dy, dx, f) for dy in range(-2, 3) for dx in range(-2, 3) for f in ((False, True) if "flip" in kind else (False,))
+                 if torch.equal(out[i], _shifted(x[i].flip(-1) if f else x[i], dy, dx))]
+        assert len(views) == 1, i
+        found.append(views[0])
+    assert len({v[:2] for v in found}) > 5  # shifts differ from image to image
+    if "flip" in kind:
+        assert 0 < sum(v[2] for v in found) < len(found)
+    assert augment_batch(x, "none", torch.Generator()) is x
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment_batch(x, "rotate", torch.Generator())
 
 
 @pytest.mark.parametrize("arch,shape", [("mlp", (1, 8, 8)), ("mnist_cnn", (1, 28, 28)), ("resnet18", (3, 32, 32))])

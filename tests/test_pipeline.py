@@ -150,11 +150,11 @@ def test_each_role_gets_its_own_recipe_and_only_its_stage_reruns():
     """Natural, robust and cross-validation models have their own epochs, batch size and lr; a
     stage's cache key reads only its own (changing the natural batch size keeps the folds)."""
     from audit.config import RunConfig, resolve_defaults
-    from audit.pipeline import CV_KEYS, NATURAL_KEYS, ROBUST_KEYS
+    from audit.pipeline import AUG_KEYS, CV_KEYS, NATURAL_KEYS, ROBUST_KEYS
 
     mn = resolve_defaults(RunConfig(dataset="npz:x.npz"), (1, 28, 28), 7500, on_gpu=False)
     assert (mn.epochs, mn.batch_size, mn.lr) == (15, 64, 0.1)
-    assert (mn.robust_epochs, mn.robust_batch_size, mn.robust_lr, mn.steps, mn.eps) == (10, 128, 0.05, 2, 0.3)
+    assert (mn.robust_epochs, mn.robust_batch_size, mn.robust_lr, mn.steps, mn.eps) == (8, 128, 0.05, 2, 0.3)
     assert (mn.cv_epochs, mn.cv_batch_size, mn.cv_lr) == (10, 128, 0.05)
     assert resolve_defaults(RunConfig(dataset="fashion-mnist:/d"), (1, 28, 28), 100, on_gpu=False).eps == 0.1
     dg = resolve_defaults(RunConfig(), (1, 8, 8), 1000, on_gpu=False)
@@ -163,3 +163,35 @@ def test_each_role_gets_its_own_recipe_and_only_its_stage_reruns():
     assert mine.robust_batch_size == mine.cv_batch_size == 32  # one flag still sets all three when alone
     assert "batch_size" in NATURAL_KEYS and "batch_size" not in CV_KEYS + ROBUST_KEYS
     assert "cv_batch_size" in CV_KEYS and "robust_batch_size" in ROBUST_KEYS
+    # the augmented model: on where images are big enough to shift, mirrored only for colour images
+    assert (mn.augment, mn.aug_epochs, mn.aug_width, dg.augment) == ("shift", 25, 0.25, "none")
+    assert resolve_defaults(RunConfig(), (3, 32, 32), 1000, on_gpu=False).augment == "shift+flip"
+    assert "aug_epochs" in AUG_KEYS and "augment" in AUG_KEYS and not set(AUG_KEYS) & {"robust_epochs", "cv_epochs", "steps"}
+
+
+def test_augmented_model_gives_a_signal_that_finds_noise(tmp_path):
+    """--augment adds a natural model trained on shifted images; its late-epoch AUM (aum_aug) is a
+    signal with its own columns, canary score and dynamics, and finds injected noise."""
+    import json
+
+    from audit.config import RunConfig
+    from audit.pipeline import run_audit
+
+    cfg = RunConfig(dataset="digits", models=("natural",), noise=0.1, epochs=30, cv_epochs=20, augment="shift",
+                    aug_epochs=30)
+    man = run_audit(cfg, tmp_path, progress=False)
+    assert man["stages"]["train_aug"]["status"] == "done"
+    assert "aum_aug" in man["signal_selection"]["canary_scores"] and 0 < man["metrics"]["aug_test_accuracy"] <= 1
+    df = pd.read_parquet(tmp_path / "examples.parquet")
+    tr = df[df.split == "train"]
+    assert tr["aum_aug"].notna().all() and df[df.split == "test"]["aum_aug"].isna().all()
+    assert {"aum_aug_score", "is_aum_aug_issue"} <= set(df.columns)
+    auroc = roc_auc_score(tr["is_injected_noise"], tr["aum_aug_score"])
+    assert auroc > 0.9, auroc
+    with np.load(tmp_path / "dynamics.npz") as z:
+        assert z["margin_aug"].shape == (30, len(tr))
+    # --augment none: no such model, no such column; the other stages are reused
+    man2 = run_audit(RunConfig(**{**cfg.to_dict(), "models": cfg.models, "augment": "none"}), tmp_path, progress=False)
+    assert "train_aug" not in man2["stages"] and man2["stages"]["crossval"]["status"] == "cached"
+    assert "aum_aug" not in pd.read_parquet(tmp_path / "examples.parquet").columns
+    assert json.loads((tmp_path / "manifest.json").read_text())["config"]["augment"] == "none"

@@ -34,6 +34,12 @@ def add_run_options(p) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the natural model")
     p.add_argument("--robust-lr", type=float, default=None, help="peak learning rate of robust models")
     p.add_argument("--cv-lr", type=float, default=None, help="peak learning rate of the cross-validation models")
+    p.add_argument("--augment", choices=["none", "shift", "shift+flip"], default=None,
+                   help="augmentation of the extra, non-memorizing natural model whose AUM is a signal "
+                        "(default: shift for grey images, shift+flip for colour, none for tiny images; "
+                        "none skips that model)")
+    p.add_argument("--aug-epochs", type=int, default=None, help="epochs of the augmented model (dataset default)")
+    p.add_argument("--aug-width", type=float, default=None, help="width multiplier of the augmented model (default: half of --width)")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--norm", choices=["linf", "l2"], default=d.norm)
     p.add_argument("--eps", type=float, default=None, help="attack radius in [0,1] pixel units (8/255 = 0.0314)")

@@ -78,9 +78,12 @@ def inject_noise(
 
 def model_confusion(ds: AuditDataset, seed: int = 0) -> np.ndarray:
     """A realistic confusion matrix (K, K) for ``confusion`` noise: a logistic regression on
-    downsampled training images, cross-validated (2 folds), so flips follow what a model confuses."""
+    downsampled training images, cross-validated (2 folds), so flips follow what a model confuses.
+    BLAS runs on one thread: the solver's result, and so the injected noise, then does not depend on
+    the machine's core count."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
+    from threadpoolctl import threadpool_limits
 
     tr = ds.split_indices(TRAIN)
     rng = np.random.default_rng(seed)
@@ -89,7 +92,8 @@ def model_confusion(ds: AuditDataset, seed: int = 0) -> np.ndarray:
     stride = max(1, x.shape[-1] // 14)
     x = x[:, :, ::stride, ::stride].reshape(len(x), -1)
     y = ds.labels[np.sort(sub)]
-    pred = cross_val_predict(LogisticRegression(max_iter=200), x, y, cv=2)
+    with threadpool_limits(limits=1):
+        pred = cross_val_predict(LogisticRegression(max_iter=200), x, y, cv=2)
     k = ds.num_classes
     m = np.zeros((k, k))
     np.add.at(m, (y, pred), 1)

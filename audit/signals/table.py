@@ -6,6 +6,8 @@ Signals (training rows; each oriented so higher = more likely mislabelled):
 ``cleanlab``           1 − cleanlab label quality (self-confidence) of out-of-sample probabilities
 ``aum_natural``        −AUM of the natural model over all epochs
 ``aum_early``          −AUM over the first half of the epochs (before memorization sets in)
+``aum_aug``            −AUM over the second half of the epochs of the augmented natural model
+                       (``--augment``): it has learned the classes by then and does not memorize
 ``cv_aum``             −AUM averaged over the cross-validation folds that trained on the example
 ``memorization``       Feldman–Zhang memorization with the given label's probability
 ``self_influence``     TracIn self-influence over the natural model's checkpoints
@@ -66,6 +68,9 @@ def training_signals(run, trained: dict, cv: dict, infl: dict) -> dict[str, np.n
         "self_influence": infl["self_influence"],
         "steps_to_flip": -nat["steps_to_flip"].astype(np.float32),
     }
+    if "aug" in trained:
+        am = trained["aug"]["margin"].astype(np.float32)
+        sig["aum_aug"] = -am[am.shape[0] // 2:].mean(0)
     for m in run.cfg.models:
         if m == "natural":
             continue
@@ -225,6 +230,10 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
         v = np.full(len(given), np.nan)
         v[:n_tr] = cv[col][real]
         df[name] = v
+    if "aug" in trained:
+        v = np.full(len(given), np.nan)
+        v[:n_tr] = -sig["aum_aug"][real]
+        df["aum_aug"] = v
     df["label_quality"] = np.r_[1.0 - sig["cleanlab"][real], lq_te]  # the cleanlab signal is 1 − quality
     # every signal in the detector shape: <name>_score and is_<name>_issue (train rows)
     fired = np.zeros((len(given), 0), bool)
@@ -276,6 +285,8 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
         metrics[f"{m}_train_accuracy"] = float(df[f"correct_{m}"][:n_tr].mean())
         metrics[f"{m}_test_accuracy"] = float(df[f"correct_{m}"][n_tr:].mean()) if n_te else float("nan")
         metrics[f"{m}_test_adv_accuracy"] = float(trained[m]["adv_correct_test"].mean()) if n_te else float("nan")
+    if "aug" in trained:
+        metrics["aug_test_accuracy"] = float(trained["aug"]["test_accuracy"])
     if ds.clean_labels is not None:
         truth = df["is_injected_noise"].to_numpy()[:n_tr]
         metrics.update({f"noise_{k}": v for k, v in detection_metrics(score_tr, truth).items()})
@@ -301,7 +312,7 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
     write_parquet(run.out / "examples.parquet", df, meta)
     write_parquet(run.out / "pairs.parquet", pairs, meta)
     dyn = {"example_ids": tr_ids.astype(str), "models": np.array(models)}
-    for m in models:
+    for m in models + (["aug"] if "aug" in trained else []):
         dyn[f"margin_{m}"] = trained[m]["margin"][:, real].astype(np.float16)
         dyn[f"correct_{m}"] = trained[m]["correct"][:, real]
     save_arrays(run.out / "dynamics.npz", dyn)

@@ -13,6 +13,7 @@ the records so far) is written every epoch so an interrupted training resumes wh
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,10 +24,37 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from audit.config import AUGMENTS
 from audit.device import autocast
 from audit.train.attacks import FGSM, PGD, TradesKL
 
 METHODS = ("natural", "pgd", "trades", "fgsm")
+
+
+def augment_batch(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Random augmentation of a float batch (N, C, H, W), drawn from the CPU generator ``gen``.
+
+    ``shift``: translate each image by up to p = max(1, round(min(H, W) / 14)) pixels in each direction
+    (2 on 28×28 and 32×32), filling with zeros (pad-and-crop, as in the AUM paper's training).
+    ``shift+flip``: also mirror half the images left–right (natural images, clothing; not digits).
+    """
+    if kind == "none":
+        return x
+    if kind not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {kind!r} (known: {', '.join(AUGMENTS)})")
+    n, c, h, w = x.shape
+    p = max(1, round(min(h, w) / 14))
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=gen).to(x.device)
+    xp = F.pad(x, (p, p, p, p))
+    rows = torch.arange(h, device=x.device)[None] + dy[:, None]
+    cols = torch.arange(w, device=x.device)[None] + dx[:, None]
+    out = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+    if kind == "shift+flip":
+        m = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        out = torch.where(m[:, None, None, None], out.flip(-1), out)
+    return out
 
 
 @dataclass(frozen=True)
@@ -36,7 +64,8 @@ class TrainSpec:
     eps and step_size are in [0, 1] pixel units (8/255 ≈ 0.031). ``lr`` is the peak of a one-cycle
     schedule (linear warm-up over the first 15% of steps, then linear decay to 0) unless
     ``constant_lr``. ``eps_warmup`` ramps eps linearly from 0 over that fraction of epochs, which
-    robust training on MNIST-like data needs to get started.
+    robust training on MNIST-like data needs to get started. ``augment`` is one of :data:`AUGMENTS`
+    (see :func:`augment_batch`); the recorded margins are those of the augmented inputs, as in AUM.
     """
 
     method: str = "natural"
@@ -56,6 +85,7 @@ class TrainSpec:
     eps_warmup: float = 0.0
     seed: int = 0
     tracin_checkpoints: int = 4
+    augment: str = "none"
 
     def attack(self, eps: float | None = None):
         eps = self.eps if eps is None else eps
@@ -140,16 +170,20 @@ def train_model(
     desc: str = "",
     progress: bool = True,
     compile: bool = False,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on uint8 ``images`` (N, C, H, W) with int64 ``labels`` (N,) by ``spec.method``.
 
     Resumes from ``checkpoint`` (a ``.pt`` written every epoch, loaded with ``weights_only=True``)
     when it exists, and deletes it when training is complete. ``compile`` runs the training forward
     passes through ``torch.compile`` (worth it on a GPU for long runs); weights are shared, so the
-    returned model and checkpoints are the plain module's.
+    returned model and checkpoints are the plain module's. ``on_epoch(epoch, model)`` is called after
+    every epoch with the model in eval mode (it must not train it).
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown training method {spec.method!r} (known: {', '.join(METHODS)})")
+    if spec.augment not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {spec.augment!r} (known: {', '.join(AUGMENTS)})")
     t0 = time.perf_counter()
     n = len(labels)
     model = model.to(device)
@@ -193,6 +227,7 @@ def train_model(
         eps = spec.eps * min(1.0, frac)
         attack = spec.attack(eps) if spec.method != "natural" else None
         perm = torch.randperm(n, generator=gen).to(device)
+        aug_gen = torch.Generator(device="cpu").manual_seed(spec.seed * 7919 + epoch)  # per epoch: resumable
         lr_sum = 0.0
         for b in range(steps_per_epoch):
             step = epoch * steps_per_epoch + b
@@ -201,7 +236,7 @@ def train_model(
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = perm[b * spec.batch_size:(b + 1) * spec.batch_size]
-            x, y = _to_float(images[idx]), labels[idx]
+            x, y = augment_batch(_to_float(images[idx]), spec.augment, aug_gen), labels[idx]
             if device.type == "cuda" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             if spec.method in ("pgd", "fgsm"):
@@ -236,6 +271,9 @@ def train_model(
             weight = float(lrs[prev + 1:epoch + 1].sum())
             tracin.append((epoch, weight, {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}))
         bar.set_postfix(acc=f"{rec_correct[epoch].mean():.3f}", loss=f"{rec_loss[epoch].mean():.3f}")
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(epoch, model)
         if ckpt is not None:
             _save_atomic({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
