@@ -13,7 +13,6 @@ the records so far) is written every epoch so an interrupted training resumes wh
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,15 +169,13 @@ def train_model(
     desc: str = "",
     progress: bool = True,
     compile: bool = False,
-    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on uint8 ``images`` (N, C, H, W) with int64 ``labels`` (N,) by ``spec.method``.
 
     Resumes from ``checkpoint`` (a ``.pt`` written every epoch, loaded with ``weights_only=True``)
     when it exists, and deletes it when training is complete. ``compile`` runs the training forward
     passes through ``torch.compile`` (worth it on a GPU for long runs); weights are shared, so the
-    returned model and checkpoints are the plain module's. ``on_epoch(epoch, model)`` is called after
-    every epoch with the model in eval mode (it must not train it).
+    returned model and checkpoints are the plain module's.
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown training method {spec.method!r} (known: {', '.join(METHODS)})")
@@ -271,9 +268,6 @@ def train_model(
             weight = float(lrs[prev + 1:epoch + 1].sum())
             tracin.append((epoch, weight, {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}))
         bar.set_postfix(acc=f"{rec_correct[epoch].mean():.3f}", loss=f"{rec_loss[epoch].mean():.3f}")
-        if on_epoch is not None:
-            model.eval()
-            on_epoch(epoch, model)
         if ckpt is not None:
             _save_atomic({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
