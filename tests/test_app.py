@@ -63,6 +63,8 @@ def flagged_train(run: Path) -> pd.DataFrame:
 def test_app_renders_flagged_grid(digits_run, monkeypatch):
     out, man = digits_run
     monkeypatch.delenv("AUDIT_RUN_DIR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["streamlit_app.py"])
+    monkeypatch.chdir(out.parent)  # where the default artifacts/digits does not exist (the quick start may have made one here)
     at = AppTest.from_file(str(app_path()), default_timeout=60)
     at.run()  # no run directory given: a clear message, no exception
     assert not at.exception
