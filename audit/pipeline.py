@@ -39,8 +39,8 @@ TRADES_KEYS = ROBUST_KEYS + ("trades_beta",)
 CV_KEYS = ("arch", "width", "cv_epochs", "cv_batch_size", "cv_lr", "weight_decay", "seed", "folds", "repeats",
            "canary_rate")
 PAIR_KEYS = ("knn_k", "pairs_per_test", "tracin_checkpoints")
-AUG_KEYS = ("arch", "width", "weight_decay", "seed", "canary_rate", "noise", "noise_kind", "augment", "aug_epochs",
-            "aug_width", "batch_size", "lr")
+AUG_KEYS = ("arch", "aug_width", "weight_decay", "seed", "canary_rate", "noise", "noise_kind", "augment",
+            "aug_epochs", "batch_size", "lr")
 
 
 # Bumped when a stage's algorithm changes, so a rerun recomputes it instead of reusing old outputs
@@ -255,9 +255,10 @@ def train_aug_stage(run: Run) -> dict:
     res = train_model(model, run.train_images, torch.as_tensor(run.train_labels), spec, device=run.device,
                       checkpoint=run.ckpt / "aug.resume.pt", desc=f"train natural, {cfg.augment} augmented",
                       progress=run.progress, compile=cfg.compile)
-    te_pred = infer(res.model, run.test_images, run.device)[0].argmax(1) if len(run.test_images) else np.zeros(0)
-    return {"margin": res.margin.astype(np.float16), "correct": res.correct,
-            "test_accuracy": np.float64((te_pred == run.test_labels).mean() if len(te_pred) else np.nan),
+    acc = np.nan
+    if len(run.test_images):
+        acc = (infer(res.model, run.test_images, run.device)[0].argmax(1) == run.test_labels).mean()
+    return {"margin": res.margin.astype(np.float16), "correct": res.correct, "test_accuracy": np.float64(acc),
             "train_seconds": np.float64(res.seconds)}
 
 

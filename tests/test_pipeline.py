@@ -166,7 +166,8 @@ def test_each_role_gets_its_own_recipe_and_only_its_stage_reruns():
     # the augmented model: on where images are big enough to shift, mirrored only for colour images
     assert (mn.augment, mn.aug_epochs, mn.aug_width, dg.augment) == ("shift", 25, 0.25, "none")
     assert resolve_defaults(RunConfig(), (3, 32, 32), 1000, on_gpu=False).augment == "shift+flip"
-    assert "aug_epochs" in AUG_KEYS and "augment" in AUG_KEYS and not set(AUG_KEYS) & {"robust_epochs", "cv_epochs", "steps"}
+    assert {"aug_epochs", "aug_width", "augment"} <= set(AUG_KEYS)
+    assert not set(AUG_KEYS) & {"width", "robust_epochs", "cv_epochs", "steps"}  # aug_width is resolved from width
 
 
 def test_augmented_model_gives_a_signal_that_finds_noise(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 
-from audit.config import RunConfig
+from audit.config import AUGMENTS, RunConfig
 
 
 def _models(s: str) -> tuple[str, ...]:
@@ -34,7 +34,7 @@ def add_run_options(p) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the natural model")
     p.add_argument("--robust-lr", type=float, default=None, help="peak learning rate of robust models")
     p.add_argument("--cv-lr", type=float, default=None, help="peak learning rate of the cross-validation models")
-    p.add_argument("--augment", choices=["none", "shift", "shift+flip"], default=None,
+    p.add_argument("--augment", choices=AUGMENTS, default=None,
                    help="augmentation of the extra, non-memorizing natural model whose AUM is a signal "
                         "(default: shift for grey images, shift+flip for colour, none for tiny images; "
                         "none skips that model)")
