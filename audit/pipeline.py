@@ -112,6 +112,7 @@ class Run:
             "config_hash": self.cfg.hash(),
             "dataset": {
                 "spec": absolute_spec(self.ds.spec), "name": self.ds.name, "fingerprint": self.fingerprint,
+                "source_fingerprint": self.ds.extra.get("source_fingerprint"),
                 "num_train": int(len(self.train_rows)), "num_test": int(len(self.test_rows)),
                 "num_canaries": int(self.is_canary.sum()), "shape": list(self.ds.shape),
                 "class_names": list(self.ds.class_names),
@@ -165,6 +166,9 @@ def _package_versions() -> dict[str, str]:
 def prepare_dataset(cfg: RunConfig) -> AuditDataset:
     """Load ``cfg.dataset`` and inject ``cfg.noise`` into its training labels."""
     ds = load_dataset(cfg.dataset, download=cfg.download)
+    # the fingerprint of the data as it lies on disk, before any injected noise: what a reader of the
+    # run directory checks before it reads images (the run's ``fingerprint`` covers the noisy labels)
+    ds.extra["source_fingerprint"] = ds.fingerprint()
     if cfg.noise > 0:
         confusion = None
         if cfg.noise_kind == "confusion":
