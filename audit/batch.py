@@ -34,14 +34,14 @@ import re
 import time
 import tomllib
 import traceback
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from audit.config import RunConfig, config_from_dict, validate_config
+from audit.config import OPTIONS, RunConfig, check_value, config_from_dict
 from audit.errors import AuditInputError
 from audit.io import atomic_write_bytes, read_json, write_parquet
 
@@ -68,49 +68,26 @@ class BatchRun:
 
 
 # -- reading and checking the batch file ----------------------------------------------------------
-def _field_types() -> dict[str, str]:
-    return {f.name: str(f.type) for f in fields(RunConfig)}
-
-
-def _type_ok(value: Any, type_str: str) -> bool:
-    """Does a TOML value fit a RunConfig annotation (``float | None``, ``tuple[str, ...]``, ...)?"""
-    optional = "None" in type_str
-    base = type_str.replace("| None", "").strip()
-    if value is None:
-        return optional
-    if base == "bool":
-        return isinstance(value, bool)
-    if base == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if base == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if base == "str":
-        return isinstance(value, str)
-    if base.startswith("tuple[str"):
-        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-    return True
-
-
-def _expected(type_str: str) -> str:
-    base = type_str.replace("| None", "").strip()
-    return {"tuple[str, ...]": "a list of strings or a comma string", "float": "a number", "int": "an integer",
-            "bool": "true or false", "str": "a string"}.get(base, base)
+def _as_key(message: str) -> str:
+    """``--noise 1.1: ...`` -> ``noise 1.1: ...``: name the option as the file spells it."""
+    return re.sub(r"--([a-z-]+)", lambda m: m.group(1).replace("-", "_"), message)
 
 
 def _check_options(path: Path, where: str, table: Any) -> dict[str, Any]:
+    """Every key and value of a ``[defaults]`` or ``[[run]]`` table, checked by the options'
+    declaration (:func:`audit.config.check_value`: type, range, choices)."""
     if not isinstance(table, dict):
         raise AuditInputError(f"{path}: {where} must be a table, found {type(table).__name__}")
-    types = _field_types()
+    out = {}
     for key, value in table.items():
         if key == "name":
+            out[key] = value
             continue
-        if key not in types:
-            hint = f" (did you mean {key.replace('-', '_')!r}?)" if key.replace("-", "_") in types else ""
-            known = ", ".join(sorted(types))
-            raise AuditInputError(f"{path}: {where}: unknown run option {key!r}{hint} (known: {known})")
-        if not _type_ok(value, types[key]):
-            raise AuditInputError(f"{path}: {where}: {key} = {value!r} must be {_expected(types[key])}")
-    return dict(table)
+        try:
+            out[key] = check_value(key, value)
+        except AuditInputError as e:
+            raise AuditInputError(f"{path}: {where}: {_as_key(str(e))}") from None
+    return out
 
 
 def _resolve_dataset(spec: str, base: Path) -> str:
@@ -167,7 +144,8 @@ def load_batch(path: str | Path, overrides: dict[str, Any] | None = None) -> lis
     seen: dict[str, int] = {}
     for i, table in enumerate(runs, 1):
         where = f"[[run]] #{i}"
-        table = _check_options(path, where, table)
+        if not isinstance(table, dict):
+            raise AuditInputError(f"{path}: {where} must be a table, found {type(table).__name__}")
         name = table.get("name")
         if name is None:
             raise AuditInputError(f"{path}: {where}: missing key 'name' (the run's folder under --out)")
@@ -177,15 +155,14 @@ def load_batch(path: str | Path, overrides: dict[str, Any] | None = None) -> lis
         if name in seen:
             raise AuditInputError(f"{path}: {where}: name {name!r} is already used by [[run]] #{seen[name]}")
         seen[name] = i
+        table = _check_options(path, where, table)
         opts = {**defaults, **{k: v for k, v in table.items() if k != "name"}, **overrides}
         if "dataset" in opts and "dataset" not in overrides:
             opts["dataset"] = _resolve_dataset(opts["dataset"], path.parent)
         try:
             cfg = config_from_dict(opts)
-            validate_config(cfg)
-        except AuditInputError as e:  # "--noise 1.1: ..." -> "noise 1.1: ..." (the file's key)
-            msg = re.sub(r"^--([a-z-]+)", lambda m: m.group(1).replace("-", "_"), str(e))
-            raise AuditInputError(f"{path}: {where}: {msg}") from None
+        except AuditInputError as e:
+            raise AuditInputError(f"{path}: {where}: {_as_key(str(e))}") from None
         _check_dataset(path, where, cfg)
         out.append(BatchRun(name=name, config=cfg, options=opts))
     return out
@@ -194,19 +171,20 @@ def load_batch(path: str | Path, overrides: dict[str, Any] | None = None) -> lis
 # -- running --------------------------------------------------------------------------------------
 def completed_manifest(run_dir: Path, cfg: RunConfig) -> dict | None:
     """The manifest of a finished run in ``run_dir`` made with ``cfg`` (its options left ``None``
-    resolve to dataset defaults, so only the ones set must match), else ``None``."""
+    resolve to dataset defaults, so only the ones set must match), by the same stage algorithms, on
+    the dataset now on disk (its fingerprint); else ``None``."""
+    from audit.orchestrator import STAGE_VERSIONS
+
     p = run_dir / "manifest.json"
-    if not p.is_file():
-        return None
     try:
-        man = read_json(p)
-    except ValueError:
+        man = read_json(p) if p.is_file() else None
+    except (OSError, ValueError):
         return None
-    if man.get("status") != "complete":
+    if not isinstance(man, dict) or man.get("status") != "complete" or man.get("stage_versions") != STAGE_VERSIONS:
         return None
     have = man.get("config", {})
     for k, v in cfg.to_dict().items():
-        if k == "device" or v is None:
+        if not OPTIONS[k].metadata["results"] or v is None:
             continue
         got = have.get(k)
         if isinstance(v, float) and isinstance(got, (int, float)):
@@ -214,7 +192,18 @@ def completed_manifest(run_dir: Path, cfg: RunConfig) -> dict | None:
                 return None
         elif got != v:
             return None
-    return man
+    return man if _same_source(man, cfg) else None
+
+
+def _same_source(man: dict, cfg: RunConfig) -> bool:
+    """Is the dataset on disk the one this run audited (before injected noise)?"""
+    from audit.data import load_dataset
+
+    recorded = (man.get("dataset") or {}).get("source_fingerprint")
+    try:
+        return recorded is not None and load_dataset(cfg.dataset, download=False).fingerprint() == recorded
+    except AuditInputError:
+        return False
 
 
 def summary_row(run: BatchRun, run_dir: Path, status: str, manifest: dict | None, error: str = "") -> dict:
@@ -260,48 +249,72 @@ def run_batch(
     progress: bool = True,
     source: str = "",
     on_event: Callable[[str, str, str], None] | None = None,
+    max_concurrent: int = 1,
 ) -> pd.DataFrame:
     """Run every audit of ``runs`` into ``out/<name>``; return the summary table.
 
     A run already complete with the same options is skipped; an exception in one run is recorded
     (status ``failed``, the message in ``error``, the traceback in ``out/<name>/error.txt``) and the
     batch goes on. ``KeyboardInterrupt`` stops the batch after writing the summary.
-    ``on_event(name, status, detail)`` is called as each run starts and ends.
+    ``on_event(name, status, detail)`` is called as each run starts and ends. ``max_concurrent`` > 1
+    runs that many audits at once (for ``--engine ray``, whose trainings run on the cluster).
     """
-    from tqdm.auto import tqdm
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    from audit.pipeline import run_audit
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"source": source, "runs": [r.name for r in runs]}
     rows = [summary_row(r, out / r.name, "pending", None) for r in runs]
     write_summary(out, rows, meta)
     emit = on_event or (lambda *a: None)
-    bar = tqdm(runs, desc="batch", unit="run", disable=not progress)
-    for i, run in enumerate(bar):
-        run_dir = out / run.name
-        bar.set_postfix_str(run.name)
-        done = completed_manifest(run_dir, run.config)
-        if done is not None:
-            rows[i] = summary_row(run, run_dir, "skipped", done)
-            emit(run.name, "skipped", "already complete")
-        else:
-            emit(run.name, "running", str(run_dir))
-            t0 = time.perf_counter()
+    if max_concurrent <= 1:
+        for i, run in enumerate(runs):
             try:
-                man = run_audit(run.config, run_dir, progress=progress)
-                (run_dir / "error.txt").unlink(missing_ok=True)
-                rows[i] = summary_row(run, run_dir, "complete", man)
-                emit(run.name, "complete", f"{time.perf_counter() - t0:.1f} s")
+                rows[i] = _one_run(run, out / run.name, progress, emit)
             except KeyboardInterrupt:
-                rows[i] = summary_row(run, run_dir, "failed", None, "interrupted")
+                rows[i] = summary_row(run, out / run.name, "failed", None, "interrupted")
                 write_summary(out, rows, meta)
                 raise
-            except Exception as e:  # one bad run must not stop the batch
-                msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
-                rows[i] = summary_row(run, run_dir, "failed", None, msg)
-                emit(run.name, "failed", msg)
+            write_summary(out, rows, meta)
+        return write_summary(out, rows, meta)
+    pool = ThreadPoolExecutor(max_workers=max_concurrent)
+    futures = {pool.submit(_one_run, run, out / run.name, False, emit): i for i, run in enumerate(runs)}
+    try:
+        while futures:
+            done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+            for f in done:
+                rows[futures.pop(f)] = f.result()
+            write_summary(out, rows, meta)
+    except KeyboardInterrupt:
+        for i in futures.values():
+            rows[i] = summary_row(runs[i], out / runs[i].name, "failed", None, "interrupted")
         write_summary(out, rows, meta)
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     return write_summary(out, rows, meta)
+
+
+def _one_run(run: BatchRun, run_dir: Path, progress: bool, emit: Callable[[str, str, str], None]) -> dict:
+    """One audit of the batch: skipped when complete, else run; a failure is recorded, not raised."""
+    from audit.pipeline import run_audit
+
+    done = completed_manifest(run_dir, run.config)
+    if done is not None:
+        emit(run.name, "skipped", "already complete")
+        return summary_row(run, run_dir, "skipped", done)
+    emit(run.name, "running", str(run_dir))
+    t0 = time.perf_counter()
+    try:
+        man = run_audit(run.config, run_dir, progress=progress)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # one bad run must not stop the batch
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "error.txt", traceback.format_exc().encode())
+        emit(run.name, "failed", msg)
+        return summary_row(run, run_dir, "failed", None, msg)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    emit(run.name, "complete", f"{time.perf_counter() - t0:.1f} s")
+    return summary_row(run, run_dir, "complete", man)

@@ -40,58 +40,98 @@ example counts as broken when any iterate of any restart misclassifies it.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 from audit.errors import AuditInputError
 
 AUGMENTS = ("none", "shift", "shift+flip")  # training augmentations (audit.train.engine.augment_batch)
+MODEL_METHODS = ("natural", "pgd", "trades", "fgsm")
+NOISE_KINDS = ("symmetric", "pair", "confusion", "mixed")
+ARCHS = ("mlp", "mnist_cnn", "resnet18")
+ENGINES = ("local", "ray")
 
-MODEL_METHODS = {"natural": "natural", "pgd": "pgd", "trades": "trades", "fgsm": "fgsm"}
+
+def opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+        hi_open: bool = False, choices: tuple | None = None, results: bool = True) -> Any:
+    """A run option: its default, its help line and its valid range, in one place. The CLI flags, the
+    batch TOML checks and :func:`validate_config` are all generated from these.
+
+    ``lo``/``hi`` bound numbers (``*_open``: the bound itself is excluded); ``choices`` lists the
+    allowed strings; ``results=False`` marks options that change where or how fast a run computes,
+    never what it computes (left out of every hash)."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
+            "results": results}
+    return field(default=default, metadata=meta)
+
+
+_DS = "(default: per kind of image, see audit/config.py)"
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a run's results. ``None`` means "pick the dataset default"."""
 
-    dataset: str = "digits"
-    models: tuple[str, ...] = ("natural", "pgd")
-    noise: float = 0.0
-    noise_kind: str = "symmetric"
-    seed: int = 0
-    device: str = "auto"
-    download: bool = False
-    arch: str | None = None
-    width: float | None = None
-    epochs: int | None = None
-    robust_epochs: int | None = None
-    cv_epochs: int | None = None
-    batch_size: int | None = None
-    robust_batch_size: int | None = None
-    cv_batch_size: int | None = None
-    lr: float | None = None
-    robust_lr: float | None = None
-    cv_lr: float | None = None
-    augment: str | None = None
-    aug_epochs: int | None = None
-    aug_width: float | None = None
-    weight_decay: float | None = None
-    norm: str = "linf"
-    eps: float | None = None
-    step_size: float | None = None
-    steps: int | None = None
-    eps_warmup: float | None = None
-    trades_beta: float = 6.0
-    eval_steps: int | None = None
-    eval_restarts: int | None = None
-    folds: int = 4
-    repeats: int = 1
-    knn_k: int = 50
-    pairs_per_test: int = 5
-    canary_rate: float = 0.03
-    tracin_checkpoints: int = 4
-    compile: bool = False
+    dataset: str = opt("digits", "dataset spec: digits (bundled with scikit-learn), npz:PATH, mnist:ROOT, "
+                       "fashion-mnist:ROOT, cifar10:ROOT, cifar100:ROOT, folder:PATH, csv:PATH, parquet:PATH")
+    models: tuple[str, ...] = opt(("natural", "pgd"), "comma list of natural, pgd, trades, fgsm",
+                                  choices=tuple(MODEL_METHODS))
+    noise: float = opt(0.0, "fraction of training labels to flip (experiments)", lo=0, hi=1, hi_open=True)
+    noise_kind: str = opt("symmetric", "how injected labels are flipped", choices=NOISE_KINDS)
+    seed: int = opt(0, "random seed of noise, canaries, folds and training", lo=0, hi=2**31 - 1)
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N", results=False)
+    download: bool = opt(False, "allow torchvision sources to download (never by default)", results=False)
+    threads: int | None = opt(None, "CPU threads for torch (default: all cores the process may use, at most 8; "
+                              "1 on a machine shared with other jobs)", lo=1, hi=1024, results=False)
+    engine: str = opt("local", "where independent trainings run: local (this process) or ray", choices=ENGINES,
+                      results=False)
+    ray_address: str | None = opt(None, "Ray cluster to join with --engine ray (auto, ray://host:port); "
+                                  "default: start Ray on this machine", results=False)
+    max_image_pixels: int | None = opt(None, "refuse images with more pixels than this "
+                                       "(default: the loaders' cap, 178956970 like Pillow)", lo=1, results=False)
+    arch: str | None = opt(None, f"architecture {_DS}", choices=ARCHS)
+    width: float | None = opt(None, f"width multiplier of the architecture {_DS}", lo=0, lo_open=True, hi=64)
+    epochs: int | None = opt(None, f"natural model epochs {_DS}", lo=1, hi=100000)
+    robust_epochs: int | None = opt(None, f"robust model epochs {_DS}", lo=1, hi=100000)
+    cv_epochs: int | None = opt(None, f"epochs of each cross-validation model {_DS}", lo=1, hi=100000)
+    batch_size: int | None = opt(None, f"batch size of the natural model {_DS}", lo=1, hi=2**20)
+    robust_batch_size: int | None = opt(None, "batch size of robust models (default: --batch-size)", lo=1, hi=2**20)
+    cv_batch_size: int | None = opt(None, "batch size of the cross-validation models (default: --batch-size)",
+                                    lo=1, hi=2**20)
+    lr: float | None = opt(None, f"peak learning rate of the natural model {_DS}", lo=0, lo_open=True, hi=100)
+    robust_lr: float | None = opt(None, f"peak learning rate of robust models {_DS}", lo=0, lo_open=True, hi=100)
+    cv_lr: float | None = opt(None, "peak learning rate of the cross-validation models (default: --lr)",
+                              lo=0, lo_open=True, hi=100)
+    augment: str | None = opt(None, "augmentation of the extra, non-memorizing natural model whose AUM is a signal "
+                              "(default: shift for grey images, shift+flip for colour, none for tiny images; "
+                              "none skips that model)", choices=AUGMENTS)
+    aug_epochs: int | None = opt(None, f"epochs of the augmented model {_DS}", lo=1, hi=100000)
+    aug_width: float | None = opt(None, "width multiplier of the augmented model (default: half of --width)",
+                                  lo=0, lo_open=True, hi=64)
+    weight_decay: float | None = opt(None, f"SGD weight decay {_DS}", lo=0, hi=1)
+    norm: str = opt("linf", "attack norm", choices=("linf", "l2"))
+    eps: float | None = opt(None, "attack radius in [0,1] pixel units (8/255 = 0.0314) " + _DS, lo=0, hi=100)
+    step_size: float | None = opt(None, "PGD step size in training (default: 2.5 eps / steps)", lo=0, lo_open=True,
+                                  hi=100)
+    steps: int | None = opt(None, f"PGD steps in training {_DS}", lo=1, hi=10000)
+    eps_warmup: float | None = opt(None, f"fraction of robust epochs over which eps ramps up {_DS}", lo=0, hi=1)
+    trades_beta: float = opt(6.0, "TRADES trade-off between clean and robust loss", lo=0, hi=1000)
+    eval_steps: int | None = opt(None, "PGD steps of the evaluation attack (default: 2.5x --steps, at least 20)",
+                                 lo=1, hi=100000)
+    eval_restarts: int | None = opt(None, "random restarts of the evaluation attack " + _DS, lo=1, hi=1000)
+    folds: int = opt(4, "cross-validation folds", lo=2, hi=100)
+    repeats: int = opt(1, "cross-validation repeats with new folds", lo=1, hi=100)
+    knn_k: int = opt(50, "nearest training images (FAISS) re-ranked by influence per test error", lo=1, hi=10000)
+    pairs_per_test: int = opt(5, "training images kept per test error in pairs.parquet", lo=1, hi=1000)
+    canary_rate: float = opt(0.03, "share of planted mislabelled copies that judge the signals", lo=0, hi=0.5,
+                             hi_open=True)
+    tracin_checkpoints: int = opt(4, "checkpoints of the natural model that TracIn sums over", lo=1, hi=1000)
+    compile: bool = opt(False, "torch.compile the training forward (GPU, long runs)", results=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,37 +139,104 @@ class RunConfig:
         return d
 
     def hash(self, keys: tuple[str, ...] | None = None) -> str:
-        d = self.to_dict()
+        """A hash of the options that change results (``device``, ``threads``, ``engine``... do not)."""
+        d = {k: v for k, v in self.to_dict().items() if OPTIONS[k].metadata["results"]}
         if keys is not None:
-            d = {k: d[k] for k in keys}
-        d.pop("device", None)  # results do not depend on where or how fast they were computed
-        d.pop("compile", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+            d = {k: d[k] for k in keys if k in d}
+        return stable_hash(d)
 
 
-def validate_config(cfg: RunConfig) -> None:
-    """Check options before any heavy work: one problem, one line naming the option."""
-    bad = [m for m in cfg.models if m not in MODEL_METHODS]
-    if bad or not cfg.models:
-        raise AuditInputError(f"--models {','.join(cfg.models)!r}: unknown model(s) {bad} (known: natural, pgd, trades, fgsm)")
+OPTIONS = {f.name: f for f in fields(RunConfig)}
+
+
+def stable_hash(obj: Any) -> str:
+    """16 hex characters of SHA-256 over canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def base_type(name: str) -> type:
+    """The Python type an option holds (``int`` for ``int | None``; ``tuple`` for ``models``)."""
+    t = str(OPTIONS[name].type).replace("| None", "").strip()
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(t, tuple)
+
+
+def check_value(name: str, value: Any, where: str = "") -> Any:
+    """Check one option's value (type, finiteness, range, choices) and return it normalised; raise
+    :class:`AuditInputError` naming the option otherwise. Used by the CLI, batch files and the API."""
+    f = OPTIONS.get(name)
+    at = f"{where}: " if where else ""
+    if f is None:
+        close = difflib.get_close_matches(name.replace("-", "_"), OPTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise AuditInputError(f"{at}unknown run option {name!r}{hint}")
+    m, t, label = f.metadata, base_type(name), f"{at}{flag(name)} {value!r}"
+    if value is None:
+        if f.default is not None:
+            raise AuditInputError(f"{label}: a value is required")
+        return None
+    if t is tuple:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
+            raise AuditInputError(f"{label}: must be a non-empty list of names")
+        bad = [v for v in value if m["choices"] and v not in m["choices"]]
+        if bad:
+            raise AuditInputError(f"{label}: unknown {', '.join(bad)} (known: {', '.join(m['choices'])})")
+        return tuple(value)
+    if t is bool:
+        if not isinstance(value, bool):
+            raise AuditInputError(f"{label}: must be true or false")
+        return value
+    if t is str:
+        if not isinstance(value, str):
+            raise AuditInputError(f"{label}: must be a string")
+        if m["choices"] and value not in m["choices"]:
+            close = difflib.get_close_matches(value, m["choices"], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise AuditInputError(f"{label}: must be one of {', '.join(m['choices'])}{hint}")
+        return value
+    return _check_number(name, value, t, label, m)
+
+
+def _check_number(name: str, value: Any, t: type, label: str, m: dict) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (t is int and not float(value).is_integer()):
+        raise AuditInputError(f"{label}: must be {'an integer' if t is int else 'a number'}")
+    if not math.isfinite(value):
+        raise AuditInputError(f"{label}: must be a finite number")
+    lo, hi = m["lo"], m["hi"]
+    if lo is not None and (value < lo or (m["lo_open"] and value == lo)):
+        raise AuditInputError(f"{label}: must be {'>' if m['lo_open'] else '≥'} {lo}")
+    if hi is not None and (value > hi or (m["hi_open"] and value == hi)):
+        raise AuditInputError(f"{label}: must be {'<' if m['hi_open'] else '≤'} {hi}")
+    return int(value) if t is int else float(value)
+
+
+def validate_config(cfg: RunConfig) -> RunConfig:
+    """Check every option before any work: one problem, one line naming the option. Returns ``cfg``."""
+    for f in fields(RunConfig):
+        check_value(f.name, getattr(cfg, f.name))
     if "natural" not in cfg.models:
         raise AuditInputError("--models must include natural (the embeddings and influence come from it)")
-    if not 0 <= cfg.noise < 1:
-        raise AuditInputError(f"--noise {cfg.noise}: must be in [0, 1)")
-    if cfg.folds < 2:
-        raise AuditInputError(f"--folds {cfg.folds}: needs at least 2 for out-of-sample probabilities")
-    if cfg.norm not in ("linf", "l2"):
-        raise AuditInputError(f"--norm {cfg.norm!r}: must be linf or l2")
-    if cfg.eps is not None and cfg.eps < 0:
-        raise AuditInputError(f"--eps {cfg.eps}: must be ≥ 0")
-    if cfg.augment is not None and cfg.augment not in AUGMENTS:
-        raise AuditInputError(f"--augment {cfg.augment!r}: must be one of {', '.join(AUGMENTS)}")
-    if cfg.aug_width is not None and cfg.aug_width <= 0:
-        raise AuditInputError(f"--aug-width {cfg.aug_width}: must be > 0")
-    if cfg.aug_epochs is not None and cfg.aug_epochs < 1:
-        raise AuditInputError(f"--aug-epochs {cfg.aug_epochs}: must be ≥ 1 (use --augment none to skip the model)")
-    if not 0 <= cfg.canary_rate < 0.5:
-        raise AuditInputError(f"--canary-rate {cfg.canary_rate}: must be in [0, 0.5)")
+    if len(set(cfg.models)) != len(cfg.models):
+        raise AuditInputError(f"--models {','.join(cfg.models)}: a model is named twice")
+    if cfg.engine != "ray" and cfg.ray_address:
+        raise AuditInputError("--ray-address needs --engine ray")
+    return cfg
+
+
+def default_threads() -> int:
+    """Torch threads when ``--threads`` is not given: ``OMP_NUM_THREADS`` when set, else the cores this
+    process may use, at most 8 (more threads than cores, or than the small models here can use, only
+    oversubscribe)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
 
 
 def resolve_defaults(cfg: RunConfig, shape: tuple[int, int, int], n_train: int, on_gpu: bool) -> RunConfig:
@@ -170,14 +277,7 @@ def resolve_defaults(cfg: RunConfig, shape: tuple[int, int, int], n_train: int, 
     return replace(cfg, **upd)
 
 
-def config_from_dict(d: dict) -> RunConfig:
-    names = {f.name for f in fields(RunConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise AuditInputError(f"unknown run option(s): {', '.join(unknown)}")
-    d = dict(d)
-    if "models" in d and isinstance(d["models"], str):
-        d["models"] = tuple(m.strip() for m in d["models"].split(",") if m.strip())
-    elif "models" in d:
-        d["models"] = tuple(d["models"])
-    return RunConfig(**d)
+def config_from_dict(d: dict, where: str = "") -> RunConfig:
+    """A checked :class:`RunConfig` from plain values (a manifest's ``config``, a batch table)."""
+    values = {k: check_value(k, v, where) for k, v in d.items()}
+    return validate_config(RunConfig(**values))

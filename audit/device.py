@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from audit.errors import AuditInputError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a torch.device; CPU uses every core unless
-    ``OMP_NUM_THREADS`` is set."""
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a torch.device (CPU threads: ``--threads``,
+    :func:`audit.config.default_threads`)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -19,11 +17,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise AuditInputError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     dev = torch.device(name)
-    if dev.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
-        # all cores, unless the user pinned a count (on a shared machine one thread per process is
-        # far faster than several processes whose OpenMP threads fight for the same cores)
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-    else:
+    if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -1,145 +1,32 @@
-"""The orchestrator: stages are functions of the frozen config and earlier stages' outputs.
+"""``run_audit``: load the data, plan the stages, run them through an engine, assemble the tables.
 
-Each stage's arrays are cached in ``RUN/.cache/<stage>.npz`` beside a key (a hash of the dataset
-fingerprint, the config fields it reads and its upstream keys); a rerun skips a stage whose key is
-unchanged, so an interrupted run resumes where it stopped. Final artifacts are written to temporary
-names and renamed; the manifest records each stage's status and timing.
+The stages (:mod:`audit.stages`) are pure functions of their sub-configs (:mod:`audit.recipes`);
+the :class:`~audit.orchestrator.Orchestrator` owns the run directory (cache, manifest, lock,
+checkpoints); an engine (:mod:`audit.engines`) runs the independent trainings here or on Ray; the
+tables are assembled without I/O (:mod:`audit.signals.table`) and written here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
-import sys
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from audit import __version__
-from audit.config import RunConfig, resolve_defaults, validate_config
+from audit.config import RunConfig, default_threads, resolve_defaults, validate_config
 from audit.data import TEST, TRAIN, AuditDataset, inject_noise, load_dataset
 from audit.device import resolve_device
-from audit.io import load_arrays, read_json, save_arrays, write_json
+from audit.engines import Task, make_engine
+from audit.errors import AuditInputError
+from audit.io import read_json, save_arrays, write_parquet
+from audit.orchestrator import STAGE_VERSIONS, Orchestrator, numpy_seed
+from audit.recipes import crossval_config, data_config, eval_config, pair_config, train_recipe
 from audit.signals.canaries import make_canaries
-from audit.train.engine import TrainSpec, train_model
-from audit.train.models import build_model
-
-# The config fields each stage reads (its cache key): a natural model does not depend on robust
-# training options and vice versa, so changing --robust-epochs retrains only the robust models.
-COMMON_KEYS = ("arch", "width", "weight_decay", "seed", "canary_rate", "noise", "noise_kind",
-               "norm", "eps", "eval_steps", "eval_restarts")
-NATURAL_KEYS = COMMON_KEYS + ("epochs", "batch_size", "lr", "tracin_checkpoints")
-ROBUST_KEYS = COMMON_KEYS + ("robust_epochs", "robust_batch_size", "robust_lr", "step_size", "steps", "eps_warmup")
-TRADES_KEYS = ROBUST_KEYS + ("trades_beta",)
-CV_KEYS = ("arch", "width", "cv_epochs", "cv_batch_size", "cv_lr", "weight_decay", "seed", "folds", "repeats",
-           "canary_rate")
-PAIR_KEYS = ("knn_k", "pairs_per_test", "tracin_checkpoints")
-AUG_KEYS = ("arch", "aug_width", "weight_decay", "seed", "canary_rate", "noise", "noise_kind", "augment",
-            "aug_epochs", "batch_size", "lr")
-
-
-# Bumped when a stage's algorithm changes, so a rerun recomputes it instead of reusing old outputs
-# (training v2: adversarial accuracy counts every iterate of every restart, PGD.fooled).
-STAGE_VERSIONS = {"crossval": 2, "train_natural": 2, "train_pgd": 2, "train_trades": 2, "train_fgsm": 2}
-
-
-class Run:
-    """The state one ``audit run`` works on: paths, resolved config, data, device, stage bookkeeping."""
-
-    def __init__(self, cfg: RunConfig, out: Path, ds: AuditDataset, device: torch.device, progress: bool):
-        self.cfg, self.out, self.ds, self.device, self.progress = cfg, out, ds, device, progress
-        self.cache = out / ".cache"
-        self.ckpt = out / "checkpoints"
-        self.keys: dict[str, str] = {}
-        self.stages: dict[str, dict] = {}
-        self.fingerprint = ds.fingerprint()
-        tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
-        self.train_rows, self.test_rows = tr, te
-        c_img, c_lab, c_src = make_canaries(ds.images[tr], ds.labels[tr], ds.num_classes, cfg.canary_rate, cfg.seed)
-        self.canary_source = c_src
-        self.train_images = torch.from_numpy(np.concatenate([np.asarray(ds.images[tr]), c_img]))
-        self.train_labels = np.concatenate([ds.labels[tr], c_lab]).astype(np.int64)
-        self.is_canary = np.r_[np.zeros(len(tr), bool), np.ones(len(c_lab), bool)]
-        # cross-validation groups: each canary shares its source image's group
-        self.cv_groups = np.r_[np.arange(len(tr)), c_src]
-        self.test_images = torch.from_numpy(np.asarray(ds.images[te]))
-        self.test_labels = ds.labels[te].astype(np.int64)
-
-    # -- stage bookkeeping ---------------------------------------------------------------------
-    def stage(self, name: str, keys: tuple[str, ...], upstream: tuple[str, ...], fn: Callable[[], dict]) -> dict:
-        """Run ``fn`` unless ``.cache/<name>.npz`` holds outputs for the same inputs and config."""
-        tag = f"{name}@v{STAGE_VERSIONS[name]}" if name in STAGE_VERSIONS else name
-        h = hashlib.sha256(json.dumps([tag, self.fingerprint, self.cfg.hash(keys),
-                                       [self.keys[u] for u in upstream]]).encode()).hexdigest()[:16]
-        self.keys[name] = h
-        arrays_path, key_path = self.cache / f"{name}.npz", self.cache / f"{name}.json"
-        if arrays_path.exists() and key_path.exists() and read_json(key_path).get("key") == h:
-            self.stages[name] = {"status": "cached", "key": h, "seconds": 0.0}
-            self.log(f"{name}: up to date, skipped")
-            self.write_manifest(status="running")
-            return load_arrays(arrays_path)
-        self.stages[name] = {"status": "running", "key": h}
-        self.write_manifest(status="running")
-        t0 = time.perf_counter()
-        try:
-            out = fn()
-        except BaseException:
-            self.stages[name]["status"] = "failed"
-            self.write_manifest(status="failed")
-            raise
-        save_arrays(arrays_path, out)
-        write_json(key_path, {"key": h})
-        self.stages[name] = {"status": "done", "key": h, "seconds": round(time.perf_counter() - t0, 3)}
-        self.log(f"{name}: done in {self.stages[name]['seconds']:.1f} s")
-        self.write_manifest(status="running")
-        return out
-
-    def log(self, msg: str) -> None:
-        if self.progress:
-            print(f"[audit] {msg}", file=sys.stderr, flush=True)
-
-    def write_manifest(self, status: str, metrics: dict | None = None, extra: dict | None = None) -> dict:
-        man = {
-            "tool": "benign-audit",
-            "version": __version__,
-            "status": status,
-            "config": self.cfg.to_dict(),
-            "config_hash": self.cfg.hash(),
-            "dataset": {
-                "spec": absolute_spec(self.ds.spec), "name": self.ds.name, "fingerprint": self.fingerprint,
-                "source_fingerprint": self.ds.extra.get("source_fingerprint"),
-                "num_train": int(len(self.train_rows)), "num_test": int(len(self.test_rows)),
-                "num_canaries": int(self.is_canary.sum()), "shape": list(self.ds.shape),
-                "class_names": list(self.ds.class_names),
-            },
-            "device": str(self.device),
-            "packages": _package_versions(),
-            "stages": self.stages,
-            "metrics": metrics or {},
-        }
-        if extra:
-            man.update(extra)
-        write_json(self.out / "manifest.json", man)
-        return man
-
-    # -- specs ---------------------------------------------------------------------------------
-    def spec(self, method: str) -> TrainSpec:
-        c = self.cfg
-        return TrainSpec(method=method, arch=c.arch, width=c.width,
-                         epochs=c.epochs if method == "natural" else c.robust_epochs,
-                         batch_size=c.batch_size if method == "natural" else c.robust_batch_size,
-                         lr=c.lr if method == "natural" else c.robust_lr,
-                         weight_decay=c.weight_decay, norm=c.norm, eps=c.eps, step_size=c.step_size,
-                         steps=c.steps, trades_beta=c.trades_beta, eps_warmup=0.0 if method == "natural" else c.eps_warmup,
-                         seed=c.seed, tracin_checkpoints=c.tracin_checkpoints)
-
-    def new_model(self) -> torch.nn.Module:
-        return build_model(self.cfg.arch, self.ds.shape, self.ds.num_classes, self.cfg.width)
+from audit.signals.table import TableContext, build_tables
+from audit.stages import TrainData, aug_stage, crossval_stage, influence_stage, train_stage
 
 
 def absolute_spec(spec: str) -> str:
@@ -179,47 +66,162 @@ def prepare_dataset(cfg: RunConfig) -> AuditDataset:
     return ds
 
 
+def build_train_data(ds: AuditDataset, cfg: RunConfig) -> tuple[TrainData, np.ndarray]:
+    """Training rows plus canaries, and the test rows; returns (data, canary source rows)."""
+    tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
+    dc = data_config(cfg)
+    c_img, c_lab, c_src = make_canaries(ds.images[tr], ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed)
+    data = TrainData(
+        train_images=np.concatenate([np.asarray(ds.images[tr]), c_img]),
+        train_labels=np.concatenate([ds.labels[tr], c_lab]).astype(np.int64),
+        test_images=np.asarray(ds.images[te]), test_labels=ds.labels[te].astype(np.int64),
+        is_canary=np.r_[np.zeros(len(tr), bool), np.ones(len(c_lab), bool)],
+        cv_groups=np.r_[np.arange(len(tr)), c_src].astype(np.int64),  # each canary shares its source's group
+        num_classes=ds.num_classes)
+    return data, c_src
+
+
 def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict:
     """Run the whole audit into ``out`` and return the manifest.
 
     Writes ``manifest.json``, ``examples.parquet``, ``pairs.parquet``, ``dynamics.npz`` and
     ``checkpoints/<model>.pt``. Raises :class:`audit.errors.AuditInputError` on bad input before any
-    heavy work.
+    heavy work, and when another process is writing ``out``.
     """
-    from audit.stages import crossval_stage, influence_stage, write_outputs
-
     t_start = time.perf_counter()
     validate_config(cfg)
+    threads = cfg.threads or default_threads()
+    torch.set_num_threads(threads)
     device = resolve_device(cfg.device)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AuditInputError(f"--out {out}: exists and is not a directory")
     ds = prepare_dataset(cfg)
     n_train = int((ds.split == TRAIN).sum())
     if n_train < 2 * cfg.folds:
-        from audit.errors import AuditInputError
-
         raise AuditInputError(f"--dataset {cfg.dataset}: {n_train} training examples, need at least {2 * cfg.folds}")
-    cfg = resolve_defaults(cfg, ds.shape, n_train, device.type == "cuda")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    run = Run(cfg, out, ds, device, progress)
-    _drop_stale_outputs(out, cfg, run.fingerprint)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    cfg = validate_config(resolve_defaults(cfg, ds.shape, n_train, device.type == "cuda"))
+    data, canary_source = build_train_data(ds, cfg)
+    fingerprint = ds.fingerprint()
+    with Orchestrator(out, fingerprint, progress=progress) as orch:
+        _drop_stale_outputs(out, cfg, fingerprint)
+        base = _manifest_base(cfg, ds, data, device, fingerprint)
+        orch.write_manifest(base, "running")
+        numpy_seed(cfg.seed)
+        try:
+            trained, cv, infl = _run_stages(orch, cfg, data, device, threads, base)
+        except BaseException:
+            orch.write_manifest(base, "failed")
+            raise
+        t0 = time.perf_counter()
+        ctx = TableContext(models=tuple(cfg.models), ds=ds, data=data, canary_source=canary_source,
+                           fingerprint=fingerprint, config_hash=cfg.hash())
+        tables = build_tables(ctx, trained, cv, infl)
+        write_parquet(out / "examples.parquet", tables.examples, tables.meta)
+        write_parquet(out / "pairs.parquet", tables.pairs, tables.meta)
+        save_arrays(out / "dynamics.npz", tables.dynamics)
+        orch.stages["write"] = {"status": "done", "seconds": round(time.perf_counter() - t0, 3)}
+        metrics = {**tables.metrics, "wall_seconds": round(time.perf_counter() - t_start, 2),
+                   "compute_seconds": orch.compute_seconds()}
+        return orch.write_manifest(base, "complete", metrics, tables.extra)
 
-    trained = {}
-    for m in cfg.models:
-        keys = NATURAL_KEYS if m == "natural" else TRADES_KEYS if m == "trades" else ROBUST_KEYS
-        trained[m] = run.stage(f"train_{m}", keys, (),
-                               lambda m=m: train_stage(run, m))
+
+def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]]:
+    """The stage graph of a resolved config: name -> (algorithm, sub-configs it reads, upstream stages)."""
+    ev, dc = eval_config(cfg), data_config(cfg)
+    out = {f"train_{m}": ("train", {"recipe": train_recipe(cfg, m), "eval": ev, "data": dc}, ()) for m in cfg.models}
     if cfg.augment != "none":
-        trained["aug"] = run.stage("train_aug", AUG_KEYS, (), lambda: train_aug_stage(run))
-    cv = run.stage("crossval", CV_KEYS + ("noise", "noise_kind"), (), lambda: crossval_stage(run))
-    upstream = tuple(f"train_{m}" for m in cfg.models) + ("crossval",)
-    infl = run.stage("influence", PAIR_KEYS, upstream, lambda: influence_stage(run, trained, cv))
-    t0 = time.perf_counter()
-    metrics, extra = write_outputs(run, trained, cv, infl)
-    run.stages["write"] = {"status": "done", "seconds": round(time.perf_counter() - t0, 3)}
-    metrics["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-    return run.write_manifest(status="complete", metrics=metrics, extra=extra)
+        out["train_aug"] = ("train_aug", {"recipe": train_recipe(cfg, "aug"), "data": dc}, ())
+    out["crossval"] = ("crossval", {"cv": crossval_config(cfg), "data": dc}, ())
+    out["influence"] = ("influence", {"pairs": pair_config(cfg), "data": dc},
+                        tuple(f"train_{m}" for m in cfg.models) + ("crossval",))
+    return out
+
+
+def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: torch.device, threads: int,
+                base: dict) -> tuple[dict, dict, dict]:
+    """Key every stage, load the cached ones, run the rest (trainings through the engine)."""
+    graph = stage_configs(cfg)
+    for name, (kind, config, upstream) in graph.items():
+        orch.key(name, kind, config, upstream)
+    dev, gpus, prog = str(device), (1.0 if device.type == "cuda" else 0.0), orch.progress
+    tasks = []
+    for name, (kind, config, _) in graph.items():
+        if kind == "train":
+            args, kw = (data, config["recipe"], config["eval"]), {"resume": orch.resume_path(name), "progress": prog}
+        elif kind == "train_aug":
+            args, kw = (data, config["recipe"]), {"resume": orch.resume_path(name), "progress": prog}
+        elif kind == "crossval":
+            args, kw = (data, config["cv"]), {"progress": prog}
+        else:
+            continue
+        tasks.append(Task(name, STAGE_FUNCTIONS[kind], args, {"device": dev, **kw}, gpus))
+    results = {t.name: _cached(orch, t.name) for t in tasks}
+
+    def started(t: Task) -> None:
+        orch.start(t.name)
+        orch.write_manifest(base, "running")
+
+    def done(t: Task, arrays: dict, seconds: float) -> None:
+        orch.store(t.name, arrays, seconds)
+        results[t.name] = arrays
+        orch.write_manifest(base, "running")
+
+    try:
+        make_engine(cfg.engine, threads, cfg.ray_address).run_all([t for t in tasks if results[t.name] is None],
+                                                                  done, started)
+        trained = {t.name.removeprefix("train_"): results[t.name] for t in tasks if t.name.startswith("train_")}
+        infl = _cached(orch, "influence")
+        if infl is None:
+            pc = graph["influence"][1]["pairs"]
+            robust = {m: trained[m] for m in pc.robust_models}
+            task = Task("influence", influence_stage, (data, pc, trained["natural"], robust, results["crossval"]),
+                        {"device": dev})
+            make_engine("local", threads, None).run_all([task], done, started)
+            infl = results["influence"]
+    except BaseException:
+        for st in orch.stages.values():
+            if st.get("status") == "running":
+                st["status"] = "failed"
+        raise
+    return {k: _strip(v) for k, v in trained.items()}, results["crossval"], infl
+
+
+STAGE_FUNCTIONS = {"train": train_stage, "train_aug": aug_stage, "crossval": crossval_stage}
+
+
+def _cached(orch: Orchestrator, name: str) -> dict | None:
+    arrays = orch.cached(name)
+    if arrays is not None and name == "train_natural":
+        try:
+            arrays = orch.with_weights(name, arrays)
+        except (OSError, KeyError, RuntimeError):  # its TracIn checkpoints are gone: train again
+            orch.stages.pop(name, None)
+            return None
+    return arrays
+
+
+def _strip(arrays: dict) -> dict:
+    return {k: v for k, v in arrays.items() if "." not in k}
+
+
+def _manifest_base(cfg: RunConfig, ds: AuditDataset, data: TrainData, device: torch.device, fingerprint: str) -> dict:
+    return {
+        "tool": "benign-audit",
+        "version": __version__,
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "dataset": {
+            "spec": absolute_spec(ds.spec), "name": ds.name, "fingerprint": fingerprint,
+            "source_fingerprint": ds.extra.get("source_fingerprint"),
+            "num_train": int(data.num_real), "num_test": int(len(data.test_labels)),
+            "num_canaries": int(data.is_canary.sum()), "shape": list(ds.shape),
+            "class_names": list(ds.class_names),
+        },
+        "device": str(device),
+        "packages": _package_versions(),
+        "stage_versions": dict(STAGE_VERSIONS),
+    }
 
 
 FINAL_OUTPUTS = ("examples.parquet", "pairs.parquet", "dynamics.npz", "report.html")
@@ -236,59 +238,9 @@ def _drop_stale_outputs(out: Path, cfg: RunConfig, fingerprint: str) -> None:
         old = read_json(man_path)
     except (OSError, ValueError):
         old = {}
-    same = old.get("config_hash") == cfg.hash() and old.get("dataset", {}).get("fingerprint") == fingerprint
+    old = old if isinstance(old, dict) else {}
+    ds_old = old.get("dataset") if isinstance(old.get("dataset"), dict) else {}
+    same = old.get("config_hash") == cfg.hash() and ds_old.get("fingerprint") == fingerprint
     if not same:
         for name in FINAL_OUTPUTS:
             (out / name).unlink(missing_ok=True)
-
-
-def train_aug_stage(run: Run) -> dict:
-    """The augmented model: natural training on train + canaries with ``--augment`` for
-    ``--aug-epochs`` at ``--aug-width``. Augmentation keeps it from memorizing noisy labels, so its
-    area under the margin stays a clean noise signal to the end (``aum_aug``; Pleiss et al. 2020 train
-    with augmentation too). Half the natural width by default: on 2 CPU cores that trains 3× faster,
-    which buys more epochs (see :mod:`audit.config`). Only its per-example dynamics and test accuracy
-    are kept."""
-    from audit.train.evaluate import infer
-
-    cfg = run.cfg
-    spec = replace(run.spec("natural"), epochs=cfg.aug_epochs, width=cfg.aug_width, augment=cfg.augment,
-                   tracin_checkpoints=1)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, run.ds.shape, run.ds.num_classes, cfg.aug_width)
-    res = train_model(model, run.train_images, torch.as_tensor(run.train_labels), spec, device=run.device,
-                      checkpoint=run.ckpt / "aug.resume.pt", desc=f"train natural, {cfg.augment} augmented",
-                      progress=run.progress, compile=cfg.compile)
-    acc = np.nan
-    if len(run.test_images):
-        acc = (infer(res.model, run.test_images, run.device)[0].argmax(1) == run.test_labels).mean()
-    return {"margin": res.margin.astype(np.float16), "correct": res.correct, "test_accuracy": np.float64(acc),
-            "train_seconds": np.float64(res.seconds)}
-
-
-def train_stage(run: Run, method: str) -> dict:
-    """Train one model on train + canaries; save its state_dict; evaluate it. Returns its arrays."""
-    from audit.stages import evaluate_stage
-
-    spec = run.spec(method)
-    torch.manual_seed(run.cfg.seed)
-    model = run.new_model()
-    y = torch.as_tensor(run.train_labels)
-    res = train_model(model, run.train_images, y, spec, device=run.device,
-                      checkpoint=run.ckpt / f"{method}.resume.pt", desc=f"train {method}", progress=run.progress,
-                      compile=run.cfg.compile)
-    final = run.ckpt / f"{method}.pt"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
-    torch.save(res.model.state_dict(), tmp)
-    tmp.replace(final)
-    if method == "natural":
-        for i, (epoch, weight, state) in enumerate(res.tracin):
-            p = run.ckpt / "tracin" / f"{method}-{i}.pt"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"epoch": epoch, "weight": weight, "state": state}, p.with_suffix(".tmp"))
-            p.with_suffix(".tmp").replace(p)
-    out = {"loss": res.loss.astype(np.float16), "margin": res.margin.astype(np.float16), "correct": res.correct,
-           "lrs": res.lrs, "train_seconds": np.float64(res.seconds)}
-    out.update(evaluate_stage(run, res.model, method))
-    return out

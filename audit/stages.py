@@ -1,67 +1,130 @@
-"""The pipeline's stages after training: evaluation, cross-validation, influence and pairs, outputs.
+"""The pipeline's stages as pure functions: ``(TrainData, sub-config, earlier arrays) -> arrays``.
 
-Each function takes the :class:`audit.pipeline.Run` and earlier stages' arrays and returns plain
-arrays (cached by the orchestrator) or writes the final artifacts.
+No stage sees the orchestrator, the run directory or the manifest: each takes plain numpy arrays and
+frozen configs and returns a flat ``dict`` of numpy arrays, so the same functions run in this process
+or as Ray tasks (:mod:`audit.engines`). Model weights leave a training stage as arrays too
+(``state.<name>`` and ``tracin<i>.<name>``); the orchestrator writes them as checkpoints.
+``resume`` (a file path or ``None``) lets an interrupted training go on from its last epoch.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from audit.neighbors import knn
+from audit.recipes import CrossValConfig, EvalConfig, PairConfig
 from audit.signals.crossval import cross_validate, feldman_zhang_influence
 from audit.signals.influence import tracin
 from audit.train.attacks import PGD
+from audit.train.engine import TrainSpec, train_model
 from audit.train.evaluate import adversarial_correct, infer, steps_to_flip
+from audit.train.models import build_model
 
 NEIGHBORS = 10  # neighbours kept per example as evidence for the app and for `category`
 
 
-def eval_attack(cfg) -> PGD:
-    """The evaluation attack: stronger than training (more steps, restarts)."""
-    return PGD(eps=cfg.eps, step_size=2.5 * cfg.eps / cfg.eval_steps, steps=cfg.eval_steps, norm=cfg.norm,
-               random_start=True, restarts=cfg.eval_restarts)
+@dataclass(frozen=True)
+class TrainData:
+    """What every stage trains and evaluates on: training rows plus canaries, and the test rows."""
+
+    train_images: np.ndarray  # uint8 (N_aug, C, H, W): real training rows, then canaries
+    train_labels: np.ndarray  # int64 (N_aug,)
+    test_images: np.ndarray  # uint8 (N_test, C, H, W)
+    test_labels: np.ndarray  # int64 (N_test,)
+    is_canary: np.ndarray  # bool (N_aug,)
+    cv_groups: np.ndarray  # int64 (N_aug,): each canary shares its source's group
+    num_classes: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+    @property
+    def num_real(self) -> int:
+        return int((~self.is_canary).sum())
 
 
-def evaluate_stage(run, model: torch.nn.Module, method: str) -> dict:
+def eval_attack(ev: EvalConfig) -> PGD:
+    return PGD(eps=ev.eps, step_size=2.5 * ev.eps / ev.steps, steps=ev.steps, norm=ev.norm,
+               random_start=True, restarts=ev.restarts)
+
+
+def _state_arrays(prefix: str, state: dict) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{k}": v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def state_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` a stage returned under ``prefix`` (``state``, ``tracin0``, ...)."""
+    p = prefix + "."
+    return {k[len(p):]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith(p)}
+
+
+def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: str = "cpu",
+                resume: str | None = None, progress: bool = False) -> dict:
+    """Train one model (natural or robust) on train + canaries, then evaluate it."""
+    dev = torch.device(device)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
+    res = train_model(model, torch.from_numpy(data.train_images), torch.as_tensor(data.train_labels), recipe,
+                      device=dev, checkpoint=resume, desc=f"train {recipe.method}", progress=progress)
+    out = {"loss": res.loss.astype(np.float16), "margin": res.margin.astype(np.float16), "correct": res.correct,
+           "lrs": res.lrs, "train_seconds": np.float64(res.seconds)}
+    out.update(_state_arrays("state", res.model.state_dict()))
+    if recipe.method == "natural":
+        out["tracin_weights"] = np.array([w for _, w, _ in res.tracin], np.float64)
+        for i, (_, _, state) in enumerate(res.tracin):
+            out.update(_state_arrays(f"tracin{i}", state))
+    out.update(evaluate(res.model, data, ev, natural=recipe.method == "natural", device=dev))
+    return out
+
+
+def evaluate(model: torch.nn.Module, data: TrainData, ev: EvalConfig, *, natural: bool, device) -> dict:
     """Logits and features on train (+ canaries) and test, adversarial correctness on test and, for
     the natural model, PGD steps to flip each training example."""
-    cfg, dev = run.cfg, run.device
-    tr_logits, tr_feat = infer(model, run.train_images, dev, features=True)
-    te_logits, te_feat = infer(model, run.test_images, dev, features=True)
-    torch.manual_seed(cfg.seed + 1)
-    adv = adversarial_correct(model, run.test_images, torch.as_tensor(run.test_labels), eval_attack(cfg), dev)
+    tr_img, te_img = torch.from_numpy(data.train_images), torch.from_numpy(data.test_images)
+    tr_logits, tr_feat = infer(model, tr_img, device, features=True)
+    te_logits, te_feat = infer(model, te_img, device, features=True)
+    torch.manual_seed(ev.seed + 1)
+    adv = adversarial_correct(model, te_img, torch.as_tensor(data.test_labels), eval_attack(ev), device)
     out = {"train_logits": tr_logits, "test_logits": te_logits, "adv_correct_test": adv,
            "train_features": tr_feat.astype(np.float16), "test_features": te_feat.astype(np.float16)}
-    if method == "natural":
-        flip = PGD(eps=cfg.eps, step_size=2.5 * cfg.eps / cfg.eval_steps, steps=cfg.eval_steps, norm=cfg.norm,
-                   random_start=False)
-        out["steps_to_flip"] = steps_to_flip(model, run.train_images, torch.as_tensor(run.train_labels), flip, dev)
+    if natural:
+        flip = PGD(eps=ev.eps, step_size=2.5 * ev.eps / ev.steps, steps=ev.steps, norm=ev.norm, random_start=False)
+        out["steps_to_flip"] = steps_to_flip(model, tr_img, torch.as_tensor(data.train_labels), flip, device)
     return out
 
 
-def crossval_stage(run) -> dict:
-    cfg = run.cfg
-    spec = replace(run.spec("natural"), epochs=cfg.cv_epochs, lr=cfg.cv_lr, batch_size=cfg.cv_batch_size)
-    return cross_validate(run.train_images, run.train_labels, run.test_images, spec,
-                          run.ds.num_classes, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
-                          device=run.device, progress=run.progress, groups=run.cv_groups)
+def aug_stage(data: TrainData, recipe: TrainSpec, *, device: str = "cpu", resume: str | None = None,
+              progress: bool = False) -> dict:
+    """The augmented model: natural training with ``recipe.augment``. Augmentation keeps it from
+    memorizing noisy labels, so its area under the margin stays a clean noise signal to the end
+    (``aum_aug``; Pleiss et al. 2020 train with augmentation too). Only its per-example dynamics and
+    test accuracy are kept."""
+    dev = torch.device(device)
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
+    res = train_model(model, torch.from_numpy(data.train_images), torch.as_tensor(data.train_labels), recipe,
+                      device=dev, checkpoint=resume, desc=f"train natural, {recipe.augment} augmented",
+                      progress=progress)
+    acc = np.nan
+    if len(data.test_labels):
+        acc = (infer(res.model, torch.from_numpy(data.test_images), dev)[0].argmax(1) == data.test_labels).mean()
+    return {"margin": res.margin.astype(np.float16), "correct": res.correct, "test_accuracy": np.float64(acc),
+            "train_seconds": np.float64(res.seconds)}
 
 
-def _load_tracin_checkpoints(run) -> list[tuple[float, dict]]:
-    files = sorted((run.ckpt / "tracin").glob("natural-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    out = []
-    for p in files:
-        d = torch.load(p, map_location="cpu", weights_only=True)
-        out.append((float(d["weight"]), d["state"]))
-    return out
+def crossval_stage(data: TrainData, cv: CrossValConfig, *, device: str = "cpu", progress: bool = False) -> dict:
+    return cross_validate(torch.from_numpy(data.train_images), data.train_labels, torch.from_numpy(data.test_images),
+                          cv.recipe, data.num_classes, folds=cv.folds, repeats=cv.repeats, seed=cv.seed,
+                          device=torch.device(device), progress=progress, groups=data.cv_groups)
 
 
-def influence_stage(run, trained: dict, cv: dict) -> dict:
-    """Self-influence (TracIn), neighbour evidence, and the train→test pairs behind test errors.
+def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict[str, dict], cv: dict, *,
+                    device: str = "cpu") -> dict:
+    """Self-influence (TracIn), the train→test pairs behind test errors, and neighbour evidence.
 
     Pairs: for every test example the natural model gets wrong (``natural_error``) and every one a
     robust model gets wrong while the natural one is right (``robust_error``, the paper's Figure 4),
@@ -70,29 +133,19 @@ def influence_stage(run, trained: dict, cv: dict) -> dict:
     class), for robust errors the strongest proponents first (the atypical images the natural model
     memorized and the robust model refused to fit).
     """
-    cfg = run.cfg
-    nat = trained["natural"]
-    n_real = int((~run.is_canary).sum())
-    base = nat["train_features"][:n_real].astype(np.float32)
-    te_feat = nat["test_features"].astype(np.float32)
-    nat_wrong = nat["test_logits"].argmax(1) != run.test_labels
-    robust = [m for m in cfg.models if m != "natural"]
+    dev = torch.device(device)
+    backend = "torch" if dev.type == "cuda" else "faiss"
+    nat_wrong = natural["test_logits"].argmax(1) != data.test_labels
     rob_wrong = np.zeros_like(nat_wrong)
-    for m in robust:
-        rob_wrong |= trained[m]["test_logits"].argmax(1) != run.test_labels
+    for m in pc.robust_models:
+        rob_wrong |= robust[m]["test_logits"].argmax(1) != data.test_labels
     query = np.flatnonzero(nat_wrong | rob_wrong)
     reason = np.where(nat_wrong[query], "natural_error", "robust_error")
-    backend = "torch" if run.device.type == "cuda" else "faiss"
-    sims, cand = knn(base, te_feat[query], cfg.knn_k, backend=backend)
-
-    model = run.new_model().to(run.device)
-    ckpts = _load_tracin_checkpoints(run)
-    self_infl, pair_infl = tracin(model, ckpts, run.train_images, run.train_labels, run.device,
-                                  run.test_images[torch.as_tensor(query, dtype=torch.long)] if len(query) else run.test_images[:0],
-                                  run.test_labels[query], cand)
-    fz, fz_se = feldman_zhang_influence(cv["test_probs"], cv["masks"][:, :n_real], run.test_labels, query, cand)
-
-    keep = min(cfg.pairs_per_test, cand.shape[1])
+    base = natural["train_features"][:data.num_real].astype(np.float32)
+    sims, cand = knn(base, natural["test_features"].astype(np.float32)[query], pc.knn_k, backend=backend)
+    self_infl, pair_infl = _tracin(data, pc, natural, query, cand, dev)
+    fz, fz_se = feldman_zhang_influence(cv["test_probs"], cv["masks"][:, :data.num_real], data.test_labels, query, cand)
+    keep = min(pc.pairs_per_test, cand.shape[1])
     sign = np.where(reason == "natural_error", 1.0, -1.0)[:, None]  # opponents first / proponents first
     order = np.argsort(sign * pair_infl, axis=1, kind="stable")[:, :keep] if len(query) else np.zeros((0, keep), int)
     rows = np.arange(len(query))[:, None]
@@ -106,25 +159,37 @@ def influence_stage(run, trained: dict, cv: dict) -> dict:
         "pair_fz_influence_se": fz_se[rows, order].ravel(),
         "pair_reason": np.repeat(reason, keep).astype(str),
     }
-
     # Neighbour evidence: in a robust model's embedding when there is one (it did not memorize the noise).
-    emb = trained[robust[0]] if robust else nat
+    emb = robust[pc.robust_models[0]] if pc.robust_models else natural
+    nidx, nsim = _neighbour_evidence(emb, data.num_real, backend)
+    return {"self_influence": self_infl, "neighbor_idx": nidx, "neighbor_sim": nsim, **pairs}
+
+
+def _tracin(data: TrainData, pc: PairConfig, natural: dict, query: np.ndarray, cand: np.ndarray, dev):
+    model = build_model(pc.arch, data.shape, data.num_classes, pc.width).to(dev)
+    ckpts = [(float(w), state_from_arrays(natural, f"tracin{i}")) for i, w in enumerate(natural["tracin_weights"])]
+    test_img = torch.from_numpy(data.test_images)
+    q_img = test_img[torch.as_tensor(query, dtype=torch.long)] if len(query) else test_img[:0]
+    return tracin(model, ckpts, torch.from_numpy(data.train_images), data.train_labels, dev, q_img,
+                  data.test_labels[query], cand)
+
+
+def _neighbour_evidence(emb: dict, n_real: int, backend: str) -> tuple[np.ndarray, np.ndarray]:
+    """The NEIGHBORS nearest real training rows of every training row (canaries too) and test row,
+    without each real row's match with itself."""
     ev_base = emb["train_features"][:n_real].astype(np.float32)
     all_q = np.concatenate([emb["train_features"], emb["test_features"]]).astype(np.float32)
     k = min(NEIGHBORS + 1, n_real)
     nsim, nidx = knn(ev_base, all_q, k, backend=backend)
-    # drop each real training row's match with itself
     own = np.r_[np.arange(n_real), np.full(len(all_q) - n_real, -1)]
     is_self = nidx == own[:, None]
     drop = np.where(is_self.any(1), is_self.argmax(1), k - 1)
     keep_mask = np.ones_like(nidx, bool)
     keep_mask[np.arange(len(nidx)), drop] = False
-    nidx = nidx[keep_mask].reshape(len(nidx), k - 1)
-    nsim = nsim[keep_mask].reshape(len(nsim), k - 1)
-    return {"self_influence": self_infl, "neighbor_idx": nidx, "neighbor_sim": nsim, **pairs}
+    return nidx[keep_mask].reshape(len(nidx), k - 1), nsim[keep_mask].reshape(len(nsim), k - 1)
 
 
-def write_outputs(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
-    from audit.signals.table import build_tables
+def train_arrays(out: dict) -> dict:
+    """A training stage's outputs without its weights (what the cache and the tables keep)."""
+    return {k: v for k, v in out.items() if "." not in k}
 
-    return build_tables(run, trained, cv, infl)

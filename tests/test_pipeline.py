@@ -146,11 +146,9 @@ def test_outputs_of_another_config_are_dropped_before_work(tmp_path):
     assert (tmp_path / "decisions.sqlite").exists()  # decisions are never deleted
 
 
-def test_each_role_gets_its_own_recipe_and_only_its_stage_reruns():
-    """Natural, robust and cross-validation models have their own epochs, batch size and lr; a
-    stage's cache key reads only its own (changing the natural batch size keeps the folds)."""
+def test_each_role_gets_its_own_recipe():
+    """Natural, robust and cross-validation models have their own epochs, batch size and lr."""
     from audit.config import RunConfig, resolve_defaults
-    from audit.pipeline import AUG_KEYS, CV_KEYS, NATURAL_KEYS, ROBUST_KEYS
 
     mn = resolve_defaults(RunConfig(dataset="npz:x.npz"), (1, 28, 28), 7500, on_gpu=False)
     assert (mn.epochs, mn.batch_size, mn.lr) == (15, 64, 0.1)
@@ -161,13 +159,67 @@ def test_each_role_gets_its_own_recipe_and_only_its_stage_reruns():
     assert dg.cv_lr == dg.lr and dg.cv_batch_size == dg.robust_batch_size == dg.batch_size
     mine = resolve_defaults(RunConfig(batch_size=32), (1, 8, 8), 1000, on_gpu=False)
     assert mine.robust_batch_size == mine.cv_batch_size == 32  # one flag still sets all three when alone
-    assert "batch_size" in NATURAL_KEYS and "batch_size" not in CV_KEYS + ROBUST_KEYS
-    assert "cv_batch_size" in CV_KEYS and "robust_batch_size" in ROBUST_KEYS
     # the augmented model: on where images are big enough to shift, mirrored only for colour images
     assert (mn.augment, mn.aug_epochs, mn.aug_width, dg.augment) == ("shift", 25, 0.25, "none")
     assert resolve_defaults(RunConfig(), (3, 32, 32), 1000, on_gpu=False).augment == "shift+flip"
-    assert {"aug_epochs", "aug_width", "augment"} <= set(AUG_KEYS)
-    assert not set(AUG_KEYS) & {"width", "robust_epochs", "cv_epochs", "steps"}  # aug_width is resolved from width
+
+
+def _stage_keys(cfg):
+    """Every stage's cache key for a resolved config, as the orchestrator derives them."""
+    from audit.orchestrator import Orchestrator
+    from audit.pipeline import stage_configs
+
+    orch = Orchestrator("/nonexistent", "fp")
+    for name, (kind, config, upstream) in stage_configs(cfg).items():
+        orch.key(name, kind, config, upstream)
+    return dict(orch.keys)
+
+
+def test_a_field_a_stage_does_not_read_cannot_invalidate_it():
+    """For every option and every stage: changing the option changes the stage's key exactly when it
+    changes the stage's sub-config or an upstream key (the keys are derived, never listed by hand)."""
+    from dataclasses import fields, replace
+
+    from audit.config import OPTIONS, RunConfig, resolve_defaults
+    from audit.pipeline import stage_configs
+    from audit.recipes import as_key
+
+    base = resolve_defaults(RunConfig(dataset="npz:x.npz", models=("natural", "pgd", "trades")), (1, 28, 28),
+                            7500, on_gpu=False)
+    keys0, cfgs0 = _stage_keys(base), stage_configs(base)
+    changed_somewhere = set()
+    for f in fields(RunConfig):
+        v = getattr(base, f.name)
+        new = {bool: lambda x: not x, int: lambda x: x + 1, float: lambda x: x * 0.5 + 0.01,
+               str: lambda x: x}.get(type(v))
+        if new is None or f.name in ("dataset", "device", "engine", "norm", "noise_kind", "arch", "augment",
+                                     "ray_address", "models"):
+            continue
+        cfg = replace(base, **{f.name: new(v)})
+        keys, cfgs = _stage_keys(cfg), stage_configs(cfg)
+        for stage in keys0:
+            own = as_key(cfgs[stage][1]) != as_key(cfgs0[stage][1])
+            up = any(keys[u] != keys0[u] for u in cfgs0[stage][2])
+            assert (keys[stage] != keys0[stage]) == (own or up), (f.name, stage)
+            if keys[stage] != keys0[stage]:
+                changed_somewhere.add(f.name)
+        if not OPTIONS[f.name].metadata["results"]:
+            assert keys == keys0, f.name  # threads, compile, download... never invalidate anything
+    # what each stage reads, spelled out for the options people change most
+    def moved(**kw):
+        k = _stage_keys(replace(base, **kw))
+        return {s for s in keys0 if k[s] != keys0[s]}
+    # pairs and neighbour evidence read the robust models' errors and embeddings
+    assert moved(robust_epochs=9) == moved(steps=3) == {"train_pgd", "train_trades", "influence"}
+    assert moved(trades_beta=3.0) == {"train_trades", "influence"}
+    assert moved(batch_size=32) == {"train_natural", "train_aug", "influence"}
+    assert moved(cv_batch_size=32) == {"crossval", "influence"}
+    assert moved(aug_width=0.5) == {"train_aug"}
+    assert moved(knn_k=20) == moved(pairs_per_test=3) == {"influence"}
+    assert moved(tracin_checkpoints=2) == {"train_natural", "influence"}
+    assert moved(eval_steps=30) == {"train_natural", "train_pgd", "train_trades", "influence"}
+    assert moved(seed=1) == set(keys0)
+    assert {"epochs", "cv_epochs", "aug_epochs", "lr", "width"} <= changed_somewhere
 
 
 def test_augmented_model_gives_a_signal_that_finds_noise(tmp_path):

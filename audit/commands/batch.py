@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from audit.commands.run import add_run_options
 from audit.config import RunConfig
+from audit.errors import AuditInputError
 
 
 def add_parser(sub) -> None:
@@ -22,6 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="batch directory: one sub-folder per run, summary.csv, summary.parquet")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--report", action="store_true", help="also write report.html into every completed run")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="audits at once (default: 1 with --engine local, 2 with --engine ray)")
     g = p.add_argument_group("run options (override the file for every run)")
     add_run_options(g)
     # Only flags actually given may override the file, so these options get no default at all.
@@ -45,7 +48,11 @@ def main(args) -> int:
         if status != "running" or args.quiet:
             print(f"[{status}] {name}: {detail}", file=sys.stderr, flush=True)
 
-    df = run_batch(runs, args.out, progress=not args.quiet, source=str(args.file), on_event=event)
+    cap = args.max_concurrent or (2 if any(r.config.engine == "ray" for r in runs) else 1)
+    if cap < 1:
+        raise AuditInputError(f"--max-concurrent {cap}: must be ≥ 1")
+    df = run_batch(runs, args.out, progress=not args.quiet, source=str(args.file), on_event=event,
+                   max_concurrent=cap)
     if args.report:
         from audit.report import build_report
 

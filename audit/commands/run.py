@@ -2,60 +2,43 @@
 
 from __future__ import annotations
 
-import json
+import argparse
 from dataclasses import fields
 
-from audit.config import AUGMENTS, RunConfig
+from audit.config import RunConfig, base_type, check_value, flag
+from audit.errors import AuditInputError
 
 
-def _models(s: str) -> tuple[str, ...]:
-    return tuple(m.strip() for m in s.split(",") if m.strip())
+def _parse(name: str):
+    """argparse ``type=`` for one option: parse the text, then check it like every other source."""
+    t = base_type(name)
+
+    def parse(text: str):
+        try:
+            value = text if t in (str, tuple) else t(float(text)) if t is int and float(text).is_integer() else t(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if t is int else 'a number'}") from None
+        try:
+            return check_value(name, value)
+        except AuditInputError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+    parse.__name__ = name
+    return parse
 
 
 def add_run_options(p) -> None:
-    """Options shared by ``audit run`` and ``audit batch`` (every RunConfig field)."""
-    d = RunConfig()
-    p.add_argument("--dataset", default=d.dataset, help="dataset spec: digits, npz:PATH, mnist:ROOT, cifar10:ROOT, "
-                   "folder:PATH, csv:PATH, parquet:PATH (default: digits, bundled with scikit-learn)")
-    p.add_argument("--models", type=_models, default=d.models, help="comma list of natural,pgd,trades,fgsm (default natural,pgd)")
-    p.add_argument("--noise", type=float, default=d.noise, help="fraction of training labels to flip (experiments)")
-    p.add_argument("--noise-kind", default=d.noise_kind, choices=["symmetric", "pair", "confusion", "mixed"])
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--download", action="store_true", help="allow torchvision sources to download (never by default)")
-    p.add_argument("--arch", choices=["mlp", "mnist_cnn", "resnet18"], default=None)
-    p.add_argument("--width", type=float, default=None, help="width multiplier of the architecture")
-    p.add_argument("--epochs", type=int, default=None, help="natural model epochs (dataset default)")
-    p.add_argument("--robust-epochs", type=int, default=None)
-    p.add_argument("--cv-epochs", type=int, default=None, help="epochs of each cross-validation model")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of the natural model")
-    p.add_argument("--robust-batch-size", type=int, default=None, help="batch size of robust models")
-    p.add_argument("--cv-batch-size", type=int, default=None, help="batch size of the cross-validation models")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate of the natural model")
-    p.add_argument("--robust-lr", type=float, default=None, help="peak learning rate of robust models")
-    p.add_argument("--cv-lr", type=float, default=None, help="peak learning rate of the cross-validation models")
-    p.add_argument("--augment", choices=AUGMENTS, default=None,
-                   help="augmentation of the extra, non-memorizing natural model whose AUM is a signal "
-                        "(default: shift for grey images, shift+flip for colour, none for tiny images; "
-                        "none skips that model)")
-    p.add_argument("--aug-epochs", type=int, default=None, help="epochs of the augmented model (dataset default)")
-    p.add_argument("--aug-width", type=float, default=None, help="width multiplier of the augmented model (default: half of --width)")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--norm", choices=["linf", "l2"], default=d.norm)
-    p.add_argument("--eps", type=float, default=None, help="attack radius in [0,1] pixel units (8/255 = 0.0314)")
-    p.add_argument("--step-size", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None, help="PGD steps in training")
-    p.add_argument("--eps-warmup", type=float, default=None, help="fraction of epochs over which eps ramps up")
-    p.add_argument("--trades-beta", type=float, default=d.trades_beta)
-    p.add_argument("--eval-steps", type=int, default=None)
-    p.add_argument("--eval-restarts", type=int, default=d.eval_restarts)
-    p.add_argument("--folds", type=int, default=d.folds, help="cross-validation folds (default 4)")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="cross-validation repeats with new folds")
-    p.add_argument("--knn-k", type=int, default=d.knn_k, help="FAISS candidates per test error (default 50)")
-    p.add_argument("--pairs-per-test", type=int, default=d.pairs_per_test)
-    p.add_argument("--canary-rate", type=float, default=d.canary_rate)
-    p.add_argument("--tracin-checkpoints", type=int, default=d.tracin_checkpoints)
-    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (GPU, long runs)")
+    """Every RunConfig field as a flag, generated from its declaration (help, default, range)."""
+    for f in fields(RunConfig):
+        m, t = f.metadata, base_type(f.name)
+        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        shown = "" if f.default is None or "(default" in m["help"] else f" (default: {default})"
+        if t is bool:
+            p.add_argument(flag(f.name), action="store_true", default=f.default, help=m["help"] + shown)
+            continue
+        metavar = "{" + ",".join(m["choices"]) + "}" if m["choices"] and t is str else None
+        p.add_argument(flag(f.name), type=_parse(f.name), default=f.default, metavar=metavar,
+                       help=m["help"] + shown)
 
 
 def config_from_args(args) -> RunConfig:
@@ -63,20 +46,39 @@ def config_from_args(args) -> RunConfig:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="audit one dataset: train, score, pair, write Parquet")
+    p = sub.add_parser("run", help="audit one dataset: train, score, pair, write Parquet",
+                       description="Train a natural and robust models on DATASET, score every example for label "
+                                   "issues, pair test errors with the training images behind them, and write "
+                                   "the run directory --out (a rerun resumes finished stages).")
     add_run_options(p)
     p.add_argument("--out", required=True, help="run directory (created; a rerun resumes finished stages)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage lines (default: shown)")
     p.set_defaults(func=main)
+
+
+def summary_lines(man: dict, out: str) -> list[str]:
+    """The end of ``audit run``: what was found, how the models did, where the files are, what next."""
+    m, ds = man["metrics"], man["dataset"]
+    lines = [f"audited {ds['num_train']:,} training and {ds['num_test']:,} test images of {ds['spec']} "
+             f"in {m.get('wall_seconds', 0):.0f} s",
+             f"flagged {m['num_flagged_train']:,} training labels as likely wrong "
+             f"(estimated noise rate {m['estimated_noise_rate']:.1%}) and {m['num_flagged_test']:,} test labels"]
+    for model in man["config"]["models"]:
+        lines.append(f"{model:>8} model: test accuracy {m[f'{model}_test_accuracy']:.3f}, under attack "
+                     f"{m[f'{model}_test_adv_accuracy']:.3f} (train accuracy {m[f'{model}_train_accuracy']:.3f})")
+    if "noise_auprc" in m:
+        lines.append(f"injected noise found: AUROC {m['noise_auroc']:.3f}, AUPRC {m['noise_auprc']:.3f}, "
+                     f"precision {m['noise_precision']:.2f}, recall {m['noise_recall']:.2f}")
+    lines += [f"wrote {out}/ (examples.parquet, pairs.parquet, manifest.json)", "next:",
+              f"  audit app {out}        # review the flagged examples",
+              f"  audit report {out}     # one HTML page with the evidence",
+              f"  audit export {out} --out labels.csv"]
+    return lines
 
 
 def main(args) -> int:
     from audit.pipeline import run_audit
 
     man = run_audit(config_from_args(args), args.out, progress=not args.quiet)
-    m = man["metrics"]
-    keys = [k for k in m if k.endswith("accuracy") or k.startswith("noise_") or k in
-            ("num_flagged_train", "estimated_noise_rate", "num_pairs", "wall_seconds")]
-    print(json.dumps({k: round(m[k], 4) if isinstance(m[k], float) else m[k] for k in keys}, indent=1))
-    print(f"wrote {args.out}/examples.parquet, pairs.parquet, manifest.json")
+    print("\n".join(summary_lines(man, args.out)))
     return 0

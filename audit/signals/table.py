@@ -1,6 +1,7 @@
 """From stage arrays to the contract's tables: ``examples.parquet``, ``pairs.parquet``, ``dynamics.npz``.
 
-Signals (training rows; each oriented so higher = more likely mislabelled):
+Signals (training rows; each oriented so higher = more likely mislabelled; registered in
+:mod:`audit.signals.registry`):
 
 =====================  ==========================================================================
 ``cleanlab``           1 − cleanlab label quality (self-confidence) of out-of-sample probabilities
@@ -19,65 +20,59 @@ Signals (training rows; each oriented so higher = more likely mislabelled):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from audit.io import save_arrays, write_parquet
+from audit.data import AuditDataset
 from audit.signals.combine import canary_weights, choose_combination, detection_metrics, rank01
+from audit.signals.registry import SignalInputs, compute_signals
+from audit.signals.util import margin, softmax
 
 CATEGORIES = ("mislabelled", "atypical", "ambiguous", "ok")
 
-# Signals the canaries overrate. A canary is a shifted copy of a training image whose correctly
-# labelled source stays in the training set, so a model must overrule that near-twin to memorize the
-# canary: it is memorized later and less than real noise, which has no twin. AUM over the natural
-# model's whole run, memorization phase included, therefore ranks canaries better than real noise
-# (on 10,000 MNIST digits with 20% noise it ranked the canaries best, 0.72 canary AUPRC, yet was the
-# weakest of the top signals on the real noise, 0.965 against 0.994 for aum_early). It is kept as a
-# column and in the manifest but not chosen for issue_score. (Self-influence, memorization and steps
-# to flip are *under*rated by the canaries, so choosing them by canaries stays conservative.)
-TWIN_BIASED = ("aum_natural",)
+
+@dataclass(frozen=True)
+class TableContext:
+    """What the tables are assembled from besides the stages' arrays."""
+
+    models: tuple[str, ...]
+    ds: AuditDataset  # the audited dataset (noisy labels as given)
+    data: object  # audit.stages.TrainData
+    canary_source: np.ndarray
+    fingerprint: str
+    config_hash: str
+
+    @property
+    def is_canary(self) -> np.ndarray:
+        return self.data.is_canary
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return self.data.train_labels
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return self.data.test_labels
+
+    @property
+    def train_rows(self) -> np.ndarray:
+        return self.ds.split_indices("train")
+
+    @property
+    def test_rows(self) -> np.ndarray:
+        return self.ds.split_indices("test")
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def _margin(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    true = logits[np.arange(len(labels)), labels]
-    other = logits.copy()
-    other[np.arange(len(labels)), labels] = -np.inf
-    return true - other.max(1)
-
-
-def training_signals(run, trained: dict, cv: dict, infl: dict) -> dict[str, np.ndarray]:
-    """All raw signals over training rows including canaries (N_aug,)."""
-    from cleanlab.rank import get_label_quality_scores
-
-    y = run.train_labels
-    nat = trained["natural"]
-    margin = nat["margin"].astype(np.float32)
-    half = max(1, margin.shape[0] // 2)
-    sig = {
-        "cleanlab": 1.0 - get_label_quality_scores(y, cv["oos_probs"]),
-        "aum_natural": -margin.mean(0),
-        "aum_early": -margin[:half].mean(0),
-        "cv_aum": -cv["cv_aum"],
-        "memorization": cv["memorization_soft"],
-        "self_influence": infl["self_influence"],
-        "steps_to_flip": -nat["steps_to_flip"].astype(np.float32),
-    }
-    if "aug" in trained:
-        am = trained["aug"]["margin"].astype(np.float32)
-        sig["aum_aug"] = -am[am.shape[0] // 2:].mean(0)
-    for m in run.cfg.models:
-        if m == "natural":
-            continue
-        sig[f"robust_margin_{m}"] = -_margin(trained[m]["train_logits"], y)
-        sig[f"robust_aum_{m}"] = -trained[m]["margin"].astype(np.float32).mean(0)
-    return {k: np.nan_to_num(np.asarray(v, np.float64), nan=0.0) for k, v in sig.items()}
-
+@dataclass
+class Tables:
+    examples: pd.DataFrame
+    pairs: pd.DataFrame
+    dynamics: dict
+    metrics: dict
+    extra: dict
+    meta: dict
 
 def _categories(flagged, given, evidence_probs, votes_alt, memorization, alt):
     """mislabelled: a confident alternative that ≥ 2 of (out-of-sample, robust, neighbours) agree on;
@@ -129,145 +124,203 @@ def _category_reasons(cat, given, alt, ev, votes_alt, mem, names) -> list[str]:
     return out
 
 
-def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
-    """Write examples.parquet, pairs.parquet and dynamics.npz; return (metrics, manifest extras)."""
+@dataclass
+class Scores:
+    """The training rows' combined score and flags (real rows only) with the selection record."""
+
+    signals: dict  # name -> (N_aug,)
+    not_judged: tuple
+    score: np.ndarray
+    flags: np.ndarray
+    n_issues: int
+    combo: dict
+    canary_weight: np.ndarray
+
+
+def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Scores:
+    """Every registered signal, the canary-chosen combination and the top-n flags."""
+    from cleanlab.count import estimate_joint
+
+    real, y = ~run.is_canary, run.train_labels
+    robust = [m for m in run.models if m != "natural"]
+    sig, not_judged = compute_signals(SignalInputs(labels=y, natural=trained["natural"],
+                                                   robust={m: trained[m] for m in robust},
+                                                   aug=trained.get("aug"), cv=cv, infl=infl))
+    n_issues = n_label_issues(y[real], cv["oos_probs"][real], [trained[m]["train_logits"][real].argmax(1) for m in robust])
+    k, n_tr = run.ds.num_classes, int(real.sum())
+    joint = estimate_joint(y[real], cv["oos_probs"][real]) if n_tr > k else np.ones((k, k))
+    c_w = canary_weights(joint, y[run.is_canary], y[real][run.canary_source])
+    combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=not_judged, canary_weight=c_w)
+    score = rank01(combo["score"][real])
+    flags = np.zeros(n_tr, bool)
+    if n_issues:
+        flags[np.argsort(-score, kind="stable")[:n_issues]] = True
+    return Scores(sig, not_judged, score, flags, n_issues, combo, c_w)
+
+
+@dataclass
+class Evidence:
+    """Per row of both splits (train then test): the suggested label and its support."""
+
+    given: np.ndarray
+    probs: np.ndarray  # averaged out-of-sample and robust probabilities
+    alt: np.ndarray
+    votes: np.ndarray
+    flagged: np.ndarray
+    memorization: np.ndarray
+    category: np.ndarray
+    neighbor_labels: np.ndarray
+    test_quality: np.ndarray
+    test_score: np.ndarray
+
+
+def gather_evidence(run: TableContext, trained: dict, cv: dict, infl: dict, sc: Scores) -> Evidence:
+    real, k = ~run.is_canary, run.ds.num_classes
+    y_tr, y_te = run.train_labels, run.test_labels
+    robust = [m for m in run.models if m != "natural"]
+    rob_tr = [softmax(trained[m]["train_logits"][real]) for m in robust]
+    test_cv = cv["test_probs"].mean(0)
+    rob_te = [softmax(trained[m]["test_logits"]) for m in robust]
+    ev = np.concatenate([np.mean([cv["oos_probs"][real]] + rob_tr, axis=0), np.mean([test_cv] + rob_te, axis=0)])
+    nb_lab = y_tr[real][infl["neighbor_idx"]]  # (N_aug + N_test, 10)
+    nb = np.concatenate([nb_lab[:len(run.is_canary)][real], nb_lab[len(run.is_canary):]])
+    knn_major = np.array([np.bincount(r, minlength=k).argmax() for r in nb])
+    lq_te, score_te, flag_te = _test_scores(run, trained, test_cv, robust)
+    given = np.r_[y_tr[real], y_te]
+    alt = ev.argmax(1)
+    flagged = np.r_[sc.flags, flag_te]
+    oos_arg = np.concatenate([cv["oos_probs"][real], test_cv]).argmax(1)
+    votes = (oos_arg == alt).astype(int) + (knn_major[:len(given)] == alt).astype(int)
+    if robust:
+        rob_all = [np.concatenate([a, b]) for a, b in zip(rob_tr, rob_te)]
+        votes += np.any([p.argmax(1) == alt for p in rob_all], axis=0).astype(int)
+    mem = np.nan_to_num(np.r_[cv["memorization"][real], np.full(len(y_te), np.nan)], nan=0.0)
+    cat = _categories(flagged, given, ev, votes, mem, alt)
+    return Evidence(given, ev, alt, votes, flagged, mem, cat, nb, lq_te, score_te)
+
+
+def _test_scores(run: TableContext, trained: dict, test_cv: np.ndarray, robust: list[str]):
+    """Test rows: cleanlab on fold-averaged probabilities (test is out-of-sample for every fold)."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    cfg, ds = run.cfg, run.ds
-    models = list(cfg.models)
-    robust = [m for m in models if m != "natural"]
+    y_te, k = run.test_labels, run.ds.num_classes
+    n_te = len(y_te)
+    lq = get_label_quality_scores(y_te, test_cv) if n_te else np.zeros(0)
+    parts = [rank01(1 - lq)] + [rank01(-margin(trained[m]["test_logits"], y_te)) for m in robust]
+    score = rank01(np.mean(parts, axis=0)) if n_te else np.zeros(0)
+    flags = np.zeros(n_te, bool)
+    if n_te > 2 * k and len(np.unique(y_te)) == k:
+        flags = find_label_issues(y_te, test_cv)
+    return lq, score, flags
+
+
+def build_tables(run: TableContext, trained: dict, cv: dict, infl: dict) -> Tables:
+    """examples.parquet, pairs.parquet and dynamics.npz as tables, with metrics and manifest extras."""
+    sc = score_training(run, trained, cv, infl)
+    ev = gather_evidence(run, trained, cv, infl, sc)
+    df = _base_columns(run, sc, ev)
+    _model_columns(df, run, trained)
+    _signal_columns(df, run, trained, cv, infl, sc, ev)
+    pairs = _pairs_table(run, infl)
+    metrics = _metrics(df, run, trained, sc, ev, len(pairs))
+    meta = {"class_names": list(run.ds.class_names), "dataset": run.ds.spec, "config_hash": run.config_hash,
+            "models": list(run.models), "fingerprint": run.fingerprint}
     real = ~run.is_canary
-    n_tr, n_te = int(real.sum()), len(run.test_rows)
-    y_tr, y_te = run.train_labels, run.test_labels
-    K = ds.num_classes
+    dyn = {"example_ids": run.ds.example_ids[run.train_rows].astype(str), "models": np.array(run.models)}
+    for m in list(run.models) + (["aug"] if "aug" in trained else []):
+        dyn[f"margin_{m}"] = trained[m]["margin"][:, real].astype(np.float16)
+        dyn[f"correct_{m}"] = trained[m]["correct"][:, real]
+    return Tables(df, pairs, dyn, metrics, _selection_record(run, sc), meta)
 
-    # -- signals and their canary-chosen combination (train) -----------------------------------
-    sig = training_signals(run, trained, cv, infl)
-    n_issues = n_label_issues(y_tr[real], cv["oos_probs"][real],
-                              [trained[m]["train_logits"][real].argmax(1) for m in robust])
-    from cleanlab.count import estimate_joint
 
-    joint = estimate_joint(y_tr[real], cv["oos_probs"][real]) if n_tr > K else np.ones((K, K))
-    c_w = canary_weights(joint, y_tr[run.is_canary], y_tr[real][run.canary_source])
-    combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=TWIN_BIASED, canary_weight=c_w)
-    score_tr = rank01(combo["score"][real])
-    flag_tr = np.zeros(n_tr, bool)
-    if n_issues:
-        flag_tr[np.argsort(-score_tr, kind="stable")[:n_issues]] = True
-
-    # -- evidence for suggested labels and categories --------------------------------------------
-    rob_probs_tr = [_softmax(trained[m]["train_logits"][real]) for m in robust]
-    ev_tr = np.mean([cv["oos_probs"][real]] + rob_probs_tr, axis=0)
-    test_cv = cv["test_probs"].mean(0)
-    rob_probs_te = [_softmax(trained[m]["test_logits"]) for m in robust]
-    ev_te = np.mean([test_cv] + rob_probs_te, axis=0)
-    nb_lab = y_tr[real][infl["neighbor_idx"]]  # (N_aug + N_test, 10)
-    nb_tr = np.concatenate([nb_lab[:len(run.is_canary)][real], nb_lab[len(run.is_canary):]])
-    knn_major = np.array([np.bincount(r, minlength=K).argmax() for r in nb_tr])
-
-    def votes(alt, oos_arg, rob_preds, major):
-        v = (oos_arg == alt).astype(int) + (major == alt).astype(int)
-        if rob_preds:
-            v += np.any([p.argmax(1) == alt for p in rob_preds], axis=0).astype(int)
-        return v
-
-    # -- test rows: cleanlab on fold-averaged probabilities (test is out-of-sample for every fold) --
-    lq_te = get_label_quality_scores(y_te, test_cv) if n_te else np.zeros(0)
-    te_sig = [rank01(1 - lq_te)] + [rank01(-_margin(trained[m]["test_logits"], y_te)) for m in robust]
-    score_te = rank01(np.mean(te_sig, axis=0)) if n_te else np.zeros(0)
-    flag_te = np.zeros(n_te, bool)
-    if n_te > 2 * K and len(np.unique(y_te)) == K:
-        flag_te = find_label_issues(y_te, test_cv)
-
-    given = np.r_[y_tr[real], y_te]
-    ev = np.concatenate([ev_tr, ev_te])
-    alt = ev.argmax(1)
-    flagged = np.r_[flag_tr, flag_te]
-    oos_arg = np.concatenate([cv["oos_probs"][real], test_cv]).argmax(1)
-    rob_all = [np.concatenate([a, b]) for a, b in zip(rob_probs_tr, rob_probs_te)]
-    mem_all = np.r_[cv["memorization"][real], np.full(n_te, np.nan)]
-    votes_alt = votes(alt, oos_arg, rob_all, knn_major[:len(given)])
-    mem_filled = np.nan_to_num(mem_all, nan=0.0)
-    cat = _categories(flagged, given, ev, votes_alt, mem_filled, alt)
-
-    # -- the examples table ----------------------------------------------------------------------
-    rows = np.r_[run.train_rows, run.test_rows]
+def _base_columns(run: TableContext, sc: Scores, ev: Evidence) -> pd.DataFrame:
+    ds, rows = run.ds, np.r_[run.train_rows, run.test_rows]
     df = pd.DataFrame({
         "example_id": ds.example_ids[rows].astype(str),
         "split": ds.split[rows].astype(str),
         "index": ds.index[rows].astype(np.int64),
-        "given_label": given.astype(np.int64),
-        "suggested_label": alt.astype(np.int64),
-        "issue_score": np.r_[score_tr, score_te].astype(np.float64),
-        "is_label_issue": flagged,
-        "category": cat,
+        "given_label": ev.given.astype(np.int64),
+        "suggested_label": ev.alt.astype(np.int64),
+        "issue_score": np.r_[sc.score, ev.test_score].astype(np.float64),
+        "is_label_issue": ev.flagged,
+        "category": ev.category,
     })
     if ds.paths is not None:
         df["path"] = np.asarray(ds.paths)[rows].astype(str)
-    for m in models:
+    return df
+
+
+def _model_columns(df: pd.DataFrame, run: TableContext, trained: dict) -> None:
+    """Per model M: pred_M, correct_M, loss_M, margin_M, adv_correct_M (test), aum/forgetting/first_learned (train)."""
+    real, given = ~run.is_canary, df["given_label"].to_numpy()
+    n_tr = int(real.sum())
+    for m in run.models:
         lg = np.concatenate([trained[m]["train_logits"][real], trained[m]["test_logits"]])
-        pred = lg.argmax(1)
-        p = _softmax(lg)
+        pred, p = lg.argmax(1), softmax(lg)
         df[f"pred_{m}"] = pred.astype(np.int64)
         df[f"correct_{m}"] = pred == given
         df[f"loss_{m}"] = -np.log(np.clip(p[np.arange(len(given)), given], 1e-12, None))
-        df[f"margin_{m}"] = _margin(lg, given)
+        df[f"margin_{m}"] = margin(lg, given)
         adv = np.full(len(given), None, dtype=object)
         adv[n_tr:] = trained[m]["adv_correct_test"]
         df[f"adv_correct_{m}"] = pd.array(adv, dtype="boolean")
         dyn = _dynamics(trained[m])
         for k in ("aum", "forgetting", "first_learned"):
-            col = np.full(len(given), np.nan)
-            col[:n_tr] = dyn[k][real]
+            col = _train_only(dyn[k][real], len(given))
             df[f"{k}_{m}"] = col if k == "aum" else _nullable_int(col)
-    df["steps_to_flip"] = _nullable_int(np.r_[trained["natural"]["steps_to_flip"][real], np.full(n_te, np.nan)])
-    si = np.full(len(given), np.nan)
-    si[:n_tr] = infl["self_influence"][real]
-    df["self_influence"] = si
-    for name, col in (("memorization", "memorization"), ("memorization_se", "memorization_se"),
-                      ("memorization_soft", "memorization_soft"), ("cv_aum", "cv_aum")):
-        v = np.full(len(given), np.nan)
-        v[:n_tr] = cv[col][real]
-        df[name] = v
+
+
+def _train_only(values: np.ndarray, n: int) -> np.ndarray:
+    """A training-rows column padded with NaN for the test rows."""
+    col = np.full(n, np.nan)
+    col[:len(values)] = values
+    return col
+
+
+def _signal_columns(df, run: TableContext, trained, cv, infl, sc: Scores, ev: Evidence) -> None:
+    from cleanlab.filter import find_label_issues
+
+    real, n, k = ~run.is_canary, len(df), run.ds.num_classes
+    n_tr, y_tr = int(real.sum()), run.train_labels[real]
+    df["steps_to_flip"] = _nullable_int(_train_only(trained["natural"]["steps_to_flip"][real], n))
+    df["self_influence"] = _train_only(infl["self_influence"][real], n)
+    for name in ("memorization", "memorization_se", "memorization_soft", "cv_aum"):
+        df[name] = _train_only(cv[name][real], n)
     if "aug" in trained:
-        v = np.full(len(given), np.nan)
-        v[:n_tr] = -sig["aum_aug"][real]
-        df["aum_aug"] = v
-    df["label_quality"] = np.r_[1.0 - sig["cleanlab"][real], lq_te]  # the cleanlab signal is 1 − quality
-    # every signal in the detector shape: <name>_score and is_<name>_issue (train rows)
-    fired = np.zeros((len(given), 0), bool)
-    fired_names = []
-    for name, v in sig.items():
-        s = np.full(len(given), np.nan)
-        s[:n_tr] = v[real]
-        df[f"{name}_score"] = s
-        iss = np.zeros(len(given), bool)
+        df["aum_aug"] = _train_only(-sc.signals["aum_aug"][real], n)
+    df["label_quality"] = np.r_[1.0 - sc.signals["cleanlab"][real], ev.test_quality]  # cleanlab signal = 1 − quality
+    fired = np.zeros((n, 0), bool)
+    for name, v in sc.signals.items():  # every signal in the detector shape: <name>_score, is_<name>_issue
+        df[f"{name}_score"] = _train_only(v[real], n)
+        iss = np.zeros(n, bool)
         if name == "cleanlab":  # cleanlab's own decision, the documented baseline workflow
-            iss[:n_tr] = find_label_issues(y_tr[real], cv["oos_probs"][real]) if n_tr > K else False
-        elif n_issues:
-            iss[np.argsort(-v[real], kind="stable")[:n_issues]] = True
+            iss[:n_tr] = find_label_issues(y_tr, cv["oos_probs"][real]) if n_tr > k else False
+        elif sc.n_issues:
+            iss[np.argsort(-v[real], kind="stable")[:sc.n_issues]] = True
         df[f"is_{name}_issue"] = iss
         fired = np.column_stack([fired, iss])
-        fired_names.append(name)
-    df["signals_fired"] = [",".join(n for n, f in zip(fired_names, r) if f) for r in fired]
+    names = list(sc.signals)
+    df["signals_fired"] = [",".join(nm for nm, f in zip(names, r) if f) for r in fired]
+    robust = [m for m in run.models if m != "natural"]
     nat_fit = df["correct_natural"].to_numpy(bool)
     df["natural_fit_robust_miss"] = nat_fit & np.any([~df[f"correct_{m}"].to_numpy(bool) for m in robust], axis=0) \
-        if robust else np.zeros(len(given), bool)
-    df["category_reason"] = _category_reasons(cat, given, alt, ev, votes_alt, mem_filled, ds.class_names)
-    nb_ids = ds.example_ids[run.train_rows][infl["neighbor_idx"]]
+        if robust else np.zeros(n, bool)
+    df["category_reason"] = _category_reasons(ev.category, ev.given, ev.alt, ev.probs, ev.votes, ev.memorization,
+                                              run.ds.class_names)
+    nb_ids = run.ds.example_ids[run.train_rows][infl["neighbor_idx"]]
     nb_ids = np.concatenate([nb_ids[:len(run.is_canary)][real], nb_ids[len(run.is_canary):]])
     df["neighbor_ids"] = [list(map(str, r)) for r in nb_ids]
-    df["neighbor_labels"] = [list(map(int, r)) for r in nb_tr]
-    df["evidence_confidence"] = ev.max(1)
-    if ds.clean_labels is not None:
-        df["clean_label"] = ds.clean_labels[rows].astype(np.int64)
+    df["neighbor_labels"] = [list(map(int, r)) for r in ev.neighbor_labels]
+    df["evidence_confidence"] = ev.probs.max(1)
+    if run.ds.clean_labels is not None:
+        df["clean_label"] = run.ds.clean_labels[np.r_[run.train_rows, run.test_rows]].astype(np.int64)
         df["is_injected_noise"] = df["clean_label"].to_numpy() != df["given_label"].to_numpy()
 
-    # -- pairs ------------------------------------------------------------------------------------
-    te_ids = ds.example_ids[run.test_rows]
-    tr_ids = ds.example_ids[run.train_rows]
-    pairs = pd.DataFrame({
+
+def _pairs_table(run: TableContext, infl: dict) -> pd.DataFrame:
+    te_ids, tr_ids = run.ds.example_ids[run.test_rows], run.ds.example_ids[run.train_rows]
+    return pd.DataFrame({
         "test_id": te_ids[infl["pair_query"]].astype(str),
         "train_id": tr_ids[infl["pair_train"]].astype(str),
         "rank": infl["pair_rank"].astype(np.int32),
@@ -278,45 +331,40 @@ def build_tables(run, trained: dict, cv: dict, infl: dict) -> tuple[dict, dict]:
         "reason": infl["pair_reason"].astype(str),
     })
 
-    # -- metrics ----------------------------------------------------------------------------------
-    metrics: dict = {"num_flagged_train": int(flag_tr.sum()), "num_flagged_test": int(flag_te.sum()),
-                     "estimated_noise_rate": n_issues / max(1, n_tr), "num_pairs": int(len(pairs))}
-    for m in models:
+
+def _metrics(df: pd.DataFrame, run: TableContext, trained: dict, sc: Scores, ev: Evidence, n_pairs: int) -> dict:
+    n_tr, n_te = len(sc.flags), len(run.test_labels)
+    metrics: dict = {"num_flagged_train": int(sc.flags.sum()), "num_flagged_test": int(ev.flagged[n_tr:].sum()),
+                     "estimated_noise_rate": sc.n_issues / max(1, n_tr), "num_pairs": int(n_pairs)}
+    for m in run.models:
         metrics[f"{m}_train_accuracy"] = float(df[f"correct_{m}"][:n_tr].mean())
         metrics[f"{m}_test_accuracy"] = float(df[f"correct_{m}"][n_tr:].mean()) if n_te else float("nan")
         metrics[f"{m}_test_adv_accuracy"] = float(trained[m]["adv_correct_test"].mean()) if n_te else float("nan")
     if "aug" in trained:
         metrics["aug_test_accuracy"] = float(trained["aug"]["test_accuracy"])
-    if ds.clean_labels is not None:
+    if run.ds.clean_labels is not None:
         truth = df["is_injected_noise"].to_numpy()[:n_tr]
-        metrics.update({f"noise_{k}": v for k, v in detection_metrics(score_tr, truth).items()})
-        tp = int((flag_tr & truth).sum())
-        metrics["noise_precision"] = tp / max(1, int(flag_tr.sum()))
+        metrics.update({f"noise_{k}": v for k, v in detection_metrics(sc.score, truth).items()})
+        tp = int((sc.flags & truth).sum())
+        metrics["noise_precision"] = tp / max(1, int(sc.flags.sum()))
         metrics["noise_recall"] = tp / max(1, int(truth.sum()))
         metrics["natural_fits_noise"] = float(df["correct_natural"][:n_tr][truth].mean()) if truth.any() else float("nan")
+    return metrics
+
+
+def _selection_record(run: TableContext, sc: Scores) -> dict:
+    combo, c_w = sc.combo, sc.canary_weight
     canary = {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo["canary"].items()}
-    extra = {"signal_selection": {
+    return {"signal_selection": {
         "rule": "highest canary AUPRC (negatives: real rows outside the consensus top n) among single "
                 "signals and mean ranks of the best 2-4, canaries weighted by cleanlab's estimated noise "
-                "transitions, leaving out aum_natural (canaries have a correctly labelled twin, real noise "
-                "does not); "
+                "transitions, leaving out the signals the canaries cannot judge (" + ", ".join(sc.not_judged) + "); "
                 "is_label_issue = top n by issue_score, n = min(cleanlab confident-joint estimate, robust training errors)",
         "chosen": combo["chosen"], "members": combo["members"], "canary_scores": canary,
-        "not_eligible": [k for k in TWIN_BIASED if k in canary],
+        "not_eligible": [k for k in sc.not_judged if k in canary],
         "candidates": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo.get("candidates", {}).items()},
-        "num_canaries": int(run.is_canary.sum()), "num_label_issues": n_issues,
+        "num_canaries": int(run.is_canary.sum()), "num_label_issues": sc.n_issues,
         "canary_weight_range": [round(float(c_w.min()), 3), round(float(c_w.max()), 3)] if len(c_w) else []}}
-
-    meta = {"class_names": list(ds.class_names), "dataset": ds.spec, "config_hash": cfg.hash(),
-            "models": models, "fingerprint": run.fingerprint}
-    write_parquet(run.out / "examples.parquet", df, meta)
-    write_parquet(run.out / "pairs.parquet", pairs, meta)
-    dyn = {"example_ids": tr_ids.astype(str), "models": np.array(models)}
-    for m in models + (["aug"] if "aug" in trained else []):
-        dyn[f"margin_{m}"] = trained[m]["margin"][:, real].astype(np.float16)
-        dyn[f"correct_{m}"] = trained[m]["correct"][:, real]
-    save_arrays(run.out / "dynamics.npz", dyn)
-    return metrics, extra
 
 
 def _dynamics(arr: dict) -> dict[str, np.ndarray]:

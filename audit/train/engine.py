@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,21 @@ def _lr_at(spec: TrainSpec, step: int, total: int) -> float:
     return spec.lr * max(0.0, (total - step) / max(1, total - warm))
 
 
+@dataclass
+class _Records:
+    """Per-epoch, per-example records of one training."""
+
+    loss: np.ndarray
+    margin: np.ndarray
+    correct: np.ndarray
+    lrs: np.ndarray
+
+    @classmethod
+    def empty(cls, epochs: int, n: int) -> "_Records":
+        return cls(np.zeros((epochs, n), np.float32), np.zeros((epochs, n), np.float32),
+                   np.zeros((epochs, n), bool), np.zeros(epochs, np.float32))
+
+
 def train_model(
     model: nn.Module,
     images: torch.Tensor,
@@ -190,106 +205,130 @@ def train_model(
     net = torch.compile(model) if compile else model  # same parameters; state_dicts stay un-prefixed
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
                           nesterov=True)
-    steps_per_epoch = (n + spec.batch_size - 1) // spec.batch_size
-    total = spec.epochs * steps_per_epoch
-    rec_loss = np.zeros((spec.epochs, n), np.float32)
-    rec_margin = np.zeros((spec.epochs, n), np.float32)
-    rec_correct = np.zeros((spec.epochs, n), bool)
-    lrs = np.zeros(spec.epochs, np.float32)
+    rec = _Records.empty(spec.epochs, n)
     # TracIn checkpoints: evenly spaced epochs, each weighted by the lr summed since the previous one.
     k = max(1, min(spec.tracin_checkpoints, spec.epochs))
     tracin_epochs = sorted({int(round(spec.epochs * (i + 1) / k)) - 1 for i in range(k)})
-    tracin: list[tuple[int, float, dict]] = []
-    start_epoch = 0
     ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"]) + 1
-        e = start_epoch
-        rec_loss[:e], rec_margin[:e] = state["loss"].numpy(), state["margin"].numpy()
-        rec_correct[:e], lrs[:e] = state["correct"].numpy(), state["lrs"].numpy()
-        tracin = [(int(ep), float(w), sd) for ep, w, sd in zip(state["tracin_epochs"].tolist(),
-                                                                 state["tracin_weights"].tolist(), state["tracin_states"])]
+    start_epoch, tracin = _resume(ckpt, model, opt, rec, device)
     gen = torch.Generator(device="cpu").manual_seed(spec.seed)
     for _ in range(start_epoch):  # keep the batch order of an uninterrupted run
         torch.randperm(n, generator=gen)
     torch.manual_seed(spec.seed + start_epoch)
     bar = tqdm(range(start_epoch, spec.epochs), desc=desc or f"train {spec.method}", disable=not progress,
-               leave=False, unit="ep")
+               leave=False, unit="ep", mininterval=_bar_interval())
     for epoch in bar:
-        model.train()
-        frac = (epoch + 1) / max(1.0, spec.eps_warmup * spec.epochs) if spec.eps_warmup > 0 else 1.0
-        eps = spec.eps * min(1.0, frac)
-        attack = spec.attack(eps) if spec.method != "natural" else None
-        perm = torch.randperm(n, generator=gen).to(device)
-        aug_gen = torch.Generator(device="cpu").manual_seed(spec.seed * 7919 + epoch)  # per epoch: resumable
-        lr_sum = 0.0
-        for b in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + b
-            lr = _lr_at(spec, step, total)
-            lr_sum += lr
-            for g in opt.param_groups:
-                g["lr"] = lr
-            idx = perm[b * spec.batch_size:(b + 1) * spec.batch_size]
-            x, y = augment_batch(_to_float(images[idx]), spec.augment, aug_gen), labels[idx]
-            if device.type == "cuda" and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if spec.method in ("pgd", "fgsm"):
-                x_adv = attack(net, x, y)
-                with autocast(device):
-                    logits = net(x_adv)
-                loss_vec, margin, correct = _per_example(logits, y)
-                loss = loss_vec.mean()
-            elif spec.method == "trades":
-                x_adv = attack(net, x, y)
-                with autocast(device):
-                    logits = net(x)
-                    logits_adv = net(x_adv)
-                loss_vec, margin, correct = _per_example(logits, y)
-                kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits.float(), 1), reduction="batchmean")
-                loss = loss_vec.mean() + spec.trades_beta * kl
-            else:
-                with autocast(device):
-                    logits = net(x)
-                loss_vec, margin, correct = _per_example(logits, y)
-                loss = loss_vec.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ii = idx.cpu().numpy()
-            rec_loss[epoch, ii] = loss_vec.detach().float().cpu().numpy()
-            rec_margin[epoch, ii] = margin.detach().float().cpu().numpy()
-            rec_correct[epoch, ii] = correct.cpu().numpy()
-        lrs[epoch] = lr_sum / steps_per_epoch
+        _train_epoch(net, opt, images, labels, spec, epoch, gen, rec, device)
         if epoch in tracin_epochs:
             prev = tracin[-1][0] if tracin else -1
-            weight = float(lrs[prev + 1:epoch + 1].sum())
+            weight = float(rec.lrs[prev + 1:epoch + 1].sum())
             tracin.append((epoch, weight, {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}))
-        bar.set_postfix(acc=f"{rec_correct[epoch].mean():.3f}", loss=f"{rec_loss[epoch].mean():.3f}")
+        bar.set_postfix(acc=f"{rec.correct[epoch].mean():.3f}", loss=f"{rec.loss[epoch].mean():.3f}")
         if ckpt is not None:
-            _save_atomic({
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                "loss": torch.from_numpy(rec_loss[:epoch + 1]), "margin": torch.from_numpy(rec_margin[:epoch + 1]),
-                "correct": torch.from_numpy(rec_correct[:epoch + 1]), "lrs": torch.from_numpy(lrs[:epoch + 1]),
-                "tracin_epochs": torch.tensor([t[0] for t in tracin]),
-                "tracin_weights": torch.tensor([t[1] for t in tracin]),
-                "tracin_states": [t[2] for t in tracin],
-            }, ckpt)
+            _save_resume(ckpt, model, opt, epoch, rec, tracin)
     model.eval()
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()
-    return TrainResult(model=model, loss=rec_loss, margin=rec_margin, correct=rec_correct, lrs=lrs,
+    return TrainResult(model=model, loss=rec.loss, margin=rec.margin, correct=rec.correct, lrs=rec.lrs,
                        tracin=tracin, seconds=time.perf_counter() - t0)
 
 
-def _save_atomic(obj, path: Path) -> None:
+def _bar_interval() -> float:
+    """Progress bars redraw often on a terminal, rarely into a log file (no flood of lines)."""
+    import sys
+
+    return 0.1 if sys.stderr.isatty() else 30.0
+
+
+def _train_epoch(net, opt, images, labels, spec: TrainSpec, epoch: int, gen, rec: _Records, device) -> None:
+    """One epoch of ``spec.method``; fills row ``epoch`` of the records."""
+    net.train()
+    n = len(labels)
+    steps_per_epoch = (n + spec.batch_size - 1) // spec.batch_size
+    total = spec.epochs * steps_per_epoch
+    frac = (epoch + 1) / max(1.0, spec.eps_warmup * spec.epochs) if spec.eps_warmup > 0 else 1.0
+    attack = spec.attack(spec.eps * min(1.0, frac)) if spec.method != "natural" else None
+    perm = torch.randperm(n, generator=gen).to(device)
+    aug_gen = torch.Generator(device="cpu").manual_seed(spec.seed * 7919 + epoch)  # per epoch: resumable
+    lr_sum = 0.0
+    for b in range(steps_per_epoch):
+        lr = _lr_at(spec, epoch * steps_per_epoch + b, total)
+        lr_sum += lr
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = perm[b * spec.batch_size:(b + 1) * spec.batch_size]
+        x, y = augment_batch(_to_float(images[idx]), spec.augment, aug_gen), labels[idx]
+        if device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, loss_vec, margin, correct = _batch_loss(net, x, y, spec, attack, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ii = idx.cpu().numpy()
+        rec.loss[epoch, ii] = loss_vec.detach().float().cpu().numpy()
+        rec.margin[epoch, ii] = margin.detach().float().cpu().numpy()
+        rec.correct[epoch, ii] = correct.cpu().numpy()
+    rec.lrs[epoch] = lr_sum / steps_per_epoch
+
+
+def _batch_loss(net, x, y, spec: TrainSpec, attack, device):
+    """The training loss of one batch and its per-example records (on the input the model trains on)."""
+    if spec.method in ("pgd", "fgsm"):
+        x_adv = attack(net, x, y)
+        with autocast(device):
+            logits = net(x_adv)
+        loss_vec, margin, correct = _per_example(logits, y)
+        return loss_vec.mean(), loss_vec, margin, correct
+    if spec.method == "trades":
+        x_adv = attack(net, x, y)
+        with autocast(device):
+            logits = net(x)
+            logits_adv = net(x_adv)
+        loss_vec, margin, correct = _per_example(logits, y)
+        kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits.float(), 1), reduction="batchmean")
+        return loss_vec.mean() + spec.trades_beta * kl, loss_vec, margin, correct
+    with autocast(device):
+        logits = net(x)
+    loss_vec, margin, correct = _per_example(logits, y)
+    return loss_vec.mean(), loss_vec, margin, correct
+
+
+def _resume(ckpt: Path | None, model, opt, rec: _Records, device) -> tuple[int, list]:
+    """Load a resume checkpoint into model, optimizer and records; returns (start epoch, TracIn states)."""
+    if ckpt is None or not ckpt.exists():
+        return 0, []
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except Exception:  # a damaged resume file: start this training over rather than trust it
+        ckpt.unlink(missing_ok=True)
+        return 0, []
+    e = int(state["epoch"]) + 1
+    rec.loss[:e], rec.margin[:e] = state["loss"].numpy(), state["margin"].numpy()
+    rec.correct[:e], rec.lrs[:e] = state["correct"].numpy(), state["lrs"].numpy()
+    tracin = [(int(ep), float(w), sd) for ep, w, sd in zip(state["tracin_epochs"].tolist(),
+                                                         state["tracin_weights"].tolist(), state["tracin_states"])]
+    return e, tracin
+
+
+def _save_resume(ckpt: Path, model, opt, epoch: int, rec: _Records, tracin: list) -> None:
+    save_atomic({
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+        "loss": torch.from_numpy(rec.loss[:epoch + 1]), "margin": torch.from_numpy(rec.margin[:epoch + 1]),
+        "correct": torch.from_numpy(rec.correct[:epoch + 1]), "lrs": torch.from_numpy(rec.lrs[:epoch + 1]),
+        "tracin_epochs": torch.tensor([t[0] for t in tracin]),
+        "tracin_weights": torch.tensor([t[1] for t in tracin]),
+        "tracin_states": [t[2] for t in tracin],
+    }, ckpt)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary name unique to this process, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def spec_dict(spec: TrainSpec) -> dict:
-    return asdict(spec)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -121,13 +121,3 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, wid
     if arch == "mlp":
         return MLP(in_shape, num_classes, width=int(round(256 * width)))
     return ARCHS[arch](in_shape, num_classes, width=width)
-
-
-def default_arch(shape: tuple[int, int, int]) -> str:
-    """Architecture chosen by image size: MLP for tiny images, the paper's CNN for MNIST-like, ResNet-18 for colour."""
-    c, h, w = shape
-    if h * w <= 16 * 16:
-        return "mlp"
-    if c == 1:
-        return "mnist_cnn"
-    return "resnet18"

@@ -1,0 +1,119 @@
+"""Where the independent trainings of a run execute: this process (``local``) or Ray tasks (``ray``).
+
+A :class:`Task` is a stage function (:mod:`audit.stages`) with its plain arguments (arrays and frozen
+configs), so the same call runs here or on any Ray worker. ``run_all`` calls ``on_done(task, arrays,
+seconds)`` as each task finishes, so the orchestrator caches every finished training at once: a run
+that fails later keeps them. With Ray, a worker that dies mid-task is retried (``max_retries``); a
+task that keeps failing ends the run with an error naming its stage.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from audit.errors import AuditError
+
+# Fault injection for resilience tests: "STAGE:MARKER" kills the process running STAGE once (the first
+# time, creating MARKER); "STAGE:*" kills it every time.
+FAULT_ENV = "AUDIT_FAULT_INJECT"
+
+
+@dataclass
+class Task:
+    name: str
+    fn: Callable
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    num_gpus: float = 0.0
+
+
+def execute(task: Task, threads: int) -> tuple[dict, float]:
+    """Run one task with ``threads`` torch threads; returns (arrays, seconds)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    _maybe_die(task.name)
+    t0 = time.perf_counter()
+    out = task.fn(*task.args, **task.kwargs)
+    return out, time.perf_counter() - t0
+
+
+def _maybe_die(name: str) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    stage, _, marker = spec.partition(":")
+    if stage != name or not marker:
+        return
+    if marker != "*":
+        if os.path.exists(marker):
+            return
+        open(marker, "w").close()
+    os._exit(17)  # a worker killed mid-task, as by the OOM killer or a lost node
+
+
+class LocalEngine:
+    """Runs tasks one after another in this process."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def run_all(self, tasks: list[Task], on_done: Callable[[Task, dict, float], None],
+                on_start: Callable[[Task], None] | None = None) -> None:
+        for t in tasks:
+            if on_start:
+                on_start(t)
+            out, seconds = execute(t, self.threads)
+            on_done(t, out, seconds)
+
+
+class RayEngine:
+    """Runs tasks as Ray tasks, each declaring its CPUs (``threads``) and GPUs; joins the cluster at
+    ``address`` (``auto``, ``ray://host:port``) or starts Ray on this machine."""
+
+    def __init__(self, threads: int, address: str | None = None, max_retries: int = 2):
+        self.threads, self.address, self.max_retries = threads, address, max_retries
+
+    def _init(self):
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise AuditError("--engine ray needs the ray extra: pip install 'benign-audit[ray]'") from e
+        if not ray.is_initialized():
+            env = {"env_vars": {k: os.environ[k] for k in (FAULT_ENV, "OMP_NUM_THREADS") if k in os.environ}}
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True, runtime_env=env)
+        return ray
+
+    def run_all(self, tasks: list[Task], on_done: Callable[[Task, dict, float], None],
+                on_start: Callable[[Task], None] | None = None) -> None:
+        if not tasks:
+            return
+        ray = self._init()
+        remote = ray.remote(execute)
+        pending = {}
+        for t in tasks:
+            if on_start:
+                on_start(t)
+            opts = dict(num_cpus=self.threads, num_gpus=t.num_gpus, max_retries=self.max_retries)
+            pending[remote.options(**opts).remote(t, self.threads)] = t
+        failed = None
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            t = pending.pop(done[0])
+            try:
+                out, seconds = ray.get(done[0])
+            except Exception as e:  # failed for good; the others finish and stay cached
+                failed = failed or (t, e)
+                continue
+            on_done(t, out, seconds)
+        if failed:
+            t, e = failed
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise AuditError(f"stage {t.name} failed on Ray after {self.max_retries} retries: "
+                             f"{type(e).__name__}: {first}") from e
+
+
+def make_engine(name: str, threads: int, address: str | None):
+    return RayEngine(threads, address) if name == "ray" else LocalEngine(threads)

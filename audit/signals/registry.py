@@ -1,0 +1,139 @@
+"""The signals: small pure functions of the stages' arrays, one score per training row (canaries
+included), oriented so that higher = more likely mislabelled.
+
+Like cleanlab's issue managers, each is registered with its name and whether the canaries may judge
+it. A signal the canaries cannot judge fairly is still scored, kept as a column and reported, but
+never chosen for ``issue_score``. To add one::
+
+    from audit.signals.registry import register_signal
+
+    @register_signal("my_signal")
+    def my_signal(x):            # x: SignalInputs
+        return -x.natural["margin"][-1]    # (N_aug,), higher = more suspicious
+
+A function may return ``None`` (not applicable to this run) or a dict of several named signals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from audit.signals.util import margin
+
+
+@dataclass(frozen=True)
+class SignalInputs:
+    """What signals read: the given labels of training rows (canaries included) and stage arrays."""
+
+    labels: np.ndarray
+    natural: dict
+    robust: dict[str, dict]
+    aug: dict | None
+    cv: dict
+    infl: dict
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    fn: Callable[[SignalInputs], np.ndarray | dict[str, np.ndarray] | None]
+    canary_judged: bool = True
+
+
+SIGNALS: dict[str, Signal] = {}
+
+
+def register_signal(name: str, *, canary_judged: bool = True):
+    """Decorator: add a signal to the registry (a later registration under a name replaces it)."""
+    def deco(fn):
+        SIGNALS[name] = Signal(name, fn, canary_judged)
+        return fn
+    return deco
+
+
+def compute_signals(x: SignalInputs) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """Every registered signal on this run: (name -> (N_aug,) float64 without NaN, names the
+    canaries may not judge)."""
+    out, not_judged = {}, []
+    for s in SIGNALS.values():
+        v = s.fn(x)
+        if v is None:
+            continue
+        for name, arr in (v.items() if isinstance(v, dict) else [(s.name, v)]):
+            out[name] = np.nan_to_num(np.asarray(arr, np.float64), nan=0.0)
+            if not s.canary_judged:
+                not_judged.append(name)
+    return out, tuple(not_judged)
+
+
+def _natural_margin(x: SignalInputs) -> np.ndarray:
+    return x.natural["margin"].astype(np.float32)
+
+
+@register_signal("cleanlab")
+def cleanlab_signal(x: SignalInputs) -> np.ndarray:
+    """1 − cleanlab label quality (self-confidence) of out-of-sample probabilities."""
+    from cleanlab.rank import get_label_quality_scores
+
+    return 1.0 - get_label_quality_scores(x.labels, x.cv["oos_probs"])
+
+
+# AUM over the natural model's whole run, memorization phase included: canaries overrate it. A
+# canary's correctly labelled source stays in training, so a model must overrule that near-twin to
+# memorize the canary: it is memorized later and less than real noise, which has no twin (on 10,000
+# MNIST digits with 20% noise it ranked the canaries best, 0.72 canary AUPRC, yet was the weakest
+# of the top signals on the real noise, 0.965 against 0.994 for aum_early).
+@register_signal("aum_natural", canary_judged=False)
+def aum_natural(x: SignalInputs) -> np.ndarray:
+    return -_natural_margin(x).mean(0)
+
+
+@register_signal("aum_early")
+def aum_early(x: SignalInputs) -> np.ndarray:
+    """−AUM over the first half of the epochs (before memorization sets in)."""
+    m = _natural_margin(x)
+    return -m[:max(1, m.shape[0] // 2)].mean(0)
+
+
+@register_signal("cv_aum")
+def cv_aum(x: SignalInputs) -> np.ndarray:
+    return -x.cv["cv_aum"]
+
+
+@register_signal("memorization")
+def memorization(x: SignalInputs) -> np.ndarray:
+    return x.cv["memorization_soft"]
+
+
+@register_signal("self_influence")
+def self_influence(x: SignalInputs) -> np.ndarray:
+    return x.infl["self_influence"]
+
+
+@register_signal("steps_to_flip")
+def steps_to_flip(x: SignalInputs) -> np.ndarray:
+    return -x.natural["steps_to_flip"].astype(np.float32)
+
+
+@register_signal("aum_aug")
+def aum_aug(x: SignalInputs) -> np.ndarray | None:
+    """−AUM over the second half of the augmented model's epochs: it has learned the classes by then
+    and does not memorize."""
+    if x.aug is None:
+        return None
+    am = x.aug["margin"].astype(np.float32)
+    return -am[am.shape[0] // 2:].mean(0)
+
+
+@register_signal("robust")
+def robust_signals(x: SignalInputs) -> dict[str, np.ndarray]:
+    """Per robust model M: ``robust_margin_M`` (−margin on the given label, clean input) and
+    ``robust_aum_M`` (−AUM of its training)."""
+    out = {}
+    for m, arr in x.robust.items():
+        out[f"robust_margin_{m}"] = -margin(arr["train_logits"], x.labels)
+        out[f"robust_aum_{m}"] = -arr["margin"].astype(np.float32).mean(0)
+    return out
