@@ -59,12 +59,14 @@ class _Walk:
             return False
 
     def _link(self, entry: os.DirEntry, rel: str) -> str | None:
-        """What a symbolic link is: ``file`` (inside the root), ``dir`` (skipped), or None (refused)."""
+        """What a symbolic link is: ``dir`` (never followed), ``file`` (inside the root) or None (refused)."""
         real = os.path.realpath(entry.path)
+        if os.path.isdir(real):
+            return "dir"
         if not _inside(real, self.real_root):
             self.problems.add(f"{rel}: a link to {real}, outside the dataset folder {self.real_root} (refused)")
             return None
-        return "dir" if os.path.isdir(real) else "file"
+        return "file"
 
     def images(self, class_dir: str) -> list[str]:
         found, stack, cut = [], [class_dir], len(self.root) + 1

@@ -200,14 +200,27 @@ class _PixelCap:
         self.warnings.__exit__(*exc)
 
 
+def _too_large(pixels: str, max_pixels: int) -> ValueError:
+    return ValueError(f"{pixels} pixels, more than the limit of {max_pixels:,} (max_image_pixels)")
+
+
 def _open_checked(r: ImageRef, max_pixels: int):
     """Open ``r`` and check its declared size against ``max_pixels`` before anything is decoded."""
-    img = r.open()
+    import re
+
+    from PIL import Image
+
+    try:
+        img = r.open()
+    except Image.DecompressionBombError as e:  # Pillow's guard, at twice the cap, saw it first
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(f"{int(found.group(1)):,}" if found else "more than twice that many", max_pixels) from None
     w, h = img.size
     if w < 1 or h < 1 or w * h > max_pixels:
         img.close()
-        raise ValueError(f"{w}×{h} pixels: " + ("a zero-size image" if w < 1 or h < 1 else
-                         f"more than the limit of {max_pixels:,} pixels (max_image_pixels)"))
+        if w < 1 or h < 1:
+            raise ValueError(f"{w}×{h} pixels: a zero-size image")
+        raise _too_large(f"{w}×{h} = {w * h:,}", max_pixels)
     return img
 
 

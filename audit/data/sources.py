@@ -175,7 +175,7 @@ def _npz_class_names(labels: np.ndarray, raw, path: Path, problems: Problems) ->
     """The class names: the file's ``class_names``, else "0".."K-1" for K = largest label + 1
     (``None``, recorded, when a label is not below ``MAX_CLASSES``)."""
     if raw is not None:
-        return check_class_list(raw, f"{path}: class_names", problems)
+        return check_class_list(raw, "class_names", problems)
     if not len(labels):
         return []
     big = np.flatnonzero(labels >= MAX_CLASSES)
