@@ -447,3 +447,141 @@ def test_registry_has_no_back_imports():
     for mod in ("folder", "manifest", "torchvision_sources", "images", "checks", "registry", "limits"):
         text = (Path(pkg.__file__).parent / f"{mod}.py").read_text()
         assert "from audit.data.sources import" not in text and "from audit.data import" not in text, mod
+
+
+# -- fuzzing: any input ends in a dataset or AuditInputError, within bounded time ---------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+FUZZ = settings(max_examples=40, deadline=3000, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+DTYPES = st.sampled_from(["uint8", "int8", "int64", "uint64", "float32", "bool", "<U5", "S3"])
+
+
+def loads_or_refuses(spec: str, **kw) -> None:
+    """The property: ``load_dataset`` returns a usable dataset or raises AuditInputError, nothing else."""
+    t0 = time.perf_counter()
+    try:
+        ds = load_dataset(spec, decode_workers=1, **kw)
+    except AuditInputError as e:
+        assert str(e).strip(), "an error must say what is wrong"
+    else:
+        assert len(ds.labels) > 0 and ds.images.dtype == np.uint8 and ds.images.ndim == 4
+        assert set(ds.split.tolist()) == {"train", "test"} and len(set(ds.class_names)) == ds.num_classes
+    assert time.perf_counter() - t0 < 3
+
+
+NPZ_SHAPES = st.sampled_from([(8,), (8, 3, 3), (8, 2, 2, 3), (), (8, 0, 0), (2, 8), (9,), (0,)])
+
+
+@st.composite
+def npz_members(draw):
+    """A valid 8-row npz (optional split and class names), then 0-2 members replaced by random arrays."""
+    out = {"images": draw(hnp.arrays(np.uint8, (8, 4, 4))), "labels": np.arange(8) % 2}
+    if draw(st.booleans()):
+        out["split"] = np.array(["train", "train", "test", "test"] * 2)
+    if draw(st.booleans()):
+        out["class_names"] = np.array(["x", "y"])
+    for key in sorted(draw(st.sets(st.sampled_from(["images", "labels", "split", "class_names", "extra"]),
+                                   max_size=2))):
+        out[key] = draw(hnp.arrays(draw(DTYPES), draw(NPZ_SHAPES)))
+    return out
+
+
+@FUZZ
+@given(npz_members(), st.sampled_from(["none", "cut", "splice"]), st.integers(0, 10_000), st.binary(max_size=8))
+def test_fuzz_npz_files(members, damage, at, junk):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "f.npz"
+        np.savez(path, **members)
+        data = path.read_bytes()
+        at %= max(len(data), 1)
+        if damage != "none":  # the archive truncated, or with junk spliced in
+            path.write_bytes(data[:at] if damage == "cut" else data[:at] + junk + data[at + len(junk):])
+        loads_or_refuses(f"npz:{path}")
+
+
+CELLS = st.one_of(st.sampled_from(["../up.png", "/etc/hostname", "", "a", "b/9.png", "a/0.png\0x", "a//0.png",
+                                   "./b/2.png", "0", "-1", "2", "1e400", "99999999999999999999999", "train",
+                                   "test", "Train ", "nan", "cat", "é", "a/0.png"]),
+                  st.text(max_size=6), st.integers(-2**70, 2**70).map(str))
+VALID = [f"{c}/{i}.png" for c in "ab" for i in range(4)]
+
+
+@st.composite
+def manifest_rows(draw):
+    """A valid manifest of the 8 PNGs (labels as names or integers, with or without a split), then
+    0-3 cells replaced by hostile ones."""
+    paths = draw(st.permutations(VALID))[: draw(st.integers(4, 8))]
+    names = draw(st.booleans())
+    rows = [[p, p[0] if names else str("ab".index(p[0])), "test" if p[2] in "01" else "train"] for p in paths]
+    for i, col, cell in draw(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 2), CELLS), max_size=3)):
+        rows[i % len(rows)][col] = cell
+    return rows
+
+
+@FUZZ
+@given(manifest_rows(), st.sampled_from(["csv", "parquet"]), st.booleans(),
+       st.sampled_from([None, b"a\nb\n", b"b\na\n", b"a\na\n", b"\xff\n", b""]),
+       st.sampled_from([{}, {"class_names": '["a", "b"]'}, {"class_names": "{"}, {"huggingface": "[1]"},
+                        {"huggingface": '{"info": {"features": {"label": {"names": 3}}}}'}]))
+def test_fuzz_manifests(rows, kind, with_split, classes_txt, metadata):
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        classes_of_pngs(root, per_class=4)
+        if classes_txt is not None:
+            (root / "classes.txt").write_bytes(classes_txt)
+        cols = {"path": [r[0] for r in rows], "label": [r[1] for r in rows]}
+        if with_split:
+            cols["split"] = [r[2] for r in rows]
+        if kind == "csv":
+            pd.DataFrame(cols, columns=list(cols)).to_csv(root / "m.csv", index=False)
+        else:
+            table = pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
+            pq.write_table(table.replace_schema_metadata(metadata), root / "m.parquet")
+        loads_or_refuses(f"{kind}:{root / f'm.{kind}'}")
+
+
+def _encoded(fmt: str, seed: int, mode: str) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (7, 5, 3) if mode == "RGB" else (7, 5), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+@FUZZ
+@given(st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF"]), st.sampled_from(["L", "RGB"]), st.integers(0, 3),
+       st.sampled_from(["none", "cut", "flip", "random"]), st.integers(0, 4000),
+       st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), min_size=1, max_size=4),
+       st.binary(max_size=64), st.sampled_from(["folder", "parquet"]))
+def test_fuzz_image_bytes(fmt, mode, seed, damage, cut, flips, raw, where):
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = bytearray(_encoded(fmt, seed, mode))
+    if damage == "flip":
+        for at, value in flips:
+            data[at % len(data)] = value
+    data = {"cut": data[: cut % len(data)], "random": raw}.get(damage, data)
+    suffix = {"JPEG": ".jpg", "TIFF": ".tif"}.get(fmt, "." + fmt.lower())
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        classes_of_pngs(root, per_class=3)
+        if where == "folder":
+            (root / "a" / f"fuzz{suffix}").write_bytes(bytes(data))
+            loads_or_refuses(f"folder:{root}", max_image_pixels=10**6)
+        else:
+            cells = [{"bytes": png_bytes(i), "path": None} for i in range(4)] + [{"bytes": bytes(data), "path": None}]
+            pq.write_table(pa.table({"image": cells, "label": [0, 1, 0, 1, 1]}), root / "hf.parquet")
+            loads_or_refuses(f"parquet:{root / 'hf.parquet'}", max_image_pixels=10**6)

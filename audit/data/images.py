@@ -177,7 +177,8 @@ class _DecodeCache:
 
 
 class _PixelCap:
-    """Pillow's decompression-bomb guard set to ``cap`` (its warning silenced: the cap is checked here)."""
+    """Pillow's decompression-bomb guard set to ``cap``; its warnings silenced (the cap is checked here, and
+    warnings about corrupt metadata such as EXIF would only reach the terminal as noise)."""
 
     def __init__(self, cap: int):
         self.cap = cap
@@ -191,6 +192,7 @@ class _PixelCap:
         self.warnings = warnings.catch_warnings()
         self.warnings.__enter__()
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # corrupt EXIF and the like
         return self
 
     def __exit__(self, *exc):
