@@ -374,9 +374,10 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
         chunks.close()
 
 
-def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | None, dict]:
+def _scan(refs, problems, ok, budget, chunks):
+    """Pass 1: size and mode of every file, and its decoded pixels while they fit the budget.
+    Returns sizes (N, 2) [w, h], modes, the kept arrays (or None) and which files were fully decoded."""
     n = len(refs)
-    # Pass 1: size and mode of every file, and its decoded pixels while they fit the budget.
     sizes = np.zeros((n, 2), np.int64)
     modes: list[str] = [""] * n
     kept: list[np.ndarray | None] = [None] * n
@@ -396,6 +397,12 @@ def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | Non
                     state["bytes"] += arr.nbytes
                     if state["bytes"] > budget:
                         state["keep"], kept = False, [None] * n
+    return sizes, modes, kept, verified
+
+
+def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | None, dict]:
+    n = len(refs)
+    sizes, modes, kept, verified = _scan(refs, problems, ok, budget, chunks)
     good = np.flatnonzero(ok)
     info: dict = {"source_modes": dict(Counter(modes[i] for i in good).most_common()),
                   "source_sizes": {f"{w}x{h}": c for (w, h), c in Counter(map(tuple, sizes[good].tolist())).most_common(5)},
@@ -407,37 +414,21 @@ def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | Non
     target_mode = "L" if c == 1 else "RGB"
     info.update(image_size=[h, w], channels=c, mode=target_mode,
                 converted=int(sum(modes[i] != target_mode for i in good)))
-
     if problems:  # refuse, but first decode what pass 1 only opened, to report every bad file at once
         for idx, results in chunks.run(good[~verified[good]], lambda: "verify"):
             for i, res in zip(idx, results):
                 if res[4] is not None:
                     problems.add(f"{refs[i].name}: cannot read as an image ({res[4]})")
         return None, info
-
-    # Pass 2: fit every image into the output, in RAM or in a memmap file over the budget.
     streamed = n * c * h * w > budget
     out = cache.create((n, c, h, w)) if streamed else np.empty((n, c, h, w), np.uint8)
-    resized = 0
-    in_hand = np.array([a is not None for a in kept], bool)
     try:
-        for i in np.flatnonzero(in_hand):
-            out[i], was_resized = _fit(kept[i], c, h, w)
-            kept[i] = None  # free as we go: peak memory stays near one copy
-            resized += was_resized
-        for idx, results in chunks.run(np.flatnonzero(~in_hand), lambda: "fit", (c, h, w)):
-            for i, (_, _, _, arr, err, was_resized) in zip(idx, results):
-                if err is not None:
-                    problems.add(f"{refs[i].name}: cannot read as an image ({err})")
-                    continue
-                out[i] = arr
-                resized += was_resized
+        info["resized"] = _fill(out, refs, problems, kept, chunks)
     except BaseException:
         if streamed:
             del out
             cache.discard()
         raise
-    info["resized"] = resized
     if problems:
         if streamed:
             del out
@@ -447,3 +438,22 @@ def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | Non
         out, info = cache.commit(out, info)
         info = dict(info, streamed=True, cache_file=str(cache.data))
     return out, info
+
+
+def _fill(out: np.ndarray, refs, problems, kept, chunks) -> int:
+    """Pass 2: fit every image into ``out`` (N, C, H, W), in RAM or a memmap; returns how many were resized."""
+    _, c, h, w = out.shape
+    resized = 0
+    in_hand = np.array([a is not None for a in kept], bool)
+    for i in np.flatnonzero(in_hand):
+        out[i], was_resized = _fit(kept[i], c, h, w)
+        kept[i] = None  # free as we go: peak memory stays near one copy
+        resized += was_resized
+    for idx, results in chunks.run(np.flatnonzero(~in_hand), lambda: "fit", (c, h, w)):
+        for i, (_, _, _, arr, err, was_resized) in zip(idx, results):
+            if err is not None:
+                problems.add(f"{refs[i].name}: cannot read as an image ({err})")
+                continue
+            out[i] = arr
+            resized += was_resized
+    return resized
