@@ -7,6 +7,7 @@ the fuzz tests at the end throw random npz files, manifests and image bytes at `
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -305,9 +306,20 @@ CASES = [
         {"data": np.zeros((3, 3072), np.uint8), "labels": [0, 1, 10**30]}, protocol=2)}), ["data_batch_4"]),
     ("CIFAR duplicate class names", lambda t: cifar10(t, {"batches.meta": pickle.dumps(
         {"label_names": ["x"] * 10}, protocol=2)}), ["batches.meta", "'x' listed twice"]),
+    ("idx header declares 100 GB", lambda t: mnist(t, idx_header(100_000, 1000, 1000) + b"\0" * 64),
+     ["train-images-idx3-ubyte", "truncated", "100000×1000×1000", "file holds 64"]),
     ("idx header declares 2^32×2^32×255", lambda t: mnist(t, idx_header(2**32 - 1, 2**32 - 1, 255) + b"\0" * 64),
      ["train-images-idx3-ubyte", "truncated", "4294967295×4294967295×255"]),
+    ("gzipped idx header declares 4 GB", lambda t: _gz_idx(t), ["train-labels-idx1-ubyte.gz", "truncated", "file holds 4"]),
 ]
+
+
+def _gz_idx(t: Path) -> str:
+    spec = mnist(t, idx_header(4, 28, 28) + bytes(4 * 28 * 28))
+    raw = t / "MNIST" / "raw"
+    (raw / "train-labels-idx1-ubyte").unlink()
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_header(4_000_000_000) + bytes(4)))
+    return spec
 
 
 def _csv_twice(t: Path) -> str:

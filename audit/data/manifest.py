@@ -158,10 +158,20 @@ def _labels(values: pd.Series, pinned: list[str] | None, problems: Problems, row
     return out, names
 
 
+def _realpath(full: str, real_dirs: dict[str, str]) -> str:
+    """``os.path.realpath(full)``, resolving each folder once (manifests list many files per folder)."""
+    folder, name = os.path.split(full)
+    if folder not in real_dirs:
+        real_dirs[folder] = os.path.realpath(folder)
+    path = os.path.join(real_dirs[folder], name)
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
 def _image_refs(df: pd.DataFrame, path: Path, problems: Problems, row) -> tuple[list[ImageRef], list[str], list[int], bool]:
     """One :class:`ImageRef` per valid row, its id, and the rows they belong to; ``embedded`` for HF bytes."""
     base = os.path.abspath(path.parent)
     real_base = os.path.realpath(base)
+    real_dirs: dict[str, str] = {}
     refs, ids, rows = [], [], []
     if "path" not in df.columns:  # Hugging Face: image = {bytes, path}
         for i, cell in enumerate(df["image"].tolist()):
@@ -186,7 +196,7 @@ def _image_refs(df: pd.DataFrame, path: Path, problems: Problems, row) -> tuple[
         if not full.startswith(base + os.sep):
             problems.add(f"{row(i)}: path {p!r} escapes the manifest's folder {base}")
             continue
-        real = os.path.realpath(full)
+        real = _realpath(full, real_dirs)
         if not real.startswith(real_base.rstrip(os.sep) + os.sep):
             problems.add(f"{row(i)}: path {p!r} is a link to {real}, outside the manifest's folder {real_base}")
             continue
