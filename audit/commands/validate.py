@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
                    "~/.cache/benign-audit)")
     p.add_argument("--decode-workers", type=int, default=None, help="processes decoding image files (default: "
                    "$AUDIT_DECODE_WORKERS, else one per CPU up to 8 from 2,000 images on, given more than 2 CPUs)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="refuse image files larger than this many pixels (width × height) before decoding them "
+                        "(default: $AUDIT_MAX_IMAGE_PIXELS or 50,000,000)")
     p.add_argument("--min-train-per-class", type=int, default=DEFAULT_MIN_TRAIN_PER_CLASS,
                    help=f"classes with fewer training examples are reported as too small to audit "
                         f"(default {DEFAULT_MIN_TRAIN_PER_CLASS})")
@@ -37,7 +40,8 @@ def main(args) -> int:
     from audit.data.validate import format_summary, summarize
 
     ds = load_dataset(args.dataset, download=args.download, memory_budget_mb=args.memory_budget_mb,
-                      cache_dir=args.cache_dir, decode_workers=args.decode_workers)
+                      cache_dir=args.cache_dir, decode_workers=args.decode_workers,
+                      max_image_pixels=args.max_image_pixels)
     s = summarize(ds, min_train_per_class=args.min_train_per_class)
     print(json.dumps(s, indent=1) if args.json else format_summary(s))
     d = s["duplicates"]

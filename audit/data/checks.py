@@ -12,6 +12,12 @@ import numpy as np
 from audit.errors import AuditInputError
 
 
+def describe_error(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters) for a one-line problem."""
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 class DatasetError(AuditInputError):
     """Bad dataset input (exit code 2). With a single problem, the message is that problem, on one line."""
 
@@ -24,26 +30,32 @@ class DatasetError(AuditInputError):
 class Problems:
     """An ordered list of problem messages found in one dataset (``what``: its spec or file)."""
 
+    KEEP = 10_000  # messages kept; beyond, only counted (a hostile file may have millions of bad rows)
+
     def __init__(self, what: str):
         self.what = what
         self.items: list[str] = []
+        self.count = 0
 
     def add(self, message: str) -> None:
-        self.items.append(message)
+        self.count += 1
+        if len(self.items) < self.KEEP:
+            self.items.append(message)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return self.count
 
     def __bool__(self) -> bool:
-        return bool(self.items)
+        return bool(self.count)
 
     def raise_if_any(self) -> None:
         """Raise one :class:`DatasetError` naming every problem found so far; do nothing when none."""
-        if not self.items:
+        if not self.count:
             return
-        if len(self.items) == 1:
+        if self.count == 1:
             raise DatasetError(f"{self.what}: {self.items[0]}", self.items)
-        raise DatasetError(f"{self.what}: {len(self.items)} problems", self.items)
+        items = self.items + ([f"... {self.count - len(self.items)} more problems"] if self.count > len(self.items) else [])
+        raise DatasetError(f"{self.what}: {self.count} problems", items)
 
 
 def check_classes(labels: np.ndarray, class_names: tuple[str, ...] | list[str], problems: Problems,
@@ -78,3 +90,68 @@ def check_split_values(split: np.ndarray, problems: Problems, *, row_name=lambda
     if len(bad) > limit:
         problems.add(f"... {len(bad) - limit} more rows with a split other than 'train' or 'test'")
     return norm
+
+
+def check_class_list(names, where: str, problems: Problems) -> list[str] | None:
+    """A class list read from a file (``where`` names it) as a list of strings, or ``None`` after recording
+    why it is not one: not a list of strings or integers, longer than ``MAX_CLASSES``, a name listed twice.
+    Bytes are decoded as UTF-8."""
+    from audit.data.limits import MAX_CLASSES
+
+    if isinstance(names, (str, bytes)) or not hasattr(names, "__len__") or getattr(names, "ndim", 1) != 1:
+        problems.add(f"{where}: must be a list of class names, found {type(names).__name__}"
+                     + (f" of shape {names.shape}" if hasattr(names, "shape") else ""))
+        return None
+    if len(names) > MAX_CLASSES:
+        problems.add(f"{where}: {len(names):,} classes, more than the maximum of {MAX_CLASSES:,}")
+        return None
+    out = []
+    for i, nm in enumerate(names):
+        if isinstance(nm, bytes):
+            try:
+                nm = nm.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.add(f"{where}: class name {i} ({nm[:40]!r}) is not UTF-8")
+                return None
+        if isinstance(nm, (np.integer, int)) and not isinstance(nm, bool):
+            nm = str(int(nm))
+        if not isinstance(nm, (str, np.str_)):
+            problems.add(f"{where}: class name {i} is a {type(nm).__name__}, not text")
+            return None
+        out.append(str(nm))
+    check_unique_names(out, where, problems)
+    return out
+
+
+def check_unique_names(names: list[str], where: str, problems: Problems) -> None:
+    """Record every class name listed more than once (by its first two positions)."""
+    seen: dict[str, int] = {}
+    for i, nm in enumerate(names):
+        if nm in seen and seen[nm] >= 0:
+            problems.add(f"{where}: class {nm!r} listed twice (entries {seen[nm]} and {i})")
+            seen[nm] = -1  # report each name once
+        seen.setdefault(nm, i)
+
+
+def check_loaded(ds) -> None:
+    """Refuse a loaded :class:`AuditDataset` that no audit can use, naming what is wrong: no examples,
+    zero-size images, no training or no test rows, more than ``MAX_CLASSES`` classes, duplicate class names."""
+    from audit.data.base import TEST, TRAIN
+    from audit.data.limits import MAX_CLASSES
+
+    problems = Problems(ds.spec)
+    n = len(ds.labels)
+    if n == 0:
+        problems.add("no examples (0 rows)")
+    _, h, w = ds.shape
+    if h == 0 or w == 0:
+        problems.add(f"images are {h}×{w} pixels: zero-size images cannot be audited")
+    if ds.num_classes > MAX_CLASSES:
+        problems.add(f"{ds.num_classes:,} classes, more than the maximum of {MAX_CLASSES:,}")
+    check_unique_names(list(ds.class_names), "class names", problems)
+    if n:
+        for which in (TRAIN, TEST):
+            if not (ds.split == which).any():
+                other = TEST if which == TRAIN else TRAIN
+                problems.add(f"no {which!r} rows: all {n} examples are in the {other!r} split")
+    problems.raise_if_any()

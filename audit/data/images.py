@@ -10,6 +10,9 @@ Normalisation rule (``RULE_VERSION`` 1), the same for ``folder:``, ``csv:`` and 
   larger area, then the larger height) with Pillow's bilinear filter, which antialiases when shrinking.
   The aspect ratio is not kept. Multi-frame files contribute their first frame; EXIF orientation is not
   applied (as in torchvision's ``ImageFolder``).
+* **Bounds.** A file whose header declares more than ``max_pixels`` (width × height; default
+  :data:`audit.data.limits.MAX_IMAGE_PIXELS`, 50 megapixels) or a zero width or height is refused
+  before it is decoded; Pillow's decompression-bomb guard is set to the same cap while decoding.
 
 Memory: when the decoded array would exceed the memory budget (``AUDIT_MEMORY_BUDGET_MB``, default
 2048 MiB, or the ``memory_budget_mb`` argument), images are decoded once into a uint8 ``np.memmap`` file
@@ -35,7 +38,8 @@ from typing import Sequence
 
 import numpy as np
 
-from audit.data.checks import Problems
+from audit.data.checks import Problems, describe_error as _describe
+from audit.data.limits import MAX_IMAGE_PIXELS
 
 RULE_VERSION = 1
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -89,11 +93,6 @@ def cache_directory(cache_dir: str | Path | None = None) -> Path:
         return Path(os.environ["AUDIT_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "benign-audit"
-
-
-def _describe(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def _mode_array(img) -> np.ndarray:
@@ -177,31 +176,84 @@ class _DecodeCache:
         self.tmp.unlink(missing_ok=True)
 
 
-def _work(refs: list[ImageRef], action: str, target: tuple[int, int, int] | None) -> list[tuple]:
+class _PixelCap:
+    """Pillow's decompression-bomb guard set to ``cap``; its warnings silenced (the cap is checked here, and
+    warnings about corrupt metadata such as EXIF would only reach the terminal as noise)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+
+    def __enter__(self):
+        import warnings
+
+        from PIL import Image
+
+        self.before, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, self.cap
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # corrupt EXIF and the like
+        return self
+
+    def __exit__(self, *exc):
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = self.before
+        self.warnings.__exit__(*exc)
+
+
+def _too_large(pixels: str, max_pixels: int) -> ValueError:
+    return ValueError(f"{pixels} pixels, more than the limit of {max_pixels:,} (max_image_pixels)")
+
+
+def _open_checked(r: ImageRef, max_pixels: int):
+    """Open ``r`` and check its declared size against ``max_pixels`` before anything is decoded."""
+    import re
+
+    from PIL import Image
+
+    try:
+        img = r.open()
+    except Image.DecompressionBombError as e:  # Pillow's guard, at twice the cap, saw it first
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(f"{int(found.group(1)):,}" if found else "more than twice that many", max_pixels) from None
+    w, h = img.size
+    if w < 1 or h < 1 or w * h > max_pixels:
+        img.close()
+        if w < 1 or h < 1:
+            raise ValueError(f"{w}×{h} pixels: a zero-size image")
+        raise _too_large(f"{w}×{h} = {w * h:,}", max_pixels)
+    return img
+
+
+def _work(refs: list[ImageRef], action: str, target: tuple[int, int, int] | None,
+          max_pixels: int = MAX_IMAGE_PIXELS) -> list[tuple]:
     """Open each of ``refs``: ``(width, height, mode, array or None, error or None, resized)`` per image.
 
     action: ``header`` (size and mode only), ``verify`` (decode, keep nothing), ``decode`` (the image in
     its normalised mode at its own size) or ``fit`` (decoded and fitted to ``target`` (C, H, W)).
     Runs in worker processes when decoding is parallel, so it only takes and returns plain data.
     """
-    out = []
-    for r in refs:
-        try:
-            with r.open() as img:
-                w, h = img.size
-                mode = img.mode
-                arr, resized = None, False
-                if action != "header":
-                    arr = _mode_array(img)
-                if action == "fit":
-                    fitted, resized = _fit(arr, *target)
-                    arr = np.ascontiguousarray(np.broadcast_to(fitted, target))
-                elif action == "verify":
-                    arr = None
-            out.append((w, h, mode, arr, None, resized))
-        except Exception as e:  # Pillow raises many types for bad files: OSError, SyntaxError, ValueError, ...
-            out.append((0, 0, "", None, _describe(e), False))
-    return out
+    with _PixelCap(max_pixels):
+        return [_work_one(r, action, target, max_pixels) for r in refs]
+
+
+def _work_one(r: ImageRef, action: str, target, max_pixels: int) -> tuple:
+    try:
+        with _open_checked(r, max_pixels) as img:
+            w, h = img.size
+            mode = img.mode
+            arr, resized = None, False
+            if action != "header":
+                arr = _mode_array(img)
+            if action == "fit":
+                fitted, resized = _fit(arr, *target)
+                arr = np.ascontiguousarray(np.broadcast_to(fitted, target))
+            elif action == "verify":
+                arr = None
+        return (w, h, mode, arr, None, resized)
+    except Exception as e:  # Pillow raises many types for bad files: OSError, SyntaxError, ValueError, ...
+        return (0, 0, "", None, _describe(e), False)
 
 
 def _usable_cpus() -> int:
@@ -233,8 +285,8 @@ class _Chunks:
     """Runs :func:`_work` over index chunks in order, in this process or a process pool; the action of
     each chunk is chosen when it is submitted, so a consumer's decisions steer the chunks still to come."""
 
-    def __init__(self, refs: Sequence[ImageRef], workers: int):
-        self.refs, self.workers, self.pool = refs, workers, None
+    def __init__(self, refs: Sequence[ImageRef], workers: int, max_pixels: int = MAX_IMAGE_PIXELS):
+        self.refs, self.workers, self.pool, self.max_pixels = refs, workers, None, max_pixels
         if workers > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -247,14 +299,15 @@ class _Chunks:
         chunks = iter([rows[i:i + size] for i in range(0, len(rows), size)])
         if self.pool is None:
             for idx in chunks:
-                yield idx, _work([self.refs[i] for i in idx], choose_action(), target)
+                yield idx, _work([self.refs[i] for i in idx], choose_action(), target, self.max_pixels)
             return
         from collections import deque
 
         pending: deque = deque()
 
         def submit(idx):
-            pending.append((idx, self.pool.submit(_work, [self.refs[i] for i in idx], choose_action(), target)))
+            pending.append((idx, self.pool.submit(_work, [self.refs[i] for i in idx], choose_action(), target,
+                                                  self.max_pixels)))
 
         for idx in list(islice(chunks, 2 * self.workers)):  # a bounded window keeps memory bounded
             submit(idx)
@@ -272,7 +325,7 @@ class _Chunks:
 
 def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
                   memory_budget_mb: float | None = None, cache_dir: str | Path | None = None,
-                  workers: int | None = None) -> tuple[np.ndarray | None, dict]:
+                  workers: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray | None, dict]:
     """Decode ``refs`` into one (N, C, H, W) uint8 array by the module's normalisation rule.
 
     Every unreadable file (missing, not an image, corrupt or truncated) is recorded in ``problems``
@@ -280,12 +333,13 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
     Returns the array (an ``np.ndarray``, or a read-only ``np.memmap`` over the budget) and an info
     dict: ``image_size`` [H, W], ``channels``, ``resized`` and ``converted`` counts, ``source_modes``,
     ``source_sizes`` (the five most common "WxH"), ``streamed`` and ``cache_file``.
-    ``slug`` names the cache file (e.g. the dataset's folder name); ``workers``: see :func:`decode_workers`.
+    ``slug`` names the cache file (e.g. the dataset's folder name); ``workers``: see :func:`decode_workers`;
+    ``max_pixels``: the largest width × height accepted (see the module docstring).
     """
     budget = memory_budget_bytes(memory_budget_mb)
     n = len(refs)
     ok = np.ones(n, bool)
-    key = hashlib.sha256(f"rule{RULE_VERSION}".encode())
+    key = hashlib.sha256(f"rule{RULE_VERSION}\0max_pixels{max_pixels}".encode())
     for i, r in enumerate(refs):
         if r.path is None:
             key.update(b"%d:" % len(r.data) + hashlib.blake2b(r.data, digest_size=16).digest())
@@ -296,7 +350,7 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
             problems.add(f"{r.name}: no such file ({r.path})")
             ok[i] = False
             continue
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the path
             problems.add(f"{r.name}: cannot read ({_describe(e)})")
             ok[i] = False
             continue
@@ -313,16 +367,17 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
             arr, info = hit
             return arr, dict(info, streamed=True, cache_file=str(cache.data))
 
-    chunks = _Chunks(refs, decode_workers(int(ok.sum()), workers))
+    chunks = _Chunks(refs, decode_workers(int(ok.sum()), workers), max_pixels)
     try:
         return _decode(refs, problems, ok, budget, cache, chunks)
     finally:
         chunks.close()
 
 
-def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | None, dict]:
+def _scan(refs, problems, ok, budget, chunks):
+    """Pass 1: size and mode of every file, and its decoded pixels while they fit the budget.
+    Returns sizes (N, 2) [w, h], modes, the kept arrays (or None) and which files were fully decoded."""
     n = len(refs)
-    # Pass 1: size and mode of every file, and its decoded pixels while they fit the budget.
     sizes = np.zeros((n, 2), np.int64)
     modes: list[str] = [""] * n
     kept: list[np.ndarray | None] = [None] * n
@@ -342,6 +397,12 @@ def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | Non
                     state["bytes"] += arr.nbytes
                     if state["bytes"] > budget:
                         state["keep"], kept = False, [None] * n
+    return sizes, modes, kept, verified
+
+
+def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | None, dict]:
+    n = len(refs)
+    sizes, modes, kept, verified = _scan(refs, problems, ok, budget, chunks)
     good = np.flatnonzero(ok)
     info: dict = {"source_modes": dict(Counter(modes[i] for i in good).most_common()),
                   "source_sizes": {f"{w}x{h}": c for (w, h), c in Counter(map(tuple, sizes[good].tolist())).most_common(5)},
@@ -353,37 +414,21 @@ def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | Non
     target_mode = "L" if c == 1 else "RGB"
     info.update(image_size=[h, w], channels=c, mode=target_mode,
                 converted=int(sum(modes[i] != target_mode for i in good)))
-
     if problems:  # refuse, but first decode what pass 1 only opened, to report every bad file at once
         for idx, results in chunks.run(good[~verified[good]], lambda: "verify"):
             for i, res in zip(idx, results):
                 if res[4] is not None:
                     problems.add(f"{refs[i].name}: cannot read as an image ({res[4]})")
         return None, info
-
-    # Pass 2: fit every image into the output, in RAM or in a memmap file over the budget.
     streamed = n * c * h * w > budget
     out = cache.create((n, c, h, w)) if streamed else np.empty((n, c, h, w), np.uint8)
-    resized = 0
-    in_hand = np.array([a is not None for a in kept], bool)
     try:
-        for i in np.flatnonzero(in_hand):
-            out[i], was_resized = _fit(kept[i], c, h, w)
-            kept[i] = None  # free as we go: peak memory stays near one copy
-            resized += was_resized
-        for idx, results in chunks.run(np.flatnonzero(~in_hand), lambda: "fit", (c, h, w)):
-            for i, (_, _, _, arr, err, was_resized) in zip(idx, results):
-                if err is not None:
-                    problems.add(f"{refs[i].name}: cannot read as an image ({err})")
-                    continue
-                out[i] = arr
-                resized += was_resized
+        info["resized"] = _fill(out, refs, problems, kept, chunks)
     except BaseException:
         if streamed:
             del out
             cache.discard()
         raise
-    info["resized"] = resized
     if problems:
         if streamed:
             del out
@@ -393,3 +438,22 @@ def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | Non
         out, info = cache.commit(out, info)
         info = dict(info, streamed=True, cache_file=str(cache.data))
     return out, info
+
+
+def _fill(out: np.ndarray, refs, problems, kept, chunks) -> int:
+    """Pass 2: fit every image into ``out`` (N, C, H, W), in RAM or a memmap; returns how many were resized."""
+    _, c, h, w = out.shape
+    resized = 0
+    in_hand = np.array([a is not None for a in kept], bool)
+    for i in np.flatnonzero(in_hand):
+        out[i], was_resized = _fit(kept[i], c, h, w)
+        kept[i] = None  # free as we go: peak memory stays near one copy
+        resized += was_resized
+    for idx, results in chunks.run(np.flatnonzero(~in_hand), lambda: "fit", (c, h, w)):
+        for i, (_, _, _, arr, err, was_resized) in zip(idx, results):
+            if err is not None:
+                problems.add(f"{refs[i].name}: cannot read as an image ({err})")
+                continue
+            out[i] = arr
+            resized += was_resized
+    return resized

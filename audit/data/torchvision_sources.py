@@ -6,7 +6,11 @@
   ``.gz``) in ``ROOT/MNIST/raw`` (``ROOT/FashionMNIST/raw``), or in ``ROOT/raw`` or ``ROOT`` itself.
 * CIFAR-10 / CIFAR-100: the python batches in ``ROOT/cifar-10-batches-py`` (``ROOT/cifar-100-python``)
   or ``ROOT`` itself. They are pickles; they are read with an unpickler that only rebuilds numpy arrays,
-  lists, dicts and strings, so a tampered file cannot run code.
+  lists, dicts and strings, so a tampered file cannot run code, after every length the pickle declares
+  has been checked against the file's size, so a tampered file cannot make it allocate more either.
+
+Sizes declared in idx headers are checked against the file's size (plain files) or read in chunks
+(``.gz``), never allocated up front.
 
 The files are parsed here (no torch import, no checksum requirement), so a copy made by any tool works.
 Nothing is downloaded unless ``--download`` is given, which hands the download to torchvision's dataset
@@ -17,15 +21,19 @@ index within its split, and ids look like ``mnist-train-00000`` and ``cifar10-te
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import pickle
+import pickletools
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from audit.data.base import TEST, TRAIN, AuditDataset
-from audit.data.checks import Problems
-from audit.data.sources import LoadOptions, register
+from audit.data.checks import Problems, check_class_list, describe_error
+from audit.data.limits import MAX_PICKLE_BYTES
+from audit.data.registry import LoadOptions, register
 from audit.errors import AuditInputError
 
 MNIST_CLASSES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four",
@@ -46,6 +54,19 @@ def _rows(idx: np.ndarray, limit: int = 10) -> str:
 
 
 # -- MNIST-style idx files ---------------------------------------------------------------------------
+def _read_exactly(f, n: int, chunk: int = 1 << 24) -> bytes:
+    """Up to ``n`` bytes from ``f`` in chunks, so a header declaring more than the file holds costs only
+    what the file holds."""
+    parts, got = [], 0
+    while got < n:
+        block = f.read(min(chunk, n - got))
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read one idx file (plain or ``.gz``) into an array of its declared type and shape.
 
@@ -61,14 +82,16 @@ def read_idx(path: Path) -> np.ndarray:
         if len(raw_dims) < 4 * ndim:
             raise ValueError(f"header truncated: {ndim} dimensions declared, file ends after {4 + len(raw_dims)} bytes")
         dims = struct.unpack(f">{ndim}I", raw_dims)
-        expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-        buf = bytearray(expected)
-        got = f.readinto(buf)
-        if got < expected:
-            raise ValueError(f"truncated: header says {'×'.join(map(str, dims))} values ({expected} bytes), "
-                             f"file holds {got}")
+        expected = math.prod(dims) * dtype.itemsize
+        shape = "×".join(map(str, dims))
+        if opener is open and expected > path.stat().st_size - 4 - 4 * ndim:
+            raise ValueError(f"truncated: header says {shape} values ({expected} bytes), "
+                             f"file holds {path.stat().st_size - 4 - 4 * ndim}")
+        buf = _read_exactly(f, expected)
+        if len(buf) < expected:
+            raise ValueError(f"truncated: header says {shape} values ({expected} bytes), file holds {len(buf)}")
         if f.read(1):
-            raise ValueError(f"longer than its header says ({'×'.join(map(str, dims))} values)")
+            raise ValueError(f"longer than its header says ({shape} values)")
     return np.frombuffer(buf, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -111,6 +134,9 @@ def _load_mnist_like(arg: str, spec: str, opts: LoadOptions, *, name: str, tv_cl
                 a = read_idx(path)
             except (OSError, EOFError, ValueError) as e:  # EOFError / BadGzipFile: a broken .gz
                 problems.add(f"{path}: {e}")
+                continue
+            except Exception as e:  # zlib.error and whatever else a corrupt .gz raises
+                problems.add(f"{path}: cannot read ({describe_error(e)})")
                 continue
             if a.ndim != want_ndim or a.dtype != np.uint8:
                 problems.add(f"{path}: expected {'N×H×W' if want_ndim == 3 else 'N'} uint8, "
@@ -178,10 +204,24 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _check_pickle_lengths(data: bytes) -> None:
+    """Walk the pickle's opcodes without building anything: every declared length must fit in ``data``
+    (the unpickler allocates a declared string or bytes length before reading it)."""
+    try:
+        for _ in pickletools.genops(io.BytesIO(data)):  # reads at most what is there
+            pass
+    except ValueError as e:  # a length beyond the end, an unknown opcode, no STOP
+        raise ValueError(f"not a complete pickle ({e})") from None
+
+
 def read_cifar_pickle(path: Path) -> dict:
     """One CIFAR python batch or meta file as a dict with ``str`` keys (as torchvision reads it: latin1)."""
-    with open(path, "rb") as f:
-        obj = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise ValueError(f"{size:,} bytes, more than {MAX_PICKLE_BYTES:,} (a CIFAR batch is about 30 MB)")
+    data = path.read_bytes()
+    _check_pickle_lengths(data)
+    obj = _ArraysOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     if not isinstance(obj, dict):
         raise ValueError(f"expected a dict, found {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -196,9 +236,8 @@ CIFAR = {
 }
 
 
-def _load_cifar(arg: str, spec: str, opts: LoadOptions, name: str) -> AuditDataset:
-    c = CIFAR[name]
-    root = Path(arg)
+def _find_cifar(root: Path, c: dict, spec: str, opts: LoadOptions) -> Path:
+    """The folder holding the CIFAR files (downloading them only with ``--download``)."""
     dirs = [root / c["folder"], root]
     base = next((d for d in dirs if (d / c["meta"]).is_file()), None)
     if base is None and opts.download:
@@ -211,15 +250,47 @@ def _load_cifar(arg: str, spec: str, opts: LoadOptions, name: str) -> AuditDatas
         hint = (f"{root / c['archive']} is there but not extracted: extract it, or pass --download"
                 if (root / c["archive"]).is_file() else "pass --download to fetch it")
         raise AuditInputError(f"{spec}: no {c['folder']}/{c['meta']} under {root} ({hint})")
-    problems = Problems(spec)
-    classes: tuple[str, ...] = ()
+    return base
+
+
+def _cifar_classes(path: Path, key: str, problems: Problems) -> tuple[str, ...]:
     try:
-        meta = read_cifar_pickle(base / c["meta"])
-        classes = tuple(str(s) for s in meta[c["meta_key"]])
-    except KeyError:
-        problems.add(f"{base / c['meta']}: no {c['meta_key']!r} entry")
-    except (OSError, EOFError, ValueError, pickle.UnpicklingError, TypeError, AttributeError) as e:
-        problems.add(f"{base / c['meta']}: cannot read ({type(e).__name__}: {e})")
+        meta = read_cifar_pickle(path)
+    except Exception as e:  # OSError, EOFError, ValueError, UnpicklingError, ...
+        problems.add(f"{path}: cannot read ({describe_error(e)})")
+        return ()
+    if key not in meta:
+        problems.add(f"{path}: no {key!r} entry")
+        return ()
+    return tuple(check_class_list(meta[key], f"{path}: {key!r}", problems) or ())
+
+
+def _cifar_batch(path: Path, label_key: str, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """images (N, 3, 32, 32) and labels (N,) of one batch; ``ValueError`` naming what is wrong."""
+    batch = read_cifar_pickle(path)
+    missing = [k for k in ("data", label_key) if k not in batch]
+    if missing:
+        raise ValueError(f"no {missing[0]!r} entry")
+    data, lab = batch["data"], batch[label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"'data' must be uint8 N×3072 (3×32×32), found {found}")
+    if isinstance(lab, list) and not all(type(v) is int for v in lab):  # nested lists could expand enormously
+        raise ValueError(f"{label_key!r} must be a list of integers")
+    lab = np.asarray(lab) if isinstance(lab, (list, np.ndarray)) else np.zeros((0, 0))
+    if lab.ndim != 1 or len(lab) != len(data) or (len(lab) and not np.issubdtype(lab.dtype, np.integer)):
+        raise ValueError(f"{len(data)} images but {label_key!r} holds {lab.shape} {lab.dtype}")
+    bad = np.flatnonzero((lab < 0) | (lab >= max(len(classes), 1)))
+    if classes and len(bad):
+        raise ValueError(f"label {lab[bad[0]]} out of range [0, {len(classes)}) at row {_rows(bad)}")
+    return data.reshape(-1, 3, 32, 32), lab.astype(np.int64)
+
+
+def _load_cifar(arg: str, spec: str, opts: LoadOptions, name: str) -> AuditDataset:
+    c = CIFAR[name]
+    base = _find_cifar(Path(arg), c, spec, opts)
+    problems = Problems(spec)
+    classes = _cifar_classes(base / c["meta"], c["meta_key"], problems)
     parts = []
     for split in (TRAIN, TEST):
         images, labels = [], []
@@ -229,27 +300,15 @@ def _load_cifar(arg: str, spec: str, opts: LoadOptions, name: str) -> AuditDatas
                 problems.add(f"{path}: no such file")
                 continue
             try:
-                batch = read_cifar_pickle(path)
-                data, lab = batch["data"], np.asarray(batch[c["label_key"]])
-            except KeyError as e:
-                problems.add(f"{path}: no {e.args[0]!r} entry")
+                im, lab = _cifar_batch(path, c["label_key"], classes)
+            except ValueError as e:
+                problems.add(f"{path}: {e}")
                 continue
-            except (OSError, EOFError, ValueError, pickle.UnpicklingError, TypeError, AttributeError) as e:
-                problems.add(f"{path}: cannot read ({type(e).__name__}: {e})")
+            except Exception as e:  # OSError, EOFError, UnpicklingError, OverflowError, ...
+                problems.add(f"{path}: cannot read ({describe_error(e)})")
                 continue
-            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-                found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-                problems.add(f"{path}: 'data' must be uint8 N×3072 (3×32×32), found {found}")
-                continue
-            if lab.ndim != 1 or len(lab) != len(data) or (len(lab) and not np.issubdtype(lab.dtype, np.integer)):
-                problems.add(f"{path}: {len(data)} images but {c['label_key']!r} holds {lab.shape} {lab.dtype}")
-                continue
-            bad = np.flatnonzero((lab < 0) | (lab >= max(len(classes), 1)))
-            if classes and len(bad):
-                problems.add(f"{path}: label {lab[bad[0]]} out of range [0, {len(classes)}) at row {_rows(bad)}")
-                continue
-            images.append(data.reshape(-1, 3, 32, 32))
-            labels.append(lab.astype(np.int64))
+            images.append(im)
+            labels.append(lab)
         if images and len(images) == len(c[split]):
             parts.append((split, np.concatenate(images), np.concatenate(labels)))
     problems.raise_if_any()
