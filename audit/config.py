@@ -92,8 +92,8 @@ class RunConfig:
                       results=False)
     ray_address: str | None = opt(None, "Ray cluster to join with --engine ray (auto, ray://host:port); "
                                   "default: start Ray on this machine", results=False)
-    max_image_pixels: int | None = opt(None, "refuse images with more pixels than this "
-                                       "(default: the loaders' cap, 178956970 like Pillow)", lo=1, results=False)
+    max_image_pixels: int | None = opt(None, "refuse image files with more pixels than this "
+                                       "(default: $AUDIT_MAX_IMAGE_PIXELS or 50,000,000)", lo=1, results=False)
     arch: str | None = opt(None, f"architecture {_DS}", choices=ARCHS)
     width: float | None = opt(None, f"width multiplier of the architecture {_DS}", lo=0, lo_open=True, hi=64)
     epochs: int | None = opt(None, f"natural model epochs {_DS}", lo=1, hi=100000)

@@ -52,7 +52,7 @@ def _package_versions() -> dict[str, str]:
 
 def prepare_dataset(cfg: RunConfig) -> AuditDataset:
     """Load ``cfg.dataset`` and inject ``cfg.noise`` into its training labels."""
-    ds = load_dataset(cfg.dataset, download=cfg.download)
+    ds = load_dataset(cfg.dataset, download=cfg.download, max_image_pixels=cfg.max_image_pixels)
     # the fingerprint of the data as it lies on disk, before any injected noise: what a reader of the
     # run directory checks before it reads images (the run's ``fingerprint`` covers the noisy labels)
     ds.extra["source_fingerprint"] = ds.fingerprint()
