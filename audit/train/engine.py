@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from audit.config import AUGMENTS
 from audit.device import autocast
+from audit.rows import take
 from audit.train.attacks import FGSM, PGD, TradesKL
 
 METHODS = ("natural", "pgd", "trades", "fgsm")
@@ -175,7 +176,7 @@ class _Records:
 
 def train_model(
     model: nn.Module,
-    images: torch.Tensor,
+    images,
     labels: torch.Tensor,
     spec: TrainSpec,
     *,
@@ -186,6 +187,9 @@ def train_model(
     compile: bool = False,
 ) -> TrainResult:
     """Train ``model`` on uint8 ``images`` (N, C, H, W) with int64 ``labels`` (N,) by ``spec.method``.
+
+    ``images`` is a torch tensor (held on the device), or a numpy array, memmap or
+    :class:`audit.rows.Rows` read one batch at a time.
 
     Resumes from ``checkpoint`` (a ``.pt`` written every epoch, loaded with ``weights_only=True``)
     when it exists, and deletes it when training is complete. ``compile`` runs the training forward
@@ -199,9 +203,11 @@ def train_model(
     t0 = time.perf_counter()
     n = len(labels)
     model = model.to(device)
-    if device.type == "cuda" and images.dim() == 4:
+    if device.type == "cuda" and len(images.shape) == 4:
         model = model.to(memory_format=torch.channels_last)
-    images, labels = images.to(device), labels.to(device)
+    if isinstance(images, torch.Tensor):  # in memory: moved to the device once
+        images = images.to(device)
+    labels = labels.to(device)  # anything else (a memmap, audit.rows.Rows) is read batch by batch
     net = torch.compile(model) if compile else model  # same parameters; state_dicts stay un-prefixed
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
                           nesterov=True)
@@ -257,7 +263,7 @@ def _train_epoch(net, opt, images, labels, spec: TrainSpec, epoch: int, gen, rec
         for g in opt.param_groups:
             g["lr"] = lr
         idx = perm[b * spec.batch_size:(b + 1) * spec.batch_size]
-        x, y = augment_batch(_to_float(images[idx]), spec.augment, aug_gen), labels[idx]
+        x, y = augment_batch(_to_float(take(images, idx).to(device)), spec.augment, aug_gen), labels[idx]
         if device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         loss, loss_vec, margin, correct = _batch_loss(net, x, y, spec, attack, device)
