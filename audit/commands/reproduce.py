@@ -32,7 +32,7 @@ def _common(p) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds per grid point (the 95%% bands are over seeds)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: all cores; 1 is faster on a machine others are using)")
+                   help="torch CPU threads (default: the idle cores, at most 8; 1 on a machine others are using)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
     t.add_argument("--n-attack", type=int, default=None, help="test samples attacked (default 250)")
     t.add_argument("--width", type=float, default=None, help="hidden width multiplier (1 = 256 units)")
     t.add_argument("--min-epochs", type=int, default=None, help="train at least this long, then until zero training error")
-    t.add_argument("--max-epochs", type=int, default=None)
+    t.add_argument("--max-epochs", type=int, default=None, help="stop here even above zero training error (default 400)")
     t.add_argument("--optimizer", choices=["adam", "sgd"], default=None, help="default adam")
     t.add_argument("--lr", type=float, default=None, help="default 1e-3 (adam)")
     t.add_argument("--eps", type=_floats, default=None, help="attack radii (default 64/255; --quick 0.05,0.1,64/255)")
@@ -72,11 +72,12 @@ def add_parser(sub) -> None:
     n.add_argument("--etas", type=_floats, default=None, help="label noise rates (default 0,0.1,0.2,0.3,0.4)")
     n.add_argument("--eps", type=_floats, default=None,
                    help="attack radii in [0,1] pixel units (default 1/4, 1/2, 1 x the dataset's training eps)")
-    n.add_argument("--arch", choices=["mlp", "mnist_cnn", "resnet18"], default=None)
-    n.add_argument("--width", type=float, default=None)
+    n.add_argument("--arch", choices=["mlp", "mnist_cnn", "resnet18"], default=None,
+                   help="architecture (default: the dataset's, as `audit run` picks it)")
+    n.add_argument("--width", type=float, default=None, help="width multiplier (default: the dataset's)")
     n.add_argument("--epochs", type=int, default=None, help="training epochs (dataset default; --quick 30)")
-    n.add_argument("--lr", type=float, default=None)
-    n.add_argument("--batch-size", type=int, default=None)
+    n.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the dataset's)")
+    n.add_argument("--batch-size", type=int, default=None, help="batch size (default: the dataset's)")
     n.add_argument("--steps", type=int, default=None, help="PGD steps (default 20; --quick 10)")
     n.add_argument("--n-attack", type=int, default=None, help="test images attacked (default 1000)")
     n.set_defaults(func=main)

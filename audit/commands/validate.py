@@ -12,7 +12,10 @@ import json
 def add_parser(sub) -> None:
     from audit.data.validate import DEFAULT_MIN_TRAIN_PER_CLASS
 
-    p = sub.add_parser("validate", help="load and check a dataset without training; print a summary")
+    p = sub.add_parser("validate", help="load and check a dataset without training; print a summary",
+                       description="Load DATASET as `audit run` would, check every file, row and label, and print "
+                                   "counts per class and split, image size and channels, exact duplicates and "
+                                   "classes too small to audit. Exit 2 naming every problem found.")
     p.add_argument("--dataset", default="digits", help="dataset spec: digits, npz:PATH, mnist:ROOT, fashion-mnist:ROOT, "
                    "cifar10:ROOT, cifar100:ROOT, folder:PATH, csv:PATH, parquet:PATH")
     p.add_argument("--download", action="store_true", help="allow torchvision sources to download (never by default)")

@@ -53,8 +53,12 @@ def load_dataset(spec: str, *, download: bool = False, memory_budget_mb: float |
     """
     prefix, _, arg = spec.partition(":")
     if prefix not in SOURCES:
+        import difflib
+
         known = ", ".join(sorted(SOURCES))
-        raise AuditInputError(f"--dataset {spec!r}: unknown source {prefix!r} (known: {known})")
+        close = difflib.get_close_matches(prefix, SOURCES, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AuditInputError(f"--dataset {spec!r}: unknown source {prefix!r} (known: {known}){hint}")
     if prefix != "digits" and not arg:
         raise AuditInputError(f"--dataset {spec!r}: {prefix} needs a path, e.g. {prefix}:PATH")
     if "\0" in arg:

@@ -50,15 +50,17 @@ def band(ax, x, mean, half, *, color, label, ls="-", marker="o"):
 
 @contextmanager
 def cpu_threads(n: int | None):
-    """Run with ``n`` torch CPU threads (None or 0: leave as is), restoring the previous number after.
+    """Run with ``n`` torch CPU threads (None or 0: :func:`audit.config.default_threads`), restoring
+    the previous number after.
 
     One thread is much faster than two on a machine whose cores other processes are using (OpenMP
     threads spin waiting for each other)."""
     import torch
 
+    from audit.config import default_threads
+
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
+    torch.set_num_threads(int(n) if n else default_threads())
     try:
         yield
     finally:
