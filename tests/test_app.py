@@ -270,3 +270,96 @@ def test_audit_app_refuses_a_missing_run_and_binds_loopback(tmp_path, capsys):
     cmd = streamlit_command(tmp_path, args.host, 8501)
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     assert cmd[-1] == str(tmp_path)
+
+
+# -- text from data is shown as text (issue 12) -----------------------------------------------------------
+HOSTILE_CLASSES = ['<img src=x onerror="window.__x=1">', "<style>*{visibility:hidden}</style>",
+                   "[click](javascript:window.__x=3)", "**bold** _it_", ":red[red] :material/label: $x^2$",
+                   "![i](http://example.com/x.png)", '<iframe srcdoc="<script>parent.__x=2</script>">', "`tick`",
+                   "two\nlines", "5"]
+HOSTILE_ID = "<img src=x onerror=window.__x=4>"  # appended to every example id
+HOSTILE_REVIEWER = "<svg onload=window.__x=5> **me**"
+# What must never reach the page as it is, outside the components that show plain text.
+RAW = ("<img src=x onerror=", "<style>*{visibility", "](javascript:", "**bold**", ":red[red]", "![i](",
+       "<iframe srcdoc=", "<svg onload=", "**me**")
+PLAIN_TEXT = {"dataframe", "vega_lite_chart", "selectbox", "multiselect", "text", "code", "text_input"}
+
+
+def _hostile_ids(run: Path) -> None:
+    """Every example id in the run's tables gets HTML appended (consistently across the tables)."""
+    ex = pd.read_parquet(run / "examples.parquet")
+    ex["example_id"] = ex["example_id"].astype(str) + HOSTILE_ID
+    ex["neighbor_ids"] = [[f"{n}{HOSTILE_ID}" for n in ids] for ids in ex["neighbor_ids"]]
+    ex["category_reason"] = "torn between " + HOSTILE_CLASSES[0] + " and " + HOSTILE_CLASSES[2]
+    ex.to_parquet(run / "examples.parquet")
+    pairs = pd.read_parquet(run / "pairs.parquet")
+    pairs["test_id"] = pairs["test_id"].astype(str) + HOSTILE_ID
+    pairs["train_id"] = pairs["train_id"].astype(str) + HOSTILE_ID
+    pairs.to_parquet(run / "pairs.parquet")
+    with np.load(run / "dynamics.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["example_ids"] = np.char.add(arrays["example_ids"].astype(str), HOSTILE_ID)
+    np.savez(run / "dynamics.npz", **arrays)
+
+
+@pytest.fixture
+def hostile_run(review_run):
+    """The digits run with HTML, Markdown and script in its class names, example ids, category reasons
+    and a reviewer's name."""
+    import json
+
+    run, _ = review_run
+    man = json.loads((run / "manifest.json").read_text())
+    man["dataset"]["class_names"] = HOSTILE_CLASSES
+    (run / "manifest.json").write_text(json.dumps(man))
+    _hostile_ids(run)
+    ex = pd.read_parquet(run / "examples.parquet")
+    for split in ("train", "test"):
+        first = ex[ex.split == split].sort_values("issue_score", ascending=False)["example_id"].iloc[0]
+        DecisionStore(run).record(first, "relabel", reviewer=HOSTILE_REVIEWER, new_label=3)
+    return run
+
+
+def raw_leaks(at: AppTest) -> list[tuple[str, str]]:
+    """(element type, text) for every element outside PLAIN_TEXT whose content carries a hostile string
+    unescaped (Streamlit renders all of those as Markdown, or as HTML)."""
+    leaks = []
+    for node in at._tree:
+        proto = getattr(node, "proto", None)
+        if proto is None or node.type in PLAIN_TEXT:
+            continue
+        text = str(proto)  # st.html takes no Markdown: there only tags count
+        leaks += [(node.type, raw) for raw in RAW if raw in text and (node.type != "html" or raw[0] == "<")]
+    return leaks
+
+
+def test_names_from_data_reach_every_page_escaped(hostile_run):
+    from app import ui
+
+    at = open_app()
+    assert raw_leaks(at) == []
+    assert list(at.dataframe[1].value["class"]) == HOSTILE_CLASSES  # tables show the names as they are
+    at.switch_page(REVIEW).run()
+    assert not at.exception and raw_leaks(at) == []
+    # the open example's id and label go into HTML escaped; a button label carries the name escaped
+    ex = pd.read_parquet(hostile_run / "examples.parquet").set_index("example_id")
+    given = HOSTILE_CLASSES[int(ex.at[current_id(at), "given_label"])]
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert f"{ui.esc(current_id(at))} · train" in html and f">{ui.esc(given)}</div>" in html
+    assert at.button(key="decide_keep").label == f"Keep {ui.md(given)}"
+    assert ui.md(HOSTILE_CLASSES[3]) == r"\*\*bold\*\* \_it\_" and ui.md("a\nb") == "a b"
+    decided = DecisionStore(hostile_run).latest()["example_id"].iloc[0]
+    at = open_app(REVIEW, example=decided)  # a decision by the hostile reviewer
+    assert any(ui.md(HOSTILE_REVIEWER) in s.value for s in at.success) and raw_leaks(at) == []
+    at.segmented_control(key="f_split").set_value("test").run()
+    at.segmented_control(key="f_status").set_value("all").run()
+    assert not at.exception and raw_leaks(at) == []
+    at = open_app(REVIEW, example=HOSTILE_CLASSES[0])  # a link naming no example: the warning quotes it as text
+    assert any(ui.md(HOSTILE_CLASSES[0]) in w.value for w in at.warning) and raw_leaks(at) == []
+    for reason in ("robust_error", "natural_error"):
+        at = open_app("views/pairs.py")
+        at.segmented_control(key="pairs_reason").set_value(reason).run()
+        assert not at.exception and raw_leaks(at) == []
+    at = open_app(DECISIONS)
+    assert not at.exception and raw_leaks(at) == []
+    assert set(at.dataframe[0].value["reviewer"]) == {HOSTILE_REVIEWER}
