@@ -363,3 +363,79 @@ def test_names_from_data_reach_every_page_escaped(hostile_run):
     at = open_app(DECISIONS)
     assert not at.exception and raw_leaks(at) == []
     assert set(at.dataframe[0].value["reviewer"]) == {HOSTILE_REVIEWER}
+
+
+# -- joint fixes across the split (issue 16) ----------------------------------------------------------------
+def _decision(choice: int, given: int) -> tuple[str, int | None]:
+    return ("keep", None) if choice == given else ("relabel", choice)
+
+
+def test_joint_fix_on_the_pairs_page_records_the_test_and_the_training_label(review_run):
+    from app import ui
+
+    run, _ = review_run
+    ex = pd.read_parquet(run / "examples.parquet").set_index("example_id")
+    pairs = pd.read_parquet(run / "pairs.parquet")
+    at = open_app("views/pairs.py")  # opens on the robust model's errors
+    fixes = [b for b in at.button if b.key and b.key.startswith("joint_fix_")]
+    assert fixes and fixes[0].label == "Record both"  # test images whose partner is flagged come first
+    k = fixes[0].key[len("joint_fix_"):]
+    test_id = {ui.key(t): t for t in pairs["test_id"].unique()}[k]
+    partners = pairs[(pairs.test_id == test_id) & (pairs.reason == "robust_error")].sort_values("rank")
+    train_id = next(t for t in partners["train_id"] if ex.at[t, "is_label_issue"])  # the top flagged partner
+    t, tr = ex.loc[test_id], ex.loc[train_id]
+
+    # the defaults: the test label's suggestion when it is flagged (else kept), the partner's suggestion
+    at.button(key=f"joint_fix_{k}").click().run()
+    assert not at.exception
+    log = DecisionStore(run).log()
+    want_test = _decision(int(t.suggested_label if t.is_label_issue else t.given_label), int(t.given_label))
+    want_train = _decision(int(tr.suggested_label), int(tr.given_label))
+    got = [(r.example_id, r.decision, None if pd.isna(r.new_label) else int(r.new_label), r.reviewer)
+           for r in log.itertuples()]
+    assert got == [(test_id, *want_test, "tester"), (train_id, *want_train, "tester")]
+    assert any(s.value.startswith("Recorded both") for s in at.success)
+
+    # chosen labels: the test image relabelled, the training image removed; another reviewer decided the
+    # training image while the page was open: both rows kept, the conflict reported
+    other = (int(t.given_label) + 1) % 10
+    at.selectbox(key=f"joint_test_{k}").set_value(other)
+    at.selectbox(key=f"joint_train_{k}").set_value(-1)
+    DecisionStore(run).record(train_id, "keep", reviewer="zoe")
+    at.button(key=f"joint_fix_{k}").click().run()
+    assert not at.exception
+    latest = DecisionStore(run).latest().set_index("example_id")
+    assert (latest.at[test_id, "decision"], latest.at[test_id, "new_label"]) == ("relabel", other)
+    assert latest.at[train_id, "decision"] == "remove" and latest.at[train_id, "reviewer"] == "tester"
+    assert any("zoe" in w.value for w in at.warning)
+    assert len(DecisionStore(run).log()) == 5
+
+
+def test_audit_app_on_a_busy_port_says_so_and_suggests_another(review_run, capsys, monkeypatch):
+    import os
+    import socket
+
+    from audit.cli import main as cli
+    from audit.commands.app import streamlit_command
+
+    run, _ = review_run
+
+    def no_server(*_):
+        raise AssertionError("the server was started on a busy port")
+
+    monkeypatch.setattr(os, "execve", no_server)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert cli(["app", str(run), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no URL printed for a server that will not start
+    assert err.startswith(f"audit: error: --port {port}: 127.0.0.1:{port} is already in use")
+    assert "choose another with --port " in err
+    # offline: no usage statistics, and the page icon is a file the app serves
+    cmd = streamlit_command(run, "127.0.0.1", port)
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
+    from app.streamlit_app import ICON
+
+    assert ICON.is_file() and ICON.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -58,11 +58,12 @@ def _decision_of(choice: int, given: int) -> tuple[str, int | None]:
 
 def joint_fix(run_dir: str, test: tuple, train: tuple, reviewer: str) -> None:
     """Record both decisions of a pair (callback of "Record both"). ``test`` and ``train``: (example id,
-    given label, chosen label or :data:`REMOVE`, the ``seq`` the page was based on)."""
+    given label, the key of the selectbox holding the chosen label or :data:`REMOVE`, the ``seq`` the
+    page was based on). The choices are read at the click, not when the button was drawn."""
     store = DecisionStore(run_dir)
     done = []
-    for ex, given, choice, based_on in (test, train):
-        decision, new_label = _decision_of(int(choice), int(given))
+    for ex, given, choice_key, based_on in (test, train):
+        decision, new_label = _decision_of(int(st.session_state[choice_key]), int(given))
         done.append(store.record(ex, decision, reviewer=reviewer, new_label=new_label, based_on=based_on))
     st.session_state["pairs_flash"] = done
 
@@ -79,16 +80,18 @@ def joint_fix_ui(run: ui.Run, t: pd.Series, tr: pd.Series, rank: int) -> None:
     store = DecisionStore(run.dir)
     with st.popover("Fix both", icon=":material/build:", width="stretch"):
         st.caption(f"Decide the test label and the label of training partner #{int(rank)} together.")
-        tl = st.selectbox("Test label", classes, index=test_default if test_default in classes else 0,
+        st.selectbox("Test label", classes, index=test_default if test_default in classes else 0,
                           format_func=run.name, key=f"joint_test_{k}")
         options = [*classes, REMOVE]
-        rl = st.selectbox(f"Training label of #{int(rank)}", options,
+        st.selectbox(f"Training label of #{int(rank)}", options,
                           index=options.index(train_default) if train_default in options else 0,
                           format_func=lambda c: "remove it from training" if c == REMOVE else run.name(c),
                           key=f"joint_train_{k}")
         st.button("Record both", key=f"joint_fix_{k}", type="primary", icon=":material/done_all:",
-                  on_click=joint_fix, args=(str(run.dir), (test_id, int(t["given_label"]), tl, store.last_seq(test_id)),
-                                            (train_id, int(tr["given_label"]), rl, store.last_seq(train_id)),
+                  on_click=joint_fix, args=(str(run.dir),
+                                            (test_id, int(t["given_label"]), f"joint_test_{k}", store.last_seq(test_id)),
+                                            (train_id, int(tr["given_label"]), f"joint_train_{k}",
+                                             store.last_seq(train_id)),
                                             ui.reviewer()))
 
 
