@@ -51,18 +51,25 @@ MODEL_NAME = {"natural": "natural", "pgd": "PGD-AT", "trades": "TRADES"}
 _MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character (CommonMark escapes them all)
 _BADGE_PUNCT = re.compile(r"([!-/:-@\\^-`{-~])")  # the same less [ and ]: st.badge escapes those itself
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
+# GitHub's autolink literals (http://..., www.x, a@b.c) survive escaping: a word joiner (U+2060, invisible)
+# inside each keeps them text
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)", re.IGNORECASE)
+
+
+def _plain(value) -> str:
+    return _AUTOLINK.sub("\u2060", _LINE_BREAKS.sub(" ", str(value)))
 
 
 def md(value) -> str:
     """``value`` as literal text inside a string Streamlit renders as Markdown: every ASCII punctuation
     character backslash-escaped (no emphasis, links, images, HTML, directives, icons or math), line
-    breaks as spaces."""
-    return _MD_PUNCT.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(value)))
+    breaks as spaces, autolinks broken by an invisible word joiner."""
+    return _MD_PUNCT.sub(r"\\\1", _plain(value))
 
 
 def md_badge(value) -> str:
     """``value`` as literal text for ``st.badge``'s label (which escapes square brackets itself)."""
-    return _BADGE_PUNCT.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(value)))
+    return _BADGE_PUNCT.sub(r"\\\1", _plain(value))
 
 
 def esc(value) -> str:
