@@ -68,7 +68,7 @@ def test_app_renders_flagged_grid(digits_run, monkeypatch):
     at = AppTest.from_file(str(app_path()), default_timeout=60)
     at.run()  # no run directory given: a clear message, no exception
     assert not at.exception
-    assert any("examples.parquet" in e.value for e in at.error)
+    assert any(r"no examples\.parquet" in e.value for e in at.error)  # the message quotes the path as text
     at = AppTest.from_file(str(app_path()), default_timeout=60)
     monkeypatch.setattr(sys, "argv", ["streamlit_app.py", str(out)])
     at.run()
