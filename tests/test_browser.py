@@ -158,15 +158,12 @@ def _metric(page, label: str) -> str:
 
 def test_review_in_a_real_browser_decisions_survive_reload_and_restart(browser_run, browser, tmp_path):
     run = browser_run
-    ex = pd.read_parquet(run / "examples.parquet")
-    flagged = ex[(ex.split == "train") & ex.is_label_issue].sort_values(["issue_score", "example_id"],
-                                                                         ascending=[False, True])
+    ex = pd.read_parquet(run / "examples.parquet").query("split == 'train' and is_label_issue")
+    flagged = ex.sort_values(["issue_score", "example_id"], ascending=[False, True])
     order = flagged["example_id"].tolist()
     suggested = int(flagged.set_index("example_id").at[order[1], "suggested_label"])
     page_pictures = GRID + 1 + NEIGHBOURS
-
-    requests: list[str] = []
-    server = AppServer(run, tmp_path / "app.log")
+    server, requests = AppServer(run, tmp_path / "app.log"), []
     try:
         page = _open(browser, server, "/", requests)
         page.get_by_text("Natural versus robust training").wait_for()

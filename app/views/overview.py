@@ -97,6 +97,15 @@ def confusion_ui(run: ui.Run, df: pd.DataFrame) -> None:
     st.altair_chart((heat + text).properties(height=side), width="stretch")
 
 
+def run_summary(run: ui.Run) -> str:
+    """Dataset spec, models, attack, seed and injected noise, as plain text (from the manifest)."""
+    cfg = run.manifest.get("config", {})
+    models = ", ".join(ui.MODEL_NAME.get(m, m) for m in run.models)
+    noise = f" · {ui.pct(cfg['noise'])} {cfg.get('noise_kind', '')} noise injected" if cfg.get("noise") else ""
+    return (f"{run.manifest['dataset']['spec']} · models {models} · {cfg.get('norm', '')} eps {cfg.get('eps', '?')}"
+            f" · seed {cfg.get('seed', '?')}{noise}")
+
+
 def main() -> None:
     run = ui.current_run()
     df = data.examples(run.dir)
@@ -104,11 +113,7 @@ def main() -> None:
     train_ids = df.loc[df["split"] == "train"]
     decided = int(train_ids.loc[train_ids["is_label_issue"], "example_id"].isin(latest["example_id"]).sum())
     st.header("Overview", anchor=False)
-    cfg = run.manifest.get("config", {})
-    models = ", ".join(ui.MODEL_NAME.get(m, m) for m in run.models)
-    noise = f" · {ui.pct(cfg['noise'])} {cfg.get('noise_kind', '')} noise injected" if cfg.get("noise") else ""
-    st.caption(ui.md(f"{run.manifest['dataset']['spec']} · models {models} · {cfg.get('norm', '')} eps "
-                     f"{cfg.get('eps', '?')} · seed {cfg.get('seed', '?')}{noise}"))
+    st.caption(ui.md(run_summary(run)))
     headline_ui(run, df, decided)
     if decided < int(df.loc[df["split"] == "train", "is_label_issue"].sum()):
         st.page_link("views/review.py", label="Review the flagged examples", icon=":material/arrow_forward:")
