@@ -12,6 +12,10 @@ import streamlit as st
 from app import data, ui
 
 HERE = Path(__file__).resolve().parent
+# The page icon is a file served by the app itself: a ":material/...:" icon would make the browser fetch
+# the favicon from fonts.gstatic.com (the app loads nothing from the internet). An emoji (a data: URL)
+# stands in if the file is missing from an install.
+ICON = HERE / "static" / "icon.png"
 PAGES = (
     ("views/overview.py", "Overview", ":material/dashboard:", "overview"),
     ("views/review.py", "Review queue", ":material/checklist:", "review"),
@@ -25,24 +29,35 @@ def sidebar_ui(run: ui.Run) -> str:
     with st.sidebar:
         st.title("benign-audit")
         ds = run.manifest["dataset"]
-        st.caption(f"**{ds.get('name', ds['spec'])}** · {ds.get('num_train', '?')} train / "
-                   f"{ds.get('num_test', '?')} test · {len(run.class_names)} classes  \n`{run.dir}`")
+        st.caption(f"**{ui.md(ds.get('name', ds['spec']))}** · {ui.md(ds.get('num_train', '?'))} train / "
+                   f"{ui.md(ds.get('num_test', '?'))} test · {len(run.class_names)} classes  \n{ui.md(run.dir)}")
         name = st.text_input("Reviewer", value=ui.default_reviewer(), key="reviewer", bind="query-params",
                              help="Stored with every decision you make.")
     return (name or "").strip() or ui.default_reviewer()
 
 
+def dataset_notice_ui(run: ui.Run) -> None:
+    """Why no image is shown, on every page: the run's dataset does not match its recorded fingerprint
+    (:func:`app.data.dataset_notice`, where the data layer has it). Plain text: it may quote the manifest."""
+    notice_of = getattr(data, "dataset_notice", None)
+    notice = notice_of(run.dir) if callable(notice_of) else None
+    if notice:
+        st.warning(ui.md(notice), icon=":material/image_not_supported:")
+
+
 def main() -> None:
-    st.set_page_config(page_title="benign-audit review", page_icon=":material/label:", layout="wide")
+    st.set_page_config(page_title="benign-audit review", page_icon=str(ICON) if ICON.is_file() else "🏷️",
+                       layout="wide")
     run_path = data.run_dir_from_argv()
     problem = data.run_problem(run_path)
     if problem:
         st.title("benign-audit")
-        st.error(problem)
+        st.error(ui.md(problem))
         return
     run = ui.current_run()
     ui.style()
     sidebar_ui(run)
+    dataset_notice_ui(run)
     pages = [st.Page(str(HERE / path), title=title, icon=icon, url_path=None if i == 0 else slug, default=(i == 0))
              for i, (path, title, icon, slug) in enumerate(PAGES)]
     st.navigation(pages, position="top").run()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import getpass
+import hashlib
+import html
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +40,49 @@ DECISION_ICON = {"keep": "✓", "relabel": "✎", "remove": "✕", "skip": "↷"
 MODEL_NAME = {"natural": "natural", "pgd": "PGD-AT", "trades": "TRADES"}
 
 
+# -- text from data ------------------------------------------------------------------------------------
+# Every string that comes from the dataset or the run directory (class names, example ids, paths,
+# category reasons, signal names, reviewer names, manifest fields, the URL's ?example=) reaches the page
+# through one of these three, or through a component that shows plain text (st.text, st.code, the
+# cells of st.dataframe / st.table, selectbox and multiselect options, Altair charts). Streamlit renders
+# nearly every other string as Markdown (st.markdown, captions, alerts, labels of buttons, metrics, tabs
+# and expanders, image captions, help tooltips): there a name like ``**x**``, ``[a](javascript:...)``,
+# ``![i](http://host/x.png)`` (a request to another host), ``:red[x]`` or ``$x$`` would be formatted.
+_MD_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character (CommonMark escapes them all)
+_BADGE_PUNCT = re.compile(r"([!-/:-@\\^-`{-~])")  # the same less [ and ]: st.badge escapes those itself
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
+# GitHub's autolink literals (http://..., www.x, a@b.c) survive escaping: a word joiner (U+2060, invisible)
+# inside each keeps them text
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?=@)", re.IGNORECASE)
+
+
+def _plain(value) -> str:
+    return _AUTOLINK.sub("\u2060", _LINE_BREAKS.sub(" ", str(value)))
+
+
+def md(value) -> str:
+    """``value`` as literal text inside a string Streamlit renders as Markdown: every ASCII punctuation
+    character backslash-escaped (no emphasis, links, images, HTML, directives, icons or math), line
+    breaks as spaces, autolinks broken by an invisible word joiner."""
+    return _MD_PUNCT.sub(r"\\\1", _plain(value))
+
+
+def md_badge(value) -> str:
+    """``value`` as literal text for ``st.badge``'s label (which escapes square brackets itself)."""
+    return _BADGE_PUNCT.sub(r"\\\1", _plain(value))
+
+
+def esc(value) -> str:
+    """``value`` as literal text inside HTML (``st.html``): ``& < > " '`` escaped."""
+    return html.escape(str(value), quote=True)
+
+
+def key(value) -> str:
+    """A widget key for a string from data (an example id): a short hash, since keys end up in CSS
+    class names (``st-key-...``) and must not carry the data itself."""
+    return hashlib.sha1(str(value).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Run:
     """What every page needs about the run under review."""
@@ -47,10 +93,15 @@ class Run:
     models: tuple[str, ...]
 
     def name(self, k) -> str:
+        """The class name of label ``k`` as plain text (for components that show plain text)."""
         try:
             return self.class_names[int(k)]
         except (TypeError, ValueError, IndexError):
             return "?"
+
+    def md_name(self, k) -> str:
+        """The class name of label ``k`` for a string rendered as Markdown (:func:`md`)."""
+        return md(self.name(k))
 
 
 def current_run() -> Run | None:
@@ -109,11 +160,16 @@ def decision_text(run: Run, decision: str, new_label, given_label=None) -> str:
     return decision
 
 
-def pct(x) -> str:
+def num(x, spec: str = ".3f") -> str:
+    """``x`` formatted as a number, or "–" when it is missing or not a number (a manifest is data)."""
     try:
-        return f"{float(x):.1%}"
+        return format(float(x), spec)
     except (TypeError, ValueError):
         return "–"
+
+
+def pct(x) -> str:
+    return num(x, ".1%")
 
 
 def style() -> None:

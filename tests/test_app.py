@@ -68,7 +68,7 @@ def test_app_renders_flagged_grid(digits_run, monkeypatch):
     at = AppTest.from_file(str(app_path()), default_timeout=60)
     at.run()  # no run directory given: a clear message, no exception
     assert not at.exception
-    assert any("examples.parquet" in e.value for e in at.error)
+    assert any(r"no examples\.parquet" in e.value for e in at.error)  # the message quotes the path as text
     at = AppTest.from_file(str(app_path()), default_timeout=60)
     monkeypatch.setattr(sys, "argv", ["streamlit_app.py", str(out)])
     at.run()
@@ -270,3 +270,172 @@ def test_audit_app_refuses_a_missing_run_and_binds_loopback(tmp_path, capsys):
     cmd = streamlit_command(tmp_path, args.host, 8501)
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     assert cmd[-1] == str(tmp_path)
+
+
+# -- text from data is shown as text (issue 12) -----------------------------------------------------------
+HOSTILE_CLASSES = ['<img src=x onerror="window.__x=1">', "<style>*{visibility:hidden}</style>",
+                   "[click](javascript:window.__x=3)", "**bold** _it_", ":red[red] :material/label: $x^2$",
+                   "![i](http://example.com/x.png)", '<iframe srcdoc="<script>parent.__x=2</script>">', "`tick`",
+                   "two\nlines", "5"]
+HOSTILE_ID = "<img src=x onerror=window.__x=4>"  # appended to every example id
+HOSTILE_REVIEWER = "<svg onload=window.__x=5> **me**"
+# What must never reach the page as it is, outside the components that show plain text.
+RAW = ("<img src=x onerror=", "<style>*{visibility", "](javascript:", "**bold**", ":red[red]", "![i](",
+       "<iframe srcdoc=", "<svg onload=", "**me**")
+PLAIN_TEXT = {"dataframe", "vega_lite_chart", "selectbox", "multiselect", "text", "code", "text_input"}
+
+
+def _hostile_ids(run: Path) -> None:
+    """Every example id in the run's tables gets HTML appended (consistently across the tables)."""
+    ex = pd.read_parquet(run / "examples.parquet")
+    ex["example_id"] = ex["example_id"].astype(str) + HOSTILE_ID
+    ex["neighbor_ids"] = [[f"{n}{HOSTILE_ID}" for n in ids] for ids in ex["neighbor_ids"]]
+    ex["category_reason"] = "torn between " + HOSTILE_CLASSES[0] + " and " + HOSTILE_CLASSES[2]
+    ex.to_parquet(run / "examples.parquet")
+    pairs = pd.read_parquet(run / "pairs.parquet")
+    pairs["test_id"] = pairs["test_id"].astype(str) + HOSTILE_ID
+    pairs["train_id"] = pairs["train_id"].astype(str) + HOSTILE_ID
+    pairs.to_parquet(run / "pairs.parquet")
+    with np.load(run / "dynamics.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["example_ids"] = np.char.add(arrays["example_ids"].astype(str), HOSTILE_ID)
+    np.savez(run / "dynamics.npz", **arrays)
+
+
+@pytest.fixture
+def hostile_run(review_run):
+    """The digits run with HTML, Markdown and script in its class names, example ids, category reasons
+    and a reviewer's name."""
+    import json
+
+    run, _ = review_run
+    man = json.loads((run / "manifest.json").read_text())
+    man["dataset"]["class_names"] = HOSTILE_CLASSES
+    (run / "manifest.json").write_text(json.dumps(man))
+    _hostile_ids(run)
+    ex = pd.read_parquet(run / "examples.parquet")
+    for split in ("train", "test"):
+        first = ex[ex.split == split].sort_values("issue_score", ascending=False)["example_id"].iloc[0]
+        DecisionStore(run).record(first, "relabel", reviewer=HOSTILE_REVIEWER, new_label=3)
+    return run
+
+
+def raw_leaks(at: AppTest) -> list[tuple[str, str]]:
+    """(element type, text) for every element outside PLAIN_TEXT whose content carries a hostile string
+    unescaped (Streamlit renders all of those as Markdown, or as HTML)."""
+    leaks = []
+    for node in at._tree:
+        proto = getattr(node, "proto", None)
+        if proto is None or node.type in PLAIN_TEXT:
+            continue
+        text = str(proto)  # st.html takes no Markdown: there only tags count
+        leaks += [(node.type, raw) for raw in RAW if raw in text and (node.type != "html" or raw[0] == "<")]
+    return leaks
+
+
+def test_names_from_data_reach_every_page_escaped(hostile_run):
+    from app import ui
+
+    at = open_app()
+    assert raw_leaks(at) == []
+    assert list(at.dataframe[1].value["class"]) == HOSTILE_CLASSES  # tables show the names as they are
+    at.switch_page(REVIEW).run()
+    assert not at.exception and raw_leaks(at) == []
+    # the open example's id and label go into HTML escaped; a button label carries the name escaped
+    ex = pd.read_parquet(hostile_run / "examples.parquet").set_index("example_id")
+    given = HOSTILE_CLASSES[int(ex.at[current_id(at), "given_label"])]
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert f"{ui.esc(current_id(at))} · train" in html and f">{ui.esc(given)}</div>" in html
+    assert at.button(key="decide_keep").label == f"Keep {ui.md(given)}"
+    assert ui.md(HOSTILE_CLASSES[3]) == r"\*\*bold\*\* \_it\_" and ui.md("a\nb") == "a b"
+    decided = DecisionStore(hostile_run).latest()["example_id"].iloc[0]
+    at = open_app(REVIEW, example=decided)  # a decision by the hostile reviewer
+    assert any(ui.md(HOSTILE_REVIEWER) in s.value for s in at.success) and raw_leaks(at) == []
+    at.segmented_control(key="f_split").set_value("test").run()
+    at.segmented_control(key="f_status").set_value("all").run()
+    assert not at.exception and raw_leaks(at) == []
+    at = open_app(REVIEW, example=HOSTILE_CLASSES[0])  # a link naming no example: the warning quotes it as text
+    assert any(ui.md(HOSTILE_CLASSES[0]) in w.value for w in at.warning) and raw_leaks(at) == []
+    for reason in ("robust_error", "natural_error"):
+        at = open_app("views/pairs.py")
+        at.segmented_control(key="pairs_reason").set_value(reason).run()
+        assert not at.exception and raw_leaks(at) == []
+    at = open_app(DECISIONS)
+    assert not at.exception and raw_leaks(at) == []
+    assert set(at.dataframe[0].value["reviewer"]) == {HOSTILE_REVIEWER}
+
+
+# -- joint fixes across the split (issue 16) ----------------------------------------------------------------
+def _decision(choice: int, given: int) -> tuple[str, int | None]:
+    return ("keep", None) if choice == given else ("relabel", choice)
+
+
+def test_joint_fix_on_the_pairs_page_records_the_test_and_the_training_label(review_run):
+    from app import ui
+
+    run, _ = review_run
+    ex = pd.read_parquet(run / "examples.parquet").set_index("example_id")
+    pairs = pd.read_parquet(run / "pairs.parquet")
+    at = open_app("views/pairs.py")  # opens on the robust model's errors
+    fixes = [b for b in at.button if b.key and b.key.startswith("joint_fix_")]
+    assert fixes and fixes[0].label == "Record both"  # test images whose partner is flagged come first
+    k = fixes[0].key[len("joint_fix_"):]
+    test_id = {ui.key(t): t for t in pairs["test_id"].unique()}[k]
+    partners = pairs[(pairs.test_id == test_id) & (pairs.reason == "robust_error")].sort_values("rank")
+    train_id = next(t for t in partners["train_id"] if ex.at[t, "is_label_issue"])  # the top flagged partner
+    t, tr = ex.loc[test_id], ex.loc[train_id]
+
+    # the defaults: the test label's suggestion when it is flagged (else kept), the partner's suggestion
+    at.button(key=f"joint_fix_{k}").click().run()
+    assert not at.exception
+    log = DecisionStore(run).log()
+    want_test = _decision(int(t.suggested_label if t.is_label_issue else t.given_label), int(t.given_label))
+    want_train = _decision(int(tr.suggested_label), int(tr.given_label))
+    got = [(r.example_id, r.decision, None if pd.isna(r.new_label) else int(r.new_label), r.reviewer)
+           for r in log.itertuples()]
+    assert got == [(test_id, *want_test, "tester"), (train_id, *want_train, "tester")]
+    assert any(s.value.startswith("Recorded both") for s in at.success)
+
+    # chosen labels: the test image relabelled, the training image removed; another reviewer decided the
+    # training image while the page was open: both rows kept, the conflict reported
+    other = (int(t.given_label) + 1) % 10
+    at.selectbox(key=f"joint_test_{k}").set_value(other)
+    at.selectbox(key=f"joint_train_{k}").set_value(-1)
+    DecisionStore(run).record(train_id, "keep", reviewer="zoe")
+    at.button(key=f"joint_fix_{k}").click().run()
+    assert not at.exception
+    latest = DecisionStore(run).latest().set_index("example_id")
+    assert (latest.at[test_id, "decision"], latest.at[test_id, "new_label"]) == ("relabel", other)
+    assert latest.at[train_id, "decision"] == "remove" and latest.at[train_id, "reviewer"] == "tester"
+    assert any("zoe" in w.value for w in at.warning)
+    assert len(DecisionStore(run).log()) == 5
+
+
+def test_audit_app_on_a_busy_port_says_so_and_suggests_another(review_run, capsys, monkeypatch):
+    import os
+    import socket
+
+    from audit.cli import main as cli
+    from audit.commands.app import streamlit_command
+
+    run, _ = review_run
+
+    def no_server(*_):
+        raise AssertionError("the server was started on a busy port")
+
+    monkeypatch.setattr(os, "execve", no_server)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert cli(["app", str(run), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no URL printed for a server that will not start
+    assert err.startswith(f"audit: error: --port {port}: 127.0.0.1:{port} is already in use")
+    assert "choose another with --port " in err
+    # offline: no usage statistics, and the page icon is a file the app serves
+    cmd = streamlit_command(run, "127.0.0.1", port)
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
+    from app.streamlit_app import ICON
+
+    assert ICON.is_file() and ICON.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

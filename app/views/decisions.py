@@ -57,7 +57,8 @@ def write_export(run_dir: str, drop_flagged: bool) -> None:
 
     out = Path(run_dir) / EXPORT_DIR / "labels.reviewed.csv"
     df = export_labels(run_dir, out, drop_flagged=drop_flagged, use_decisions=True)
-    st.session_state["decisions_flash"] = f"Wrote {out} ({len(df):,} training rows) and its flagged-test list."
+    st.session_state["decisions_flash"] = (f"Wrote {ui.md(out)} ({len(df):,} training rows) and its flagged-test "
+                                           "list.")
 
 
 def summary_ui(run: ui.Run, table: pd.DataFrame) -> None:
@@ -126,7 +127,7 @@ def main() -> None:
                   args=(str(run.dir), picks, ui.reviewer()),
                   help="appends an undo row per example; the example returns to the review queue")
         if len(picks) == 1:
-            bar.page_link("views/review.py", label=f"Open {picks[0][0]} in the review queue",
+            bar.page_link("views/review.py", label=f"Open {ui.md(picks[0][0])} in the review queue",
                           icon=":material/open_in_new:", query_params={"example": picks[0][0]})
     else:
         st.info("No decisions yet. Open the Review queue and press K, A, X or a class key.", icon=":material/info:")

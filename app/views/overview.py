@@ -97,6 +97,15 @@ def confusion_ui(run: ui.Run, df: pd.DataFrame) -> None:
     st.altair_chart((heat + text).properties(height=side), width="stretch")
 
 
+def run_summary(run: ui.Run) -> str:
+    """Dataset spec, models, attack, seed and injected noise, as plain text (from the manifest)."""
+    cfg = run.manifest.get("config", {})
+    models = ", ".join(ui.MODEL_NAME.get(m, m) for m in run.models)
+    noise = f" · {ui.pct(cfg['noise'])} {cfg.get('noise_kind', '')} noise injected" if cfg.get("noise") else ""
+    return (f"{run.manifest['dataset']['spec']} · models {models} · {cfg.get('norm', '')} eps {cfg.get('eps', '?')}"
+            f" · seed {cfg.get('seed', '?')}{noise}")
+
+
 def main() -> None:
     run = ui.current_run()
     df = data.examples(run.dir)
@@ -104,10 +113,7 @@ def main() -> None:
     train_ids = df.loc[df["split"] == "train"]
     decided = int(train_ids.loc[train_ids["is_label_issue"], "example_id"].isin(latest["example_id"]).sum())
     st.header("Overview", anchor=False)
-    cfg = run.manifest.get("config", {})
-    st.caption(f"`{run.manifest['dataset']['spec']}` · models {', '.join(ui.MODEL_NAME.get(m, m) for m in run.models)}"
-               f" · {cfg.get('norm', '')} eps {cfg.get('eps', '?')} · seed {cfg.get('seed', '?')}"
-               + (f" · {cfg['noise']:.0%} {cfg.get('noise_kind', '')} noise injected" if cfg.get("noise") else ""))
+    st.caption(ui.md(run_summary(run)))
     headline_ui(run, df, decided)
     if decided < int(df.loc[df["split"] == "train", "is_label_issue"].sum()):
         st.page_link("views/review.py", label="Review the flagged examples", icon=":material/arrow_forward:")
@@ -127,7 +133,7 @@ def main() -> None:
         if "noise_auroc" in m:
             st.info(f"**Planted noise** (this run flipped labels on purpose): flagged examples catch "
                     f"{ui.pct(m.get('noise_recall'))} of the flips at precision {ui.pct(m.get('noise_precision'))}; "
-                    f"AUROC {m['noise_auroc']:.3f}, AUPRC {m.get('noise_auprc', float('nan')):.3f}.",
+                    f"AUROC {ui.num(m['noise_auroc'])}, AUPRC {ui.num(m.get('noise_auprc'))}.",
                     icon=":material/science:")
     with right:
         st.subheader("Flagged: labelled → suggested", anchor=False)
@@ -150,9 +156,9 @@ def main() -> None:
 
     sel = run.manifest.get("signal_selection") or {}
     if sel:
-        with st.expander(f"How `issue_score` was chosen: **{sel.get('chosen', '?')}** "
-                         f"({', '.join(sel.get('members', []) or [])})"):
-            st.caption(sel.get("rule", ""))
+        members = ", ".join(str(m) for m in sel.get("members", []) or [])
+        with st.expander(f"How `issue_score` was chosen: **{ui.md(sel.get('chosen', '?'))}** ({ui.md(members)})"):
+            st.caption(ui.md(sel.get("rule", "")))
             scores = pd.DataFrame(sel.get("candidates") or sel.get("canary_scores") or {}).T
             if len(scores):
                 scores.index.name = "signal"

@@ -126,8 +126,9 @@ def notices_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index) -> None:
         given = df.at[rows.get_loc(ex), "given_label"] if ex in rows else None
         theirs = ui.decision_text(run, other["decision"], other["new_label"], given)
         mine = ui.decision_text(run, conflict["decision"], conflict["new_label"], given)
-        msg = (f"**Conflict on `{ex}`**: {other['reviewer']} {theirs} ({ui.ago(other['decided_at'])}) while you "
-               f"were looking. Both decisions are in the log; yours ({mine}) is now the effective one.")
+        msg = (f"**Conflict on {ui.md(ex)}**: {ui.md(other['reviewer'])} {ui.md(theirs)} "
+               f"({ui.ago(other['decided_at'])}) while you were looking. Both decisions are in the log; yours "
+               f"({ui.md(mine)}) is now the effective one.")
         if other.get("agrees"):
             st.info(msg.replace("**Conflict", "**Also decided") + " You agree.", icon=":material/group:")
         else:
@@ -137,37 +138,38 @@ def notices_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index) -> None:
         ex = flash["example_id"]
         given = df.at[rows.get_loc(ex), "given_label"] if ex in rows else None
         if flash["decision"] == "undo":
-            text = f"↶ Undid the last decision on `{ex}`"
+            text = f"↶ Undid the last decision on {ui.md(ex)}"
         elif flash["decision"] == "skip":
-            text = f"↷ Skipped `{ex}`"
+            text = f"↷ Skipped {ui.md(ex)}"
         else:
-            text = (f"{ui.DECISION_ICON[flash['decision']]} `{ex}` "
-                    f"{ui.decision_text(run, flash['decision'], flash['new_label'], given)} — saved. **U** undoes.")
+            what = ui.decision_text(run, flash["decision"], flash["new_label"], given)
+            text = f"{ui.DECISION_ICON[flash['decision']]} {ui.md(ex)} {ui.md(what)} — saved. **U** undoes."
         st.caption(text)
 
 
 def header_ui(run: ui.Run, r: pd.Series, pos: int, n_queue: int, effective: pd.Series | None) -> None:
     where = f"{pos + 1} of {n_queue} in queue" if pos >= 0 else "not in this queue"
-    st.markdown(f"<span class='audit-id'>{r['example_id']} · {r['split']} #{r['index']} · {where}</span>",
-                unsafe_allow_html=True)
+    st.html(f"<span class='audit-id'>{ui.esc(r['example_id'])} · {ui.esc(r['split'])} #{ui.esc(r['index'])} · "
+            f"{where}</span>")
     if effective is not None:
         what = ui.decision_text(run, effective["decision"], effective["new_label"], r["given_label"])
-        st.success(f"{ui.DECISION_ICON[effective['decision']]} {what.capitalize()} by **{effective['reviewer']}**, "
-                   f"{ui.ago(effective['decided_at'])}")
+        st.success(f"{ui.DECISION_ICON[effective['decision']]} {ui.md(what[:1].upper() + what[1:])} by "
+                   f"**{ui.md(effective['reviewer'])}**, {ui.ago(effective['decided_at'])}")
 
 
 def labels_ui(run: ui.Run, r: pd.Series) -> None:
     g, s = int(r["given_label"]), int(r["suggested_label"])
     c1, c2 = st.columns(2)
-    c1.markdown(f"<div class='audit-small'>labelled</div><div class='audit-big'>{run.name(g)}</div>",
-                unsafe_allow_html=True)
+    with c1:
+        st.html(f"<div class='audit-small'>labelled</div><div class='audit-big'>{ui.esc(run.name(g))}</div>")
     color = "#1a7f37" if s != g else "#555"
-    c2.markdown(f"<div class='audit-small'>suggested</div><div class='audit-big' style='color:{color}'>"
-                f"{run.name(s)}</div>", unsafe_allow_html=True)
+    with c2:
+        st.html(f"<div class='audit-small'>suggested</div><div class='audit-big' style='color:{color}'>"
+                f"{ui.esc(run.name(s))}</div>")
     cat = str(r.get("category", "ok"))
     badges = st.container(horizontal=True, gap="small")
     with badges:
-        st.badge(cat, color=ui.CATEGORY_COLOR.get(cat, "gray"), help=ui.CATEGORY_HELP.get(cat))
+        st.badge(ui.md_badge(cat), color=ui.CATEGORY_COLOR.get(cat, "gray"), help=ui.CATEGORY_HELP.get(cat))
         st.badge(f"issue score {float(r['issue_score']):.3f}", color="blue",
                  help="higher = more likely mislabelled (0–1, rank-based)")
         if "evidence_confidence" in r.index and pd.notna(r["evidence_confidence"]):
@@ -175,7 +177,7 @@ def labels_ui(run: ui.Run, r: pd.Series) -> None:
                      help="how strongly the evidence backs its best class")
     reason = r.get("category_reason")
     if isinstance(reason, str) and reason:
-        st.caption(reason)
+        st.caption(ui.md(reason))
 
 
 def actions_ui(run: ui.Run, r: pd.Series, based_on, next_id, prev_id, reviewer: str) -> None:
@@ -189,9 +191,9 @@ def actions_ui(run: ui.Run, r: pd.Series, based_on, next_id, prev_id, reviewer: 
 
     row = st.container(horizontal=True, gap="small")
     with row:
-        st.button(f"Keep {run.name(g)}", key="decide_keep", shortcut="K", icon=":material/check:",
+        st.button(f"Keep {run.md_name(g)}", key="decide_keep", shortcut="K", icon=":material/check:",
                   args=args("keep"), help="the given label is right", **common)
-        st.button(f"Relabel → {run.name(s)}", key="decide_accept", shortcut="A", type="primary",
+        st.button(f"Relabel → {run.md_name(s)}", key="decide_accept", shortcut="A", type="primary",
                   icon=":material/edit:", disabled=(s == g), args=args("relabel", s),
                   help="accept the suggested label", **common)
         st.button("Remove", key="decide_remove", shortcut="X", icon=":material/delete:", args=args("remove"),
@@ -206,7 +208,7 @@ def actions_ui(run: ui.Run, r: pd.Series, based_on, next_id, prev_id, reviewer: 
         cls = st.container(horizontal=True, gap="xsmall")
         with cls:
             for c in range(k):
-                st.button(run.name(c), key=f"relabel_{c}", shortcut=str(c) if k <= 10 else None,
+                st.button(run.md_name(c), key=f"relabel_{c}", shortcut=str(c) if k <= 10 else None,
                           type="tertiary" if c == g else "secondary", disabled=(c == g),
                           args=args("relabel", c), **common)
     else:
@@ -233,17 +235,18 @@ def signals_ui(r: pd.Series) -> None:
     box = st.container(horizontal=True, gap="xsmall")
     with box:
         for s in fired:
-            st.badge(s, color="red" if s.startswith("robust") else "orange", help=ui.SIGNAL_HELP.get(s))
+            st.badge(ui.md_badge(s), color="red" if s.startswith("robust") else "orange", help=ui.SIGNAL_HELP.get(s))
 
 
 def numbers_ui(run: ui.Run, r: pd.Series) -> None:
-    """Per model: prediction, loss, AUM, forgetting; plus memorization, self-influence, label quality."""
+    """Per model: prediction, loss, AUM, forgetting; plus memorization, self-influence, label quality.
+    (``st.table`` renders its cells as Markdown.)"""
     rows = {}
     for m in run.models:
-        name = ui.MODEL_NAME.get(m, m)
+        name = ui.md(ui.MODEL_NAME.get(m, m))
         col = {}
         if f"pred_{m}" in r.index:
-            col["predicts"] = run.name(r[f"pred_{m}"])
+            col["predicts"] = run.md_name(r[f"pred_{m}"])
         if f"loss_{m}" in r.index:
             col["loss on given label"] = f"{float(r[f'loss_{m}']):.2f}"
         if r["split"] == "test" and f"adv_correct_{m}" in r.index and pd.notna(r[f"adv_correct_{m}"]):
@@ -263,12 +266,11 @@ def numbers_ui(run: ui.Run, r: pd.Series) -> None:
                      ("label_quality", "label quality")):
         if c in r.index and pd.notna(r[c]):
             p = data.train_percentile(run.dir, c, r[c])
-            extra.append(f"**{label}** {float(r[c]):.3g}" + (f" <span class='audit-small'>({p:.0%} pct)</span>"
-                                                               if p is not None else ""))
+            extra.append(f"**{label}** {float(r[c]):.3g}" + (f" ({p:.0%} pct)" if p is not None else ""))
     if len(t):
         st.table(t)
     if extra:
-        st.markdown(" · ".join(extra), unsafe_allow_html=True)
+        st.markdown(" · ".join(extra))
 
 
 def dynamics_ui(run: ui.Run, r: pd.Series) -> None:
@@ -301,11 +303,11 @@ def neighbours_ui(run: ui.Run, r: pd.Series) -> None:
         st.caption("No neighbours recorded.")
         return
     counts = pd.Series([int(x) for x in labels]).value_counts()
-    summary = ", ".join(f"**{run.name(k)}** ×{n}" for k, n in counts.items())
+    summary = ", ".join(f"**{run.md_name(k)}** ×{n}" for k, n in counts.items())
     st.caption(f"Nearest training images and their labels: {summary}")
     # one element for the whole strip: fewer elements, a faster page
     with st.container(key="neighbours"):
-        st.image([data.thumbnail(run.dir, str(nid), 44) for nid in ids], caption=[run.name(int(x)) for x in labels],
+        st.image([data.thumbnail(run.dir, str(nid), 44) for nid in ids], caption=[run.md_name(int(x)) for x in labels],
                  width="content")
 
 
@@ -319,7 +321,8 @@ def recent_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, latest: pd.DataFram
     for i, d in enumerate(recent.itertuples(index=False)):
         given = df.at[rows.get_loc(d.example_id), "given_label"] if d.example_id in rows else None
         what = ui.decision_text(run, d.decision, d.new_label, given)
-        st.button(f"{ui.DECISION_ICON[d.decision]} {d.example_id} · {what} · {d.reviewer}, {ui.ago(d.decided_at)}",
+        st.button(f"{ui.DECISION_ICON[d.decision]} {ui.md(d.example_id)} · {ui.md(what)} · {ui.md(d.reviewer)}, "
+                  f"{ui.ago(d.decided_at)}",
                   key=f"recent_{i}", type="tertiary",
                   on_click=_set_current, args=(str(d.example_id),))
 
@@ -341,7 +344,7 @@ def detail_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, current: str, queue
             png, src = data.zoom_image(run.dir, r)
             st.image(png, width="content")
             if src:
-                st.caption(f"`{src}`")
+                st.caption(ui.md(src))
     with ic:
         labels_ui(run, r)
         if effective is not None:
@@ -376,13 +379,13 @@ def grid_ui(run: ui.Run, df: pd.DataFrame, page_rows: np.ndarray, current: str |
         with grid, st.container(key=f"cell_{slot}", border=True):
             st.image(data.thumbnail(run.dir, ex, data.THUMB_GRID), width="content")
             g, s = run.name(r["given_label"]), run.name(r["suggested_label"])
-            label = f"{g} → {s}" if s != g else g
+            label = ui.md(f"{g} → {s}" if s != g else g)
             dec = latest_by_id.get(ex)
             if dec is not None:
                 label = f"{ui.DECISION_ICON[dec[0]]} {label}"
             st.button(label, key=f"open_{slot}", type="tertiary",
                       on_click=_set_current, args=(ex,), width="stretch",
-                      help=f"{ex} · {r.get('category', '')} · issue score {float(r['issue_score']):.3f}")
+                      help=ui.md(f"{ex} · {r.get('category', '')} · issue score {float(r['issue_score']):.3f}"))
 
 
 @st.fragment
@@ -396,7 +399,7 @@ def review_fragment(run: ui.Run, f: Filters, page_size: int) -> None:
     queue_ids = df["example_id"].to_numpy()[q].astype(str)
     current = st.session_state.get("current")
     if current is not None and current not in rows:
-        st.warning(f"`{current}` is not an example of this run.")
+        st.warning(f"{ui.md(current)} is not an example of this run.")
         current = None
     if current is None and len(queue_ids):
         current = str(queue_ids[0])
@@ -445,7 +448,7 @@ def main() -> None:
     st.header("Review queue", anchor=False)
     imgs = data.images(run.dir)
     if imgs.error:
-        st.warning(f"Pictures unavailable: {imgs.error}. Decisions still work.", icon=":material/image_not_supported:")
+        st.warning(f"Pictures unavailable: {ui.md(imgs.error)}. Decisions still work.", icon=":material/image_not_supported:")
     review_fragment(run, f, page_size)
 
 
