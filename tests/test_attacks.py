@@ -94,7 +94,7 @@ def digits_models():
     tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
     x, y = torch.from_numpy(np.asarray(ds.images[tr])), torch.as_tensor(ds.labels[tr].astype(np.int64))
     models = {}
-    for method, epochs in (("natural", 30), ("pgd", 12)):
+    for method, epochs in (("natural", 8), ("pgd", 12)):
         torch.manual_seed(0)
         spec = TrainSpec(method=method, epochs=epochs, batch_size=64, lr=0.05, eps=0.1, step_size=0.03, steps=5, seed=0)
         models[method] = train_model(build_model("mlp", (1, 8, 8), 10, 0.25), x, y, spec,
