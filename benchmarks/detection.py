@@ -82,6 +82,8 @@ def judge(train: pd.DataFrame, selection: dict) -> dict:
 def evaluate(run_dir: Path, manifest: dict) -> dict:
     df = pd.read_parquet(run_dir / "examples.parquet")
     tr = df[df.split == "train"]
+    if "is_canary" in tr:  # rows held out as canaries in this run: not audited, not scored
+        tr = tr[~tr["is_canary"].to_numpy(bool)]
     truth = tr["is_injected_noise"].to_numpy(bool)
     p, r = _pr(tr["is_label_issue"].to_numpy(bool), truth)
     bp, br = _pr(tr["is_cleanlab_issue"].to_numpy(bool), truth)
