@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from audit.train.attacks import FGSM, PGD, TradesKL
+from audit.train.attacks import FGSM, PGD, APGDEnsemble, TradesKL
 
 
 def _model():
@@ -80,3 +81,43 @@ def test_fooled_is_at_least_as_strong_as_the_final_iterate():
     assert bool(once[m(x).argmax(1) != y].all())
     assert 0 < int(final.sum()) <= int(once.sum()) <= int(twice.sum()) < 128
     assert m.training  # the model's mode is restored
+
+
+@pytest.fixture(scope="module")
+def digits_models():
+    """A natural and a PGD-trained MLP on digits (a few epochs) and the test split."""
+    from audit.data import TEST, TRAIN, load_dataset
+    from audit.train.engine import TrainSpec, train_model
+    from audit.train.models import build_model
+
+    ds = load_dataset("digits")
+    tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
+    x, y = torch.from_numpy(np.asarray(ds.images[tr])), torch.as_tensor(ds.labels[tr].astype(np.int64))
+    models = {}
+    for method, epochs in (("natural", 8), ("pgd", 12)):
+        torch.manual_seed(0)
+        spec = TrainSpec(method=method, epochs=epochs, batch_size=64, lr=0.05, eps=0.1, step_size=0.03, steps=5, seed=0)
+        models[method] = train_model(build_model("mlp", (1, 8, 8), 10, 0.25), x, y, spec,
+                                     device=torch.device("cpu"), progress=False).model
+    return models, torch.from_numpy(np.asarray(ds.images[te])), torch.as_tensor(ds.labels[te].astype(np.int64))
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_and_pgd_training_survives_it(digits_models):
+    pytest.importorskip("torchattacks")
+    from audit.train.evaluate import robust_correct
+
+    models, x, y = digits_models
+    kw = dict(eps=0.1, norm="linf", steps=10, restarts=1, num_classes=10, device=torch.device("cpu"), seed=1,
+              apgd_steps=20)
+    acc = {}
+    for name, m in models.items():
+        pgd = robust_correct(m, x, y, "pgd", **kw)
+        apgd = robust_correct(m, x, y, "apgd", pgd_correct=pgd, **kw)
+        assert not (apgd & ~pgd).any()  # robust under APGD implies robust under PGD
+        acc[name] = (pgd.mean(), apgd.mean())
+        assert np.array_equal(apgd, robust_correct(m, x, y, "apgd", **kw))  # same as running PGD inside
+    rng = torch.get_rng_state()
+    APGDEnsemble(eps=0.1, num_classes=10, steps=5).fooled(models["pgd"], x[:50].float() / 255, y[:50])
+    assert torch.equal(rng, torch.get_rng_state())  # torchattacks' reseeding does not leak
+    assert acc["natural"][1] < 0.45 < 0.55 < acc["pgd"][1]  # PGD training stays robust under APGD
+    assert acc["natural"][1] < acc["natural"][0] and acc["pgd"][1] < acc["pgd"][0]  # APGD finds what PGD missed

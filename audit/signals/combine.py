@@ -51,8 +51,8 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_
     noise count more (see :func:`canary_weights`). Signals in ``ineligible`` are scored and reported
     but never chosen: the canaries
     cannot judge them fairly (see :data:`audit.signals.table.TWIN_BIASED`). Returns
-    ``{"score": (N,) in [0, 1], "chosen": name, "members": [...],
-    "canary": {name: metrics}, "candidates": {...}}``.
+    ``{"score": (N,) in [0, 1], "chosen": name, "members": [...], "canary": {name: metrics},
+    "candidates": {name: metrics}, "candidate_members": {name: [...]}}`` (see :func:`candidates`).
     """
     ranks = {k: rank01(v) for k, v in signals.items()}
     use = np.ones(len(is_canary), bool)
@@ -70,19 +70,24 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_
         return {"score": ranks[order[0]], "chosen": order[0], "members": [order[0]], "canary": per_signal}
     pool = [k for k in ranks if k not in ineligible] or list(ranks)
     order = sorted(pool, key=lambda k: -np.nan_to_num(per_signal[k]["auprc"], nan=-1))
-    candidates = {k: ([k], ranks[k]) for k in pool}
+    cands = candidates(ranks, order)
+    scored = {name: detection_metrics(s[use], is_canary[use], w[use]) for name, (_, s) in cands.items()}
+    simplicity = {name: len(members) for name, (members, _) in cands.items()}
+    best = max(scored, key=lambda k: (round(np.nan_to_num(scored[k]["auprc"], nan=-1), 3), -simplicity[k]))
+    members, s = cands[best]
+    return {"score": rank01(s), "chosen": best, "members": members, "canary": per_signal,
+            "candidates": scored, "candidate_members": {k: m for k, (m, _) in cands.items()}}
+
+
+def candidates(ranks: dict[str, np.ndarray], order: list[str]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """The scores the selector chooses among: each signal of ``order`` alone (its rank percentile) and
+    ``mean_top{m}``, the mean rank of the first m = 2, 3, 4 of ``order`` (best canary AUPRC first).
+    Returns name -> (members, score)."""
+    out = {k: ([k], ranks[k]) for k in order}
     for m in (2, 3, 4):
         if len(order) >= m:
-            members = order[:m]
-            candidates[f"mean_top{m}"] = (members, np.mean([ranks[k] for k in members], axis=0))
-    scored = {}
-    for name, (members, s) in candidates.items():
-        scored[name] = detection_metrics(s[use], is_canary[use], w[use])
-    simplicity = {name: len(members) for name, (members, _) in candidates.items()}
-    best = max(scored, key=lambda k: (round(np.nan_to_num(scored[k]["auprc"], nan=-1), 3), -simplicity[k]))
-    members, s = candidates[best]
-    return {"score": rank01(s), "chosen": best, "members": members, "canary": per_signal,
-            "candidates": scored}
+            out[f"mean_top{m}"] = (order[:m], np.mean([ranks[k] for k in order[:m]], axis=0))
+    return out
 
 
 def canary_weights(noise_joint: np.ndarray, given: np.ndarray, source: np.ndarray, floor: float = 0.25) -> np.ndarray:

@@ -24,8 +24,8 @@ from audit.train.models import build_model
 def fold_masks(labels: np.ndarray, folds: int, repeats: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Membership of each fold model's training set: bool (repeats × folds, N); True = trained on.
 
-    ``groups`` (N,) keeps rows of one group in the same fold (a canary and the image it was made
-    from are held out together, so no fold model judges a canary having seen its source)."""
+    ``groups`` (N,) keeps rows of one group in the same fold: held out together, trained on together
+    (for near-duplicates; canaries need none, see :mod:`audit.signals.canaries`)."""
     n = len(labels)
     masks = []
     for r in range(repeats):
@@ -51,8 +51,10 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def _mean_diff_se(in_vals: np.ndarray, in_mask: np.ndarray):
-    """Per column: mean over rows where in_mask minus mean where not, and its standard error."""
+def mean_diff_se(in_vals: np.ndarray, in_mask: np.ndarray):
+    """Per column: mean over rows where ``in_mask`` minus mean over rows where not, and its standard
+    error sqrt(s²_in / n_in + s²_out / n_out) with sample variances (ddof 1; NaN with fewer than two
+    rows on a side; the difference is NaN with none)."""
     out_mask = ~in_mask
     n_in, n_out = in_mask.sum(0), out_mask.sum(0)
     m_in = np.where(n_in > 0, (in_vals * in_mask).sum(0) / np.maximum(n_in, 1), np.nan)
@@ -61,6 +63,22 @@ def _mean_diff_se(in_vals: np.ndarray, in_mask: np.ndarray):
     v_out = np.where(n_out > 1, ((in_vals - m_out) ** 2 * out_mask).sum(0) / np.maximum(n_out - 1, 1), np.nan)
     se = np.sqrt(v_in / np.maximum(n_in, 1) + v_out / np.maximum(n_out, 1))
     return m_in - m_out, se
+
+
+def memorization_estimates(train_probs: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """From the fold models' probabilities ``train_probs`` (M, N, K) on every training row and their
+    training sets ``masks`` (M, N): ``oos_probs`` (N, K), the mean over the models that held each row
+    out; Feldman–Zhang ``memorization`` = P[h(x_i) = y_i | i ∈ S] − P[h(x_i) = y_i | i ∉ S] from 0/1
+    correctness (argmax, ties to the lowest class) with its ``memorization_se``; ``memorization_soft``,
+    the same difference of the given label's probability."""
+    n = len(labels)
+    held_out = ~masks
+    oos = (train_probs * held_out[:, :, None]).sum(0) / held_out.sum(0)[:, None]
+    correct = (train_probs.argmax(2) == labels[None]).astype(np.float64)
+    mem, mem_se = mean_diff_se(correct, masks)
+    mem_soft, _ = mean_diff_se(train_probs[:, np.arange(n), labels].astype(np.float64), masks)
+    return {"oos_probs": oos.astype(np.float32), "memorization": mem.astype(np.float32),
+            "memorization_se": mem_se.astype(np.float32), "memorization_soft": mem_soft.astype(np.float32)}
 
 
 def cross_validate(
@@ -106,18 +124,10 @@ def cross_validate(
         train_probs[f] = _softmax(infer(res.model, images, device)[0])
         if len(test_images):
             test_probs[f] = _softmax(infer(res.model, test_images, device)[0])
-    held_out = ~masks
-    oos = (train_probs * held_out[:, :, None]).sum(0) / held_out.sum(0)[:, None]
-    p_given = train_probs[:, np.arange(n), labels]  # (M, N)
-    correct = (train_probs.argmax(2) == labels[None]).astype(np.float32)
-    mem, mem_se = _mean_diff_se(correct, masks)
-    mem_soft, _ = _mean_diff_se(p_given, masks)
+    est = memorization_estimates(train_probs, masks, labels)
     n_in = masks.sum(0)
     return {
-        "oos_probs": oos.astype(np.float32),
-        "memorization": mem.astype(np.float32),
-        "memorization_se": mem_se.astype(np.float32),
-        "memorization_soft": mem_soft.astype(np.float32),
+        **est,
         "cv_aum": ((aum * masks).sum(0) / np.maximum(n_in, 1)).astype(np.float32),
         "cv_forgetting": ((forgetting * masks).sum(0) / np.maximum(n_in, 1)).astype(np.float32),
         "test_probs": test_probs,
@@ -133,5 +143,5 @@ def feldman_zhang_influence(test_probs: np.ndarray, masks: np.ndarray, test_labe
     p = test_probs[:, query, test_labels[query]]  # (M, Q)
     mk = masks[:, cand]  # (M, Q, k)
     vals = np.broadcast_to(p[:, :, None], mk.shape)
-    infl, se = _mean_diff_se(vals.reshape(len(masks), -1), mk.reshape(len(masks), -1))
+    infl, se = mean_diff_se(vals.reshape(len(masks), -1), mk.reshape(len(masks), -1))
     return infl.reshape(cand.shape).astype(np.float32), se.reshape(cand.shape).astype(np.float32)

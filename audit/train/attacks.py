@@ -1,4 +1,5 @@
-"""Adversarial attacks: a small ABC and a registry (PGD ℓ∞/ℓ2, FGSM with random start, TRADES' KL attack).
+"""Adversarial attacks: a small ABC and a registry (PGD ℓ∞/ℓ2, FGSM with random start, TRADES' KL attack,
+and for evaluation APGD-CE + APGD-T from ``torchattacks`` on top of PGD).
 
 All attacks work on float images in [0, 1]; ``eps`` and ``step_size`` are in those units
 (eps 0.3 on MNIST = 76.5/255). Models are put in eval mode for the attack and restored after.
@@ -197,11 +198,80 @@ class TradesKL(Attack):
         return x_adv.detach()
 
 
-ATTACKS = {"pgd": PGD, "fgsm": FGSM, "trades_kl": TradesKL}
+@dataclass
+class APGDEnsemble(Attack):
+    """AutoAttack's gradient attacks on top of PGD (Croce & Hein 2020): the examples ``pgd`` leaves
+    correct (any iterate of any restart) are attacked by APGD-CE, those still correct by APGD-T
+    (targeted, DLR loss, the ``min(9, K − 1)`` most likely other classes), both from ``torchattacks``.
+    An example is robust only if it survives all three: the worst case, as AutoAttack reports it
+    (without its gradient-free Square attack and FAB). APGD's step size adapts itself, so there is no
+    step size to tune; ``steps`` per run (AutoAttack: 100), ``restarts`` per APGD attack.
+    The global torch RNG is left as it was (torchattacks reseeds it with ``seed``).
+    """
+
+    eps: float
+    num_classes: int
+    pgd: PGD | None = None
+    norm: str = "linf"
+    steps: int = 100
+    restarts: int = 1
+    seed: int = 0
+
+    def _apgd(self, model: nn.Module) -> list:
+        try:
+            import torchattacks
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("--eval-attack apgd needs torchattacks: pip install --no-deps torchattacks") from e
+        norm = {"linf": "Linf", "l2": "L2"}[self.norm]
+        common = dict(norm=norm, eps=self.eps, steps=self.steps, n_restarts=self.restarts, seed=self.seed)
+        return [torchattacks.APGD(model, loss="ce", **common),
+                torchattacks.APGDT(model, n_classes=min(10, self.num_classes), **common)]
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples: ``x`` where no attack succeeded; updates ``hit`` in place."""
+        x_adv = x.clone()
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            for att in self._apgd(model):
+                active = torch.nonzero(~hit).flatten()
+                if not len(active):
+                    break
+                cand = att(x[active], y[active]).detach()
+                with torch.no_grad():
+                    won = model(cand).argmax(1) != y[active]
+                x_adv[active[won]] = cand[won]
+                hit[active[won]] = True
+        return x_adv
+
+    def perturb(self, model, x, y):
+        x_adv = self.pgd.perturb(model, x, y) if self.pgd is not None else x.clone()
+        with torch.no_grad():
+            hit = model(x_adv).argmax(1) != y
+        fresh = self._run(model, x, y, hit.clone())
+        return torch.where(hit.view(-1, *([1] * (x.dim() - 1))), x_adv, fresh)
+
+    def fooled(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Per example: broken by PGD (every iterate counts), APGD-CE or APGD-T (bool (N,)).
+        ``start`` (bool (N,)): examples already known to be broken (e.g. by an earlier PGD evaluation);
+        then PGD is not run again."""
+        if start is None:
+            start = self.pgd.fooled(model, x, y) if self.pgd is not None else torch.zeros(len(y), dtype=torch.bool)
+        hit = start.to(x.device).clone()
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                hit |= model(x).argmax(1) != y
+            self._run(model, x, y, hit)
+        finally:
+            model.train(was_training)
+        return hit
+
+
+ATTACKS = {"pgd": PGD, "fgsm": FGSM, "trades_kl": TradesKL, "apgd": APGDEnsemble}
 
 
 def make_attack(name: str, **kwargs) -> Attack:
-    """Build a registered attack by name (``pgd``, ``fgsm``, ``trades_kl``)."""
+    """Build a registered attack by name (``pgd``, ``fgsm``, ``trades_kl``, ``apgd``)."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
     return ATTACKS[name](**kwargs)

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from audit.device import autocast
-from audit.train.attacks import PGD
+from audit.train.attacks import PGD, APGDEnsemble
+
+EVAL_ATTACKS = ("pgd", "apgd")
 
 
 def _chunks(n: int, size: int):
@@ -35,14 +37,45 @@ def infer(model: nn.Module, images: torch.Tensor, device: torch.device, batch: i
 
 
 def adversarial_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack, device: torch.device,
-                        batch: int = 512) -> np.ndarray:
+                        batch: int = 512, start: np.ndarray | None = None) -> np.ndarray:
     """Per example: still classified as ``labels`` after ``attack`` (:meth:`Attack.fooled`; for PGD
-    every iterate of every restart counts). Returns bool (N,)."""
+    every iterate of every restart counts). ``start`` (bool (N,), only for :class:`APGDEnsemble`):
+    examples already known to be broken. Returns bool (N,)."""
     out = []
     for sl in _chunks(len(images), batch):
         x = images[sl].to(device).float().div_(255.0)
-        out.append((~attack.fooled(model, x, labels[sl].to(device))).cpu())
+        kw = {} if start is None else {"start": torch.as_tensor(start[sl], device=device)}
+        out.append((~attack.fooled(model, x, labels[sl].to(device), **kw)).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, bool)
+
+
+def eval_attack(kind: str, *, eps: float, norm: str, steps: int, restarts: int, num_classes: int,
+                apgd_steps: int = 100, seed: int = 0):
+    """The evaluation attack ``--eval-attack``: ``pgd`` = PGD with ``steps`` steps of 2.5·eps/steps,
+    random start, ``restarts`` restarts (every iterate counts); ``apgd`` = that PGD, then APGD-CE and
+    APGD-T (``apgd_steps`` each, ``restarts`` restarts) on the examples it leaves correct."""
+    if kind not in EVAL_ATTACKS:
+        raise ValueError(f"unknown evaluation attack {kind!r} (known: {', '.join(EVAL_ATTACKS)})")
+    pgd = PGD(eps=eps, step_size=2.5 * eps / steps, steps=steps, norm=norm, random_start=True, restarts=restarts)
+    if kind == "pgd":
+        return pgd
+    return APGDEnsemble(eps=eps, num_classes=num_classes, pgd=pgd, norm=norm, steps=apgd_steps,
+                        restarts=restarts, seed=seed)
+
+
+def robust_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, kind: str, *, eps: float,
+                   norm: str, steps: int, restarts: int, num_classes: int, device: torch.device, seed: int = 0,
+                   apgd_steps: int = 100, pgd_correct: np.ndarray | None = None) -> np.ndarray:
+    """Per example: still correct under the evaluation attack ``kind`` (:func:`eval_attack`), bool (N,).
+
+    For ``apgd``, pass ``pgd_correct`` (this model's PGD result on the same rows) to skip PGD: APGD then
+    runs only on the examples PGD left correct, and the result is never above it (an example counts as
+    robust only if every attack fails)."""
+    attack = eval_attack(kind, eps=eps, norm=norm, steps=steps, restarts=restarts, num_classes=num_classes,
+                         apgd_steps=apgd_steps, seed=seed)
+    start = None if pgd_correct is None or kind == "pgd" else ~np.asarray(pgd_correct, bool)
+    torch.manual_seed(seed)
+    return adversarial_correct(model, images, labels, attack, device, start=start)
 
 
 def steps_to_flip(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: PGD, device: torch.device,
