@@ -28,7 +28,8 @@ from audit.stages import state_from_arrays, train_arrays
 from audit.train.engine import save_atomic
 
 # Bumped when a stage's algorithm changes, so a rerun recomputes it instead of reusing old outputs.
-STAGE_VERSIONS = {"train": 3, "train_aug": 3, "crossval": 3, "influence": 3}
+# v4: canaries are flipped copies whose source leaves training (no correctly labelled twin).
+STAGE_VERSIONS = {"train": 4, "train_aug": 4, "crossval": 4, "influence": 4}
 LOCK_NAME = ".audit.lock"
 OWNER_NAME = ".audit.lock.owner"
 

@@ -24,7 +24,7 @@ from audit.errors import AuditInputError
 from audit.io import read_json, save_arrays, write_parquet
 from audit.orchestrator import STAGE_VERSIONS, Orchestrator, numpy_seed
 from audit.recipes import crossval_config, data_config, eval_config, pair_config, train_recipe
-from audit.signals.canaries import make_canaries
+from audit.signals.canaries import CanarySet, plant_canaries
 from audit.signals.table import TableContext, build_tables
 from audit.stages import TrainData, aug_stage, crossval_stage, influence_stage, train_stage
 
@@ -66,19 +66,18 @@ def prepare_dataset(cfg: RunConfig) -> AuditDataset:
     return ds
 
 
-def build_train_data(ds: AuditDataset, cfg: RunConfig) -> tuple[TrainData, np.ndarray]:
-    """Training rows plus canaries, and the test rows; returns (data, canary source rows)."""
+def build_train_data(ds: AuditDataset, cfg: RunConfig) -> tuple[TrainData, CanarySet]:
+    """The training set every model sees: the real training rows except the canaries' sources, then
+    the canaries (their images with a flipped label); and the test rows."""
     tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
     dc = data_config(cfg)
-    c_img, c_lab, c_src = make_canaries(ds.images[tr], ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed)
+    cs = plant_canaries(np.asarray(ds.images[tr]), ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed)
     data = TrainData(
-        train_images=np.concatenate([np.asarray(ds.images[tr]), c_img]),
-        train_labels=np.concatenate([ds.labels[tr], c_lab]).astype(np.int64),
+        train_images=cs.images, train_labels=cs.labels,
         test_images=np.asarray(ds.images[te]), test_labels=ds.labels[te].astype(np.int64),
-        is_canary=np.r_[np.zeros(len(tr), bool), np.ones(len(c_lab), bool)],
-        cv_groups=np.r_[np.arange(len(tr)), c_src].astype(np.int64),  # each canary shares its source's group
+        is_canary=cs.is_canary, cv_groups=None,  # no canary has a twin in training: no grouping
         num_classes=ds.num_classes)
-    return data, c_src
+    return data, cs
 
 
 def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict:
@@ -101,7 +100,7 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
     if n_train < 2 * cfg.folds:
         raise AuditInputError(f"--dataset {cfg.dataset}: {n_train} training examples, need at least {2 * cfg.folds}")
     cfg = validate_config(resolve_defaults(cfg, ds.shape, n_train, device.type == "cuda"))
-    data, canary_source = build_train_data(ds, cfg)
+    data, canaries = build_train_data(ds, cfg)
     fingerprint = ds.fingerprint()
     with Orchestrator(out, fingerprint, progress=progress) as orch:
         _drop_stale_outputs(out, cfg, fingerprint)
@@ -114,7 +113,7 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
             orch.write_manifest(base, "failed")
             raise
         t0 = time.perf_counter()
-        ctx = TableContext(models=tuple(cfg.models), ds=ds, data=data, canary_source=canary_source,
+        ctx = TableContext(models=tuple(cfg.models), ds=ds, data=data, canaries=canaries,
                            fingerprint=fingerprint, config_hash=cfg.hash())
         tables = build_tables(ctx, trained, cv, infl)
         write_parquet(out / "examples.parquet", tables.examples, tables.meta)
@@ -214,8 +213,9 @@ def _manifest_base(cfg: RunConfig, ds: AuditDataset, data: TrainData, device: to
         "dataset": {
             "spec": absolute_spec(ds.spec), "name": ds.name, "fingerprint": fingerprint,
             "source_fingerprint": ds.extra.get("source_fingerprint"),
-            "num_train": int(data.num_real), "num_test": int(len(data.test_labels)),
+            "num_train": int(data.num_real + data.is_canary.sum()), "num_test": int(len(data.test_labels)),
             "num_canaries": int(data.is_canary.sum()), "shape": list(ds.shape),
+            "canary_rows": "held out of training this run: their images train as canaries with a flipped label",
             "class_names": list(ds.class_names),
         },
         "device": str(device),

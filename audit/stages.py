@@ -30,12 +30,12 @@ NEIGHBORS = 10  # neighbours kept per example as evidence for the app and for `c
 class TrainData:
     """What every stage trains and evaluates on: training rows plus canaries, and the test rows."""
 
-    train_images: np.ndarray  # uint8 (N_aug, C, H, W): real training rows, then canaries
+    train_images: np.ndarray  # uint8 (N_aug, C, H, W): real training rows (less the canaries' sources), then canaries
     train_labels: np.ndarray  # int64 (N_aug,)
     test_images: np.ndarray  # uint8 (N_test, C, H, W)
     test_labels: np.ndarray  # int64 (N_test,)
     is_canary: np.ndarray  # bool (N_aug,)
-    cv_groups: np.ndarray  # int64 (N_aug,): each canary shares its source's group
+    cv_groups: np.ndarray | None  # int64 (N_aug,): rows of one group share a fold (None: no grouping)
     num_classes: int
 
     @property

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import (
+    GroupKFold,
+    KFold,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+)
 from tqdm.auto import tqdm
 
-from audit.train.engine import TrainSpec, summarize_dynamics, train_model
+from audit.train.engine import TrainSpec, train_model
 from audit.train.evaluate import infer
 from audit.train.models import build_model
 

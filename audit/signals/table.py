@@ -40,7 +40,7 @@ class TableContext:
     models: tuple[str, ...]
     ds: AuditDataset  # the audited dataset (noisy labels as given)
     data: object  # audit.stages.TrainData
-    canary_source: np.ndarray
+    canaries: object  # audit.signals.canaries.CanarySet
     fingerprint: str
     config_hash: str
 
@@ -58,7 +58,13 @@ class TableContext:
 
     @property
     def train_rows(self) -> np.ndarray:
-        return self.ds.split_indices("train")
+        """The dataset rows of the real training rows the models trained on (canaries' sources left)."""
+        return self.ds.split_indices("train")[self.canaries.real_rows]
+
+    @property
+    def source_rows(self) -> np.ndarray:
+        """The dataset rows whose images train as canaries (with a flipped label) in this run."""
+        return self.ds.split_indices("train")[self.canaries.source]
 
     @property
     def test_rows(self) -> np.ndarray:
@@ -149,7 +155,7 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
     n_issues = n_label_issues(y[real], cv["oos_probs"][real], [trained[m]["train_logits"][real].argmax(1) for m in robust])
     k, n_tr = run.ds.num_classes, int(real.sum())
     joint = estimate_joint(y[real], cv["oos_probs"][real]) if n_tr > k else np.ones((k, k))
-    c_w = canary_weights(joint, y[run.is_canary], y[real][run.canary_source])
+    c_w = canary_weights(joint, y[run.is_canary], run.canaries.clean_labels)
     combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=not_judged, canary_weight=c_w)
     score = rank01(combo["score"][real])
     flags = np.zeros(n_tr, bool)
@@ -222,8 +228,9 @@ def build_tables(run: TableContext, trained: dict, cv: dict, infl: dict) -> Tabl
     df = _base_columns(run, sc, ev)
     _model_columns(df, run, trained)
     _signal_columns(df, run, trained, cv, infl, sc, ev)
+    df = _with_canary_sources(df, run, trained, cv, infl, sc)
     pairs = _pairs_table(run, infl)
-    metrics = _metrics(df, run, trained, sc, ev, len(pairs))
+    metrics = _metrics(df, run, trained, sc, len(pairs))
     meta = {"class_names": list(run.ds.class_names), "dataset": run.ds.spec, "config_hash": run.config_hash,
             "models": list(run.models), "fingerprint": run.fingerprint}
     real = ~run.is_canary
@@ -318,6 +325,80 @@ def _signal_columns(df, run: TableContext, trained, cv, infl, sc: Scores, ev: Ev
         df["is_injected_noise"] = df["clean_label"].to_numpy() != df["given_label"].to_numpy()
 
 
+def _with_canary_sources(df: pd.DataFrame, run: TableContext, trained: dict, cv: dict, infl: dict,
+                         sc: Scores) -> pd.DataFrame:
+    """Add the rows whose images trained as canaries, so every example has its row.
+
+    They are audited by what stays valid when a row's image trained with another label: its
+    out-of-sample probabilities (the folds that held it out never saw it), the robust models'
+    predictions and its neighbours. Their ``issue_score`` is the combined score at the percentile of
+    their out-of-sample label quality among the audited rows; the other signals are NaN.
+    """
+    from cleanlab.rank import get_label_quality_scores
+
+    df["held_out_as_canary"] = False
+    can, k, ds = run.is_canary, run.ds.num_classes, run.ds
+    rows = run.source_rows
+    if not len(rows):
+        return df
+    given = ds.labels[rows].astype(np.int64)
+    robust = [m for m in run.models if m != "natural"]
+    oos = cv["oos_probs"][can]
+    probs = np.mean([oos] + [softmax(trained[m]["train_logits"][can]) for m in robust], axis=0)
+    alt = probs.argmax(1)
+    nb_pos = infl["neighbor_idx"][:len(can)][can]
+    nb_lab = run.train_labels[~can][nb_pos]
+    votes = (oos.argmax(1) == alt).astype(int) + (np.array([np.bincount(r, minlength=k).argmax() for r in nb_lab]) == alt)
+    if robust:
+        votes += np.any([trained[m]["train_logits"][can].argmax(1) == alt for m in robust], axis=0).astype(int)
+    lq = get_label_quality_scores(given, oos)
+    audited = np.sort(sc.signals["cleanlab"][~can])
+    pct = np.searchsorted(audited, 1.0 - lq, side="right") / max(1, len(audited))
+    score = np.quantile(sc.score, np.clip(pct, 0, 1)) if len(sc.score) else np.zeros(len(rows))
+    cut = sc.score[sc.flags].min() if sc.flags.any() else np.inf
+    flagged = score >= cut
+    cat = _categories(flagged, given, probs, votes, np.zeros(len(rows)), alt)
+    reasons = _category_reasons(cat, given, alt, probs, votes, np.zeros(len(rows)), ds.class_names)
+    note = "held out as a canary this run (scored by out-of-sample label quality only; rerun with another --seed)"
+    new = {"example_id": ds.example_ids[rows].astype(str), "split": ds.split[rows].astype(str),
+           "index": ds.index[rows].astype(np.int64), "given_label": given, "suggested_label": alt.astype(np.int64),
+           "issue_score": score.astype(np.float64), "is_label_issue": flagged, "category": cat,
+           "label_quality": lq, "cleanlab_score": 1.0 - lq, "evidence_confidence": probs.max(1),
+           "category_reason": [f"{r}; {note}" if r else note for r in reasons], "held_out_as_canary": True,
+           "neighbor_ids": [list(map(str, r)) for r in ds.example_ids[run.train_rows][nb_pos]],
+           "neighbor_labels": [list(map(int, r)) for r in nb_lab], "signals_fired": ""}
+    if ds.paths is not None:
+        new["path"] = np.asarray(ds.paths)[rows].astype(str)
+    for m in run.models:
+        lg = trained[m]["train_logits"][can]
+        p = softmax(lg)
+        new.update({f"pred_{m}": lg.argmax(1).astype(np.int64), f"correct_{m}": lg.argmax(1) == given,
+                    f"loss_{m}": -np.log(np.clip(p[np.arange(len(given)), given], 1e-12, None)),
+                    f"margin_{m}": margin(lg, given)})
+    if ds.clean_labels is not None:
+        new["clean_label"] = ds.clean_labels[rows].astype(np.int64)
+        new["is_injected_noise"] = new["clean_label"] != given
+    return _append_rows(df, pd.DataFrame(new), robust)
+
+
+def _append_rows(df: pd.DataFrame, extra: pd.DataFrame, robust: list[str]) -> pd.DataFrame:
+    """``extra``'s rows into ``df`` with df's columns and dtypes (missing values: NaN, NA or False),
+    training rows first, each split in dataset order."""
+    for c in df.columns:
+        if c in extra:
+            continue
+        kind = df[c].dtype
+        extra[c] = (False if kind == bool else pd.array([pd.NA] * len(extra), dtype=kind)
+                    if isinstance(kind, pd.api.extensions.ExtensionDtype) else
+                    [[] for _ in range(len(extra))] if c.startswith("neighbor_") else np.nan)
+    if robust:
+        extra["natural_fit_robust_miss"] = extra["correct_natural"] & np.any(
+            [~extra[f"correct_{m}"].to_numpy(bool) for m in robust], axis=0)
+    out = pd.concat([df, extra[df.columns].astype(df.dtypes.to_dict())], ignore_index=True)
+    order = np.lexsort((out["index"].to_numpy(), (out["split"] != "train").to_numpy()))
+    return out.iloc[order].reset_index(drop=True)
+
+
 def _pairs_table(run: TableContext, infl: dict) -> pd.DataFrame:
     te_ids, tr_ids = run.ds.example_ids[run.test_rows], run.ds.example_ids[run.train_rows]
     return pd.DataFrame({
@@ -332,23 +413,27 @@ def _pairs_table(run: TableContext, infl: dict) -> pd.DataFrame:
     })
 
 
-def _metrics(df: pd.DataFrame, run: TableContext, trained: dict, sc: Scores, ev: Evidence, n_pairs: int) -> dict:
-    n_tr, n_te = len(sc.flags), len(run.test_labels)
-    metrics: dict = {"num_flagged_train": int(sc.flags.sum()), "num_flagged_test": int(ev.flagged[n_tr:].sum()),
-                     "estimated_noise_rate": sc.n_issues / max(1, n_tr), "num_pairs": int(n_pairs)}
+def _metrics(df: pd.DataFrame, run: TableContext, trained: dict, sc: Scores, n_pairs: int) -> dict:
+    tr, te = (df["split"] == "train").to_numpy(), (df["split"] == "test").to_numpy()
+    flags = df["is_label_issue"].to_numpy(bool)
+    metrics: dict = {"num_flagged_train": int(flags[tr].sum()), "num_flagged_test": int(flags[te].sum()),
+                     "estimated_noise_rate": sc.n_issues / max(1, int((~run.is_canary).sum())),
+                     "num_pairs": int(n_pairs), "num_canary_sources": int(df["held_out_as_canary"].sum())}
     for m in run.models:
-        metrics[f"{m}_train_accuracy"] = float(df[f"correct_{m}"][:n_tr].mean())
-        metrics[f"{m}_test_accuracy"] = float(df[f"correct_{m}"][n_tr:].mean()) if n_te else float("nan")
-        metrics[f"{m}_test_adv_accuracy"] = float(trained[m]["adv_correct_test"].mean()) if n_te else float("nan")
+        metrics[f"{m}_train_accuracy"] = float(df[f"correct_{m}"][tr & ~df["held_out_as_canary"]].mean())
+        metrics[f"{m}_test_accuracy"] = float(df[f"correct_{m}"][te].mean()) if te.any() else float("nan")
+        metrics[f"{m}_test_adv_accuracy"] = float(trained[m]["adv_correct_test"].mean()) if te.any() else float("nan")
     if "aug" in trained:
         metrics["aug_test_accuracy"] = float(trained["aug"]["test_accuracy"])
     if run.ds.clean_labels is not None:
-        truth = df["is_injected_noise"].to_numpy()[:n_tr]
-        metrics.update({f"noise_{k}": v for k, v in detection_metrics(sc.score, truth).items()})
-        tp = int((sc.flags & truth).sum())
-        metrics["noise_precision"] = tp / max(1, int(sc.flags.sum()))
+        truth, score = df["is_injected_noise"].to_numpy(bool)[tr], df["issue_score"].to_numpy()[tr]
+        metrics.update({f"noise_{k}": v for k, v in detection_metrics(score, truth).items()})
+        tp = int((flags[tr] & truth).sum())
+        metrics["noise_precision"] = tp / max(1, int(flags[tr].sum()))
         metrics["noise_recall"] = tp / max(1, int(truth.sum()))
-        metrics["natural_fits_noise"] = float(df["correct_natural"][:n_tr][truth].mean()) if truth.any() else float("nan")
+        fit = df["correct_natural"].to_numpy(bool)[tr & ~df["held_out_as_canary"].to_numpy(bool)]
+        t_fit = df["is_injected_noise"].to_numpy(bool)[tr & ~df["held_out_as_canary"].to_numpy(bool)]
+        metrics["natural_fits_noise"] = float(fit[t_fit].mean()) if t_fit.any() else float("nan")
     return metrics
 
 
