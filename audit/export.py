@@ -157,7 +157,8 @@ def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     for c in out.columns:
         if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]):
-            out[c] = out[c].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+            live = out[c].map(lambda v: isinstance(v, str) and v.startswith(FORMULA_START)).to_numpy(bool)
+            out.loc[live, c] = "'" + out.loc[live, c]
     return out
 
 

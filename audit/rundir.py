@@ -57,13 +57,9 @@ MAX_SIDE = 65_536  # image height or width a manifest may declare
 
 
 class DatasetUnverified(AuditInputError):
-    """The dataset a run names cannot be shown: unknown spec form, unloadable, no recorded fingerprint,
-    or a fingerprint that differs. ``str()`` is safe to show anyone (no file content); ``detail`` may
-    hold the loader's message, for the person at the terminal only."""
-
-    def __init__(self, message: str, detail: str = ""):
-        super().__init__(message)
-        self.detail = detail
+    """The dataset a run names cannot be shown: unknown spec form, missing, unloadable, no recorded
+    fingerprint, or a fingerprint that differs. The message never quotes the loader (whose errors may
+    quote the file the manifest points at), so it is safe to show anyone."""
 
 
 # -- the manifest's schema ----------------------------------------------------------------------
@@ -158,7 +154,7 @@ def check_spec(spec: str, run: Path) -> tuple[str, Path | None]:
         raise refuse("a run records an absolute path without '..'")
     if source in FILE_SUFFIXES:
         if p.suffix.lower() not in FILE_SUFFIXES[source]:
-            raise refuse(f"a {source} spec names a {' or '.join(FILE_SUFFIXES[source])} file")
+            raise refuse(f"{source} specs name a {' or '.join(FILE_SUFFIXES[source])} file")
         return source, p
     real, home, run_real = p.resolve(), Path.home().resolve(), run.resolve()
     if real == Path(real.anchor) or home.is_relative_to(real) or run_real.is_relative_to(real):
@@ -326,17 +322,19 @@ class RunDir:
         from audit.data import load_dataset
 
         spec, man_path = self.spec, self.path / MANIFEST
-        check_spec(spec, self.path)
+        _, path = check_spec(spec, self.path)
         want = self.expected_fingerprint()
         if want is None:
             raise DatasetUnverified(f"{man_path}: records no dataset.source_fingerprint (a run from an older "
                                     "version), so the dataset cannot be verified; images are not read")
+        if path is not None and not path.exists():
+            raise DatasetUnverified(f"dataset {spec!r} named by {man_path}: {path} does not exist here; "
+                                    "images are not read")
         try:
             ds = load_dataset(spec, download=False)
-        except Exception as e:  # noqa: BLE001 - the message may quote the file: kept out of str()
-            raise DatasetUnverified(f"dataset {spec!r} named by {man_path} cannot be loaded "
-                                    f"({type(e).__name__}); images are not read",
-                                    detail=str(e).splitlines()[0][:300] if str(e) else "") from None
+        except Exception as e:  # noqa: BLE001 - its message may quote the file, so only its type is shown
+            raise DatasetUnverified(f"dataset {spec!r} named by {man_path} cannot be loaded as audited "
+                                    f"({type(e).__name__}); images are not read") from None
         got = ds.fingerprint()
         if got != want:
             raise DatasetUnverified(f"dataset {spec!r} has fingerprint {got}, but {man_path} recorded {want} "

@@ -166,3 +166,21 @@ def test_flagged_test_labels_listed_without_decisions_and_never_dropped(digits_r
     assert set(t.example_id) == set(want.example_id) and (t.reviewed_label == t.given_label).all()
     assert "decision" not in t.columns
     assert cli(["export", str(out), "--out", str(tmp_path / "e.csv"), "--test-out", str(tmp_path / "e.csv")]) == 2
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(digits_run, tmp_path):
+    from audit.decisions import DecisionStore
+    from audit.export import neutralise_formulas
+
+    df = pd.DataFrame({"t": ["=1+1", "+A1", "-2+3", "@SUM(A1)", "\tx", "\rx", "ok", "a=b", None], "n": range(-4, 5)})
+    got = neutralise_formulas(df)
+    assert got["t"].tolist()[:8] == ["'=1+1", "'+A1", "'-2+3", "'@SUM(A1)", "'\tx", "'\rx", "ok", "a=b"]
+    assert pd.isna(got["t"].iloc[8]) and got["n"].tolist() == list(range(-4, 5))  # numbers stay numbers
+    out = _copy_run(digits_run[0], tmp_path / "run")
+    first = pd.read_parquet(out / "examples.parquet").query("split == 'train'")["example_id"].iloc[0]
+    DecisionStore(out).record(first, "keep", reviewer='=HYPERLINK("http://evil","x")')
+    assert cli(["export", str(out), "--out", str(tmp_path / "l.csv")]) == 0
+    text = (tmp_path / "l.csv").read_text()
+    assert "'=HYPERLINK" in text and ',=HYPERLINK' not in text and ',"=HYPERLINK' not in text
+    assert cli(["export", str(out), "--out", str(tmp_path / "l.parquet")]) == 0  # Parquet keeps the value as it is
+    assert pd.read_parquet(tmp_path / "l.parquet").set_index("example_id").at[first, "reviewer"].startswith("=HYPER")

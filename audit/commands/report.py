@@ -28,8 +28,7 @@ def main(args) -> int:
             raise AuditInputError(f"--{opt} {getattr(args, opt)}: must be ≥ 0")
     try:
         path = build_report(args.run, out=args.out, top=args.top, pairs=args.pairs, images=not args.no_images)
-    except DatasetUnverified as e:  # the loader's own words only here, on the terminal, never in the page
-        said = f"; the loader said: {e.detail}" if e.detail else ""
-        raise AuditInputError(f"{e}{said} (--no-images writes the report without them)") from None
+    except DatasetUnverified as e:
+        raise AuditInputError(f"{e} (--no-images writes the report without them)") from None
     print(f"wrote {path}")
     return 0
