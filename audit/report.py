@@ -35,7 +35,7 @@ import pandas as pd
 
 from audit.errors import AuditInputError
 from audit.io import atomic_write_bytes
-from audit.rundir import RunDir
+from audit.rundir import RunDir, load_json_object
 
 CATEGORY_COLORS = {"mislabelled": "#d62728", "ambiguous": "#ff7f0e", "atypical": "#9467bd", "ok": "#8c8c8c"}
 MODEL_COLORS = {"natural": "#1f77b4", "pgd": "#d62728", "trades": "#2ca02c", "fgsm": "#ff7f0e"}
@@ -471,15 +471,7 @@ def verify_section(run: RunDir) -> dict | None:
     path = run.path / "verify.json"
     if not path.exists():
         return None
-    run.file("verify.json")
-    if path.stat().st_size > 20 * 2**20:
-        raise AuditInputError(f"{path}: larger than 20 MiB; not a verify.json benign-audit wrote")
-    try:
-        obj = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise AuditInputError(f"{path}: not valid JSON ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise AuditInputError(f"{path}: not a JSON object")
+    obj = load_json_object(path)
     scalars = [(str(k)[:200], _fmt(v)) for k, v in obj.items() if isinstance(v, (str, int, float, bool))][:50]
     variants = [(name[:200], _flatten(v)) for name, v in _variants(obj)][:100]
     columns = list(dict.fromkeys(c for _, cells in variants for c in cells))[:60]
@@ -507,24 +499,28 @@ def _verify_plot(run: RunDir) -> str | None:
 
 
 # -- the page ---------------------------------------------------------------------------------------
+CAPTIONS = {
+    "scores": ("The dashed line is the flagging threshold: training examples to its right are flagged "
+               "(is_label_issue). issue_score is a rank in [0, 1], so all categories together are uniform."),
+    "per_class": ("Flagged training examples by their given label, coloured by category; outlines show the "
+                  "injected noise when the tool injected it."),
+    "fig5a": ("Fraction of training points whose self-influence exceeds s. The paper: training points an "
+              "adversarially trained model misclassifies have much higher self-influence than training points overall."),
+    "fig5b": ("Per test point, the largest influence of one of its paired training images. Pairs are computed for "
+              "the test points some model misclassifies, so the grey histogram covers those, not the whole test split."),
+    "accuracy": ("Train accuracy is measured on the given (possibly noisy) labels: a natural model fits them all; "
+                 "robust models refuse some."),
+}
 def _plots(man: dict, tr: pd.DataFrame, te: pd.DataFrame, pr: pd.DataFrame, names: list[str]) -> list[dict]:
     robust = [m for m in man["config"]["models"] if m != "natural"]
-    plots = [("issue_score by category", plot_issue_scores(tr),
-              "The dashed line is the flagging threshold: training examples to its right are flagged (is_label_issue). "
-              "issue_score is a rank in [0, 1], so all categories together are uniform."),
-             ("Flagged per class", plot_flagged_per_class(tr, names),
-              "Flagged training examples by their given label, coloured by category; outlines show the injected noise "
-              "when the tool injected it.")]
+    plots = [("issue_score by category", plot_issue_scores(tr), CAPTIONS["scores"]),
+             ("Flagged per class", plot_flagged_per_class(tr, names), CAPTIONS["per_class"])]
     if robust:
-        plots += [("Self-influence of what robust models refuse to fit (paper's Figure 5a)", plot_self_influence(tr, robust),
-                   "Fraction of training points whose self-influence exceeds s. The paper: training points an adversarially "
-                   "trained model misclassifies have much higher self-influence than training points overall."),
-                  ("Influence on test points robust models get wrong (paper's Figure 5b)", plot_test_influence(te, pr, robust),
-                   "Per test point, the largest influence of one of its paired training images. Pairs are computed for the "
-                   "test points some model misclassifies, so the grey histogram covers those, not the whole test split.")]
-    plots.append(("Natural vs robust accuracy", plot_accuracy(man),
-                  "Train accuracy is measured on the given (possibly noisy) labels: a natural model fits them all; "
-                  "robust models refuse some."))
+        plots += [("Self-influence of what robust models refuse to fit (paper's Figure 5a)",
+                   plot_self_influence(tr, robust), CAPTIONS["fig5a"]),
+                  ("Influence on test points robust models get wrong (paper's Figure 5b)",
+                   plot_test_influence(te, pr, robust), CAPTIONS["fig5b"])]
+    plots.append(("Natural vs robust accuracy", plot_accuracy(man), CAPTIONS["accuracy"]))
     return [{"title": t, "uri": _b64_png(png) if png else None, "caption": c} for t, png, c in plots]
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import cached_property
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,21 +95,29 @@ def _schema():
         status: str
         config: Config
         dataset: Dataset
-        metrics: dict[str, Any] = {}
+        metrics: dict[str, Any] = Field(default_factory=dict)
 
     return Manifest
 
 
-def read_manifest(path: Path, *, complete: bool = True) -> dict:
-    """``manifest.json`` as a dict, checked: JSON, an object, ``status`` (``complete`` unless
-    ``complete=False``), then every field the readers use (types and bounds)."""
+def load_json_object(path: Path, max_bytes: int = 20 * 2**20) -> dict:
+    """A JSON object from a run's own regular file of at most ``max_bytes``; else :class:`AuditInputError`."""
     _regular(path)
+    if path.stat().st_size > max_bytes:
+        raise AuditInputError(f"{path}: larger than {max_bytes // 2**20} MiB; not a file benign-audit wrote")
     try:
-        man = json.loads(path.read_bytes())
+        obj = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
         raise AuditInputError(f"{path}: not valid JSON ({type(e).__name__})") from None
-    if not isinstance(man, dict):
-        raise AuditInputError(f"{path}: not a run manifest (a JSON {type(man).__name__}, expected an object)")
+    if not isinstance(obj, dict):
+        raise AuditInputError(f"{path}: not what benign-audit writes (a JSON {type(obj).__name__}, expected an object)")
+    return obj
+
+
+def read_manifest(path: Path, *, complete: bool = True) -> dict:
+    """``manifest.json`` as a dict, checked: JSON, an object, ``status`` (``complete`` unless
+    ``complete=False``); :func:`check_manifest` checks the fields."""
+    man = load_json_object(path)
     if complete and man.get("status") != "complete":
         status = man.get("status")
         shown = repr(status) if isinstance(status, str) and len(status) < 40 else "missing or not a string"
@@ -278,7 +286,9 @@ class RunDir:
         if not path.is_file():
             raise AuditInputError(f"{path}: no checkpoint for model {name!r} (run has {', '.join(self.models)})")
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on odd pickle protocols: the file is refused anyway
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:  # noqa: BLE001 - every failure means the same thing to the user
             raise AuditInputError(f"{path}: corrupt or not written by benign-audit ({type(e).__name__})") from None
         if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

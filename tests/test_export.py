@@ -99,7 +99,7 @@ def _reviewed(src, dst):
 
 
 def test_export_policies_count_changes_by_source(digits_run, tmp_path, capsys):
-    out, ex, fl, ok, _, _ = _reviewed(digits_run[0], tmp_path / "run")
+    out, ex, fl, _, _, _ = _reviewed(digits_run[0], tmp_path / "run")
     tr = ex[ex.split == "train"]
     n_train, n_fl = len(tr), int(tr.is_label_issue.sum())
     undecided = tr.loc[fl[3:]]

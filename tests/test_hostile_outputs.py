@@ -14,7 +14,6 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from audit.cli import main as cli
@@ -234,7 +233,7 @@ def hostile(digits_run, tmp_path):
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_hostile_case(hostile, capsys, case):
-    name, tamper, command, code, word = case
+    _, tamper, command, code, word = case
     run, tmp = hostile
     tamper(run, tmp)
     outside, own = snapshot(tmp, skip=run), {f: snapshot(run).get(f) for f in RUN_FILES}
