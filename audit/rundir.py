@@ -18,7 +18,9 @@ A run directory is **untrusted input**: someone may have sent it, or edited it. 
   from ``examples.parquet`` (never noise re-injected), the clean labels too when the tool injected noise.
 * Checkpoints load with ``torch.load(weights_only=True)``; an unreadable one is "corrupt or not written
   by benign-audit", never a hint to turn that protection off.
-* Outputs of ``export`` and ``report`` may not be files the run owns (:meth:`RunDir.check_output`).
+* Outputs of ``export`` and ``report`` may not be files the run owns (:meth:`RunDir.check_output`):
+  its tables, ``manifest.json``, ``dynamics.npz``, ``verify.json``/``.png``, the decision log, hidden
+  files, anything under ``checkpoints/`` or ``.cache/``, by name, through a link or as the same inode.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ PAIRS = "pairs.parquet"
 DYNAMICS = "dynamics.npz"
 DECISIONS_DB = "decisions.sqlite"
 TABLES = (EXAMPLES, PAIRS)
-OWNED_FILES = (MANIFEST, EXAMPLES, PAIRS, DYNAMICS)
+OWNED_FILES = (MANIFEST, EXAMPLES, PAIRS, DYNAMICS, "verify.json", "verify.png", "error.txt")
 OWNED_DIRS = ("checkpoints", ".cache")
 MODELS = ("natural", "pgd", "trades", "fgsm")
 ARCHS = ("mlp", "mnist_cnn", "resnet18")
@@ -164,7 +166,11 @@ def check_spec(spec: str, run: Path) -> tuple[str, Path | None]:
         if p.suffix.lower() not in FILE_SUFFIXES[source]:
             raise refuse(f"{source} specs name a {' or '.join(FILE_SUFFIXES[source])} file")
         return source, p
-    real, home, run_real = p.resolve(), Path.home().resolve(), run.resolve()
+    real, run_real = p.resolve(), run.resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home directory in some containers
+        home = Path(real.anchor)
     if real == Path(real.anchor) or home.is_relative_to(real) or run_real.is_relative_to(real):
         raise refuse("the folder is the file-system root or holds the home directory or the run itself")
     return source, p
@@ -383,7 +389,8 @@ class RunDir:
             for root in (run_abs, run_real):
                 if c.is_relative_to(root) and c != root:
                     rel = c.relative_to(root)
-                    if rel.parts[0] in OWNED_DIRS or (len(rel.parts) == 1 and _owned_name(rel.name)):
+                    top = rel.parts[0]
+                    if top in OWNED_DIRS or top.startswith(".") or (len(rel.parts) == 1 and _owned_name(top)):
                         return str(rel)
         if p.exists():
             st = p.stat()
@@ -412,4 +419,6 @@ class RunDir:
 
 
 def _owned_name(name: str) -> bool:
-    return name in OWNED_FILES or name.startswith(DECISIONS_DB)
+    """A run's own top-level file: its tables and records, the decision log, hidden files (temporary
+    names, locks)."""
+    return name in OWNED_FILES or name.startswith((DECISIONS_DB, "."))

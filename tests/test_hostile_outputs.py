@@ -310,3 +310,66 @@ def test_app_shows_tables_without_images_and_a_notice(hostile, monkeypatch):
     assert data.dataset_notice(run) is not None
     assert data.allowed_roots(run) == [run.resolve()]  # folder:/ did not widen what may be opened
     assert data.source_path(run, "digits-0000") is None
+
+
+def test_older_run_without_noise_is_verified_by_its_fingerprint(hostile):
+    """A run from before ``source_fingerprint`` with no injected noise: its ``fingerprint`` hashed the same
+    data, so it still verifies; with noise it cannot (covered by the table)."""
+    from audit.rundir import RunDir
+
+    run, _ = hostile
+
+    def older(m):
+        m["config"]["noise"] = 0.0
+        m["dataset"]["fingerprint"] = m["dataset"].pop("source_fingerprint")
+    edit_manifest(run, older)
+    assert RunDir(run).dataset_or_notice()[1] is None
+    edit_manifest(run, lambda m: m["dataset"].__setitem__("fingerprint", "0" * 16))
+    assert "fingerprint" in RunDir(run).dataset_or_notice()[1]
+
+
+@pytest.mark.parametrize("name", ["report.html", "exports/labels.csv", "labels.csv"])
+def test_outputs_the_run_does_not_own_are_allowed(hostile, name):
+    from audit.rundir import RunDir
+
+    run, _ = hostile
+    assert RunDir(run).owns(run / name) is None
+    for own in ("verify.json", ".lock", ".examples.parquet.x.tmp", "checkpoints/x.pt", ".cache/k.npz"):
+        assert RunDir(run).owns(run / own) is not None
+
+
+def test_fuzzed_manifests_open_or_exit_2(hostile):
+    """Any JSON in place of a manifest field: the run opens (and its dataset verifies or gives a notice)
+    or it is an AuditInputError naming manifest.json; never another exception."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from audit.errors import AuditInputError
+    from audit.rundir import RunDir
+
+    run, _ = hostile
+    original = json.loads((run / "manifest.json").read_text())
+    fields = [("status",), ("config", "models"), ("config", "arch"), ("config", "width"), ("config", "noise"),
+              ("dataset", "spec"), ("dataset", "fingerprint"), ("dataset", "source_fingerprint"),
+              ("dataset", "shape"), ("dataset", "class_names"), ("metrics",), ("config",), ("dataset",)]
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                          lambda v: st.lists(v, max_size=4) | st.dictionaries(st.text(max_size=8), v, max_size=4),
+                          max_leaves=8)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(st.sampled_from(fields), values)
+    def check(field, value):
+        man = json.loads(json.dumps(original))
+        node = man
+        for k in field[:-1]:
+            node = node[k]
+        node[field[-1]] = value
+        (run / "manifest.json").write_text(json.dumps(man))
+        try:
+            r = RunDir(run)
+        except AuditInputError as e:
+            assert "manifest.json" in str(e)
+            return
+        r.dataset_or_notice()
+
+    check()
