@@ -6,9 +6,12 @@ a rerun of ``audit run`` into the same directory is picked up without restarting
 the big tables are shared by every browser session (``st.cache_resource``: never mutate what they
 return).
 
-Safety: the app opens only the run directory's own artifacts (fixed names), the dataset through
-:func:`audit.data.load_dataset`, and source image files that resolve (symlinks followed) inside the
-run directory or the dataset root; a path that escapes them is refused.
+Safety: a run directory is untrusted input, read through :class:`audit.rundir.RunDir` (a checked
+manifest, regular files, fixed names). Pictures come only from the dataset the manifest names *after*
+its fingerprint matched the recorded one; otherwise the tables show without pictures and
+:func:`dataset_notice` says why (nothing in a manifest can download or widen what is read). The zoomed
+view opens only the source file the verified dataset lists for that example, and only when it
+resolves (symlinks followed) inside the run directory or that dataset's root.
 """
 
 from __future__ import annotations
@@ -43,10 +46,16 @@ def run_dir_from_argv() -> Path:
 
 def run_problem(run: Path) -> str | None:
     """Why ``run`` cannot be reviewed, or None."""
+    from audit.errors import AuditInputError
+
     if not (run / "examples.parquet").is_file():
         return f"{run}: no examples.parquet — run `audit run --out {run}` first, then `audit app {run}`"
     if not (run / "manifest.json").is_file():
         return f"{run}: no manifest.json (an interrupted run? rerun `audit run --out {run}` to finish it)"
+    try:
+        _rundir(str(run), _mtime(run / "manifest.json"))
+    except AuditInputError as e:
+        return str(e)
     return None
 
 
@@ -59,20 +68,26 @@ def _mtime(path: Path) -> float:
 
 # -- artifacts ------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _manifest(path: str, mtime: float) -> dict:
-    from audit.io import read_json
+def _rundir(run: str, mtime: float):
+    """The run opened read-only (its manifest checked), once per manifest version."""
+    from audit.rundir import RunDir
 
-    return read_json(path)
+    return RunDir(run, complete=False)
+
+
+def _open(run: Path):
+    return _rundir(str(run), _mtime(run / "manifest.json"))
 
 
 def manifest(run: Path) -> dict:
-    p = run / "manifest.json"
-    return _manifest(str(p), _mtime(p))
+    """``manifest.json``, checked by :class:`audit.rundir.RunDir` (shared, read-only)."""
+    return _open(run).manifest
 
 
 @st.cache_resource(show_spinner="Loading examples…", max_entries=4)
 def _examples(path: str, mtime: float) -> pd.DataFrame:
-    df = pd.read_parquet(path)
+    run = Path(path).parent
+    df = _open(run).examples()
     df.index = pd.RangeIndex(len(df))
     return df
 
@@ -115,7 +130,7 @@ def train_percentile(run: Path, column: str, value) -> float | None:
 def _pairs(path: str, mtime: float) -> pd.DataFrame:
     if not mtime:
         return pd.DataFrame(columns=["test_id", "train_id", "rank", "similarity", "influence", "reason"])
-    return pd.read_parquet(path)
+    return _open(Path(path).parent).pairs()
 
 
 def pairs(run: Path) -> pd.DataFrame:
@@ -142,14 +157,18 @@ class Dynamics:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _dynamics(path: str, mtime: float) -> Dynamics | None:
+    from audit.errors import AuditInputError
+
     if not mtime:
         return None
     try:
+        if Path(path).is_symlink():
+            return None
         with np.load(path, allow_pickle=False) as z:  # margins only: the largest arrays are read once
             models = [str(m) for m in z["models"]] if "models" in z.files else []
             return Dynamics({m: z[f"margin_{m}"] for m in models if f"margin_{m}" in z.files},
                             pd.Index(z["example_ids"].astype(str)))
-    except (OSError, ValueError, KeyError):  # unreadable: the page says so instead of failing
+    except (OSError, ValueError, KeyError, AuditInputError):  # unreadable: the page says so instead of failing
         return None
 
 
@@ -182,36 +201,44 @@ class Images:
 
 
 @st.cache_resource(show_spinner="Loading images…", max_entries=2)
-def _images(spec: str) -> Images:
-    from audit.data import load_dataset
-
-    try:
-        ds = load_dataset(spec)
-    except Exception as e:  # noqa: BLE001 - the app still works without pictures; say why
-        return Images(None, pd.Index([]), None, f"could not load dataset {spec!r}: {e}")
+def _images(run: str, manifest_mtime: float, examples_mtime: float) -> Images:
+    """The verified dataset's pictures, or none and a notice (:meth:`audit.rundir.RunDir.dataset_or_notice`)."""
+    ds, notice = _open(Path(run)).dataset_or_notice()
+    if ds is None:
+        return Images(None, pd.Index([]), None, notice)
     paths = None if getattr(ds, "paths", None) is None else np.asarray(ds.paths).astype(str)
     return Images(ds.images, pd.Index(np.asarray(ds.example_ids).astype(str)), paths)
 
 
+def _versions(run: Path) -> tuple[str, float, float]:
+    return str(run), _mtime(run / "manifest.json"), _mtime(run / "examples.parquet")
+
+
 def images(run: Path) -> Images:
-    """The run's dataset pictures, loaded once per dataset spec and shared."""
-    return _images(manifest(run)["dataset"]["spec"])
+    """The run's dataset pictures, loaded and verified once per run version and shared."""
+    return _images(*_versions(run))
+
+
+def dataset_notice(run: Path) -> str | None:
+    """Why the run's pictures are not shown (a dataset that cannot be verified), or None: for the views
+    to show beside the tables. Safe to show anyone: it quotes no file content."""
+    return images(run).error
 
 
 def dataset_root(spec: str) -> Path | None:
     """The folder a dataset spec points into (``folder:PATH`` -> PATH, ``csv:FILE`` -> its folder), or None."""
-    _, sep, arg = spec.partition(":")
-    if not sep or not arg:
-        return None
-    p = Path(arg).expanduser().resolve()
-    return p.parent if p.is_file() else p
+    from audit.rundir import dataset_root as root
+
+    return root(spec)
 
 
 def allowed_roots(run: Path) -> list[Path]:
+    """The run directory, and the dataset's root once the dataset is verified (never from the manifest alone)."""
     roots = [run.resolve()]
-    root = dataset_root(manifest(run)["dataset"]["spec"])
-    if root is not None:
-        roots.append(root)
+    if images(run).images is not None:
+        root = dataset_root(manifest(run)["dataset"]["spec"])
+        if root is not None:
+            roots.append(root)
     return roots
 
 
@@ -270,8 +297,8 @@ def _placeholder_png(side: int) -> bytes:
 
 
 @st.cache_data(show_spinner=False, max_entries=50_000)
-def _thumb_png(spec: str, example_id: str, side: int) -> bytes | None:
-    imgs = _images(spec)
+def _thumb_png(run: str, manifest_mtime: float, examples_mtime: float, example_id: str, side: int) -> bytes | None:
+    imgs = _images(run, manifest_mtime, examples_mtime)
     if imgs.images is None:
         return None
     i = imgs.row.get_indexer([example_id])[0]
@@ -283,7 +310,7 @@ def _thumb_png(spec: str, example_id: str, side: int) -> bytes | None:
 def thumbnail(run: Path, example_id: str, side: int = THUMB) -> bytes:
     """PNG bytes of one example at ``side`` pixels (cached per example and size); a grey square if
     the dataset cannot be loaded or does not hold the example."""
-    png = _thumb_png(manifest(run)["dataset"]["spec"], str(example_id), side)
+    png = _thumb_png(*_versions(run), str(example_id), side)
     return png if png is not None else _placeholder_png(side)
 
 
@@ -299,10 +326,20 @@ def _file_png(path: str, mtime: float, side: int) -> bytes | None:
         return None
 
 
+def source_path(run: Path, example_id: str) -> str | None:
+    """The source file the *verified* dataset lists for ``example_id`` (never the table's ``path``
+    column, which a tampered run could point anywhere), or None."""
+    imgs = images(run)
+    if imgs.paths is None:
+        return None
+    i = imgs.row.get_indexer([str(example_id)])[0]
+    return str(imgs.paths[i]) if i >= 0 else None
+
+
 def zoom_image(run: Path, row: pd.Series, side: int = ZOOM) -> tuple[bytes, str | None]:
-    """The zoomed view: the source file when the run names one inside the allowed roots (full
-    resolution, then resized), else the decoded array; and the source path shown to the person."""
-    src = safe_file(row.get("path"), allowed_roots(run)) if "path" in row.index else None
+    """The zoomed view: the verified dataset's source file for the example when it lies inside the
+    allowed roots (full resolution, then resized), else the decoded array; and the path shown."""
+    src = safe_file(source_path(run, row["example_id"]), allowed_roots(run))
     if src is not None:
         png = _file_png(str(src), _mtime(src), side)
         if png is not None:

@@ -1,119 +1,145 @@
 """The cleaned label list: one row per training example, written as CSV or Parquet, and beside it the
 flagged test labels, listed for a person to check and never removed automatically.
 
-Label rule (``final_label`` and ``label_source``):
+Exports never change a label silently. What is applied is a policy (``--apply``):
 
-=================================  ==========================  ============================
-row                                ``final_label``             ``label_source``
-=================================  ==========================  ============================
-not flagged, no decision           given label                 ``given``
-flagged, no decision               suggested label (or         ``suggested``
-                                   dropped with drop_flagged)
-reviewer decided ``keep``          given label                 ``reviewer``
-reviewer decided ``relabel``       the reviewer's class        ``reviewer``
-reviewer decided ``remove``        (row dropped)               ``reviewer``
-=================================  ==========================  ============================
+=================================  ==============  ====================  =========================
+row                                ``none``        ``decisions``         ``suggested``
+                                                   (the default)
+=================================  ==============  ====================  =========================
+not flagged, no decision           given           given                 given
+flagged, no decision               given           given                 suggested label (or
+                                                                         removed with drop_flagged)
+reviewer decided ``keep``          given           given, by reviewer    given, by reviewer
+reviewer decided ``relabel``       given           reviewer's class      reviewer's class
+reviewer decided ``remove``        given           removed               removed
+=================================  ==============  ====================  =========================
 
-Decisions count only with ``use_decisions``; the newest effective decision per example wins
-(:meth:`audit.decisions.DecisionStore.latest`).
+``label_source`` says where ``final_label`` came from (``given``, ``reviewer``, ``suggested``); the
+flags and suggestions are columns in every policy, and :class:`ExportSummary` counts kept, relabelled
+and removed rows by source. The newest effective decision per example wins
+(:meth:`audit.decisions.DecisionStore.latest`). CSV cells of text that begin with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return are prefixed with ``'`` so spreadsheets show them as text.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from audit.errors import AuditInputError
-from audit.io import atomic_write_bytes, read_parquet_metadata, write_parquet
+from audit.io import atomic_write_bytes, write_parquet
+from audit.rundir import RunDir
 
+APPLY = ("none", "decisions", "suggested")
 EXPORT_COLUMNS = ["example_id", "index", "given_label", "suggested_label", "issue_score", "is_label_issue",
-                  "final_label"]
-PROVENANCE_COLUMNS = ["label_source", "decision", "reviewer", "decided_at"]
+                  "final_label", "label_source"]
+PROVENANCE_COLUMNS = ["decision", "reviewer", "decided_at"]
 SIGNAL_COLUMNS = ["category", "signals_fired", "category_reason", "evidence_confidence", "path", "clean_label",
                   "is_injected_noise"]
 TEST_COLUMNS = ["example_id", "index", "given_label", "suggested_label", "issue_score", "is_label_issue",
                 "reviewed_label"]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def load_examples(run_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    path = Path(run_dir) / "examples.parquet"
-    if not path.exists():
-        raise AuditInputError(f"{path}: no such file (is {run_dir} a finished run directory?)")
-    return pd.read_parquet(path, columns=columns)
+def resolve_policy(apply: str | None = None, drop_flagged: bool = False,
+                   use_decisions: bool | None = None) -> tuple[str, bool]:
+    """(apply, drop_flagged) from the options. ``use_decisions=True`` (deprecated) and ``drop_flagged``
+    alone mean ``suggested``, as they did before ``apply`` existed; no option means ``decisions``."""
+    if apply is None:
+        apply = "suggested" if (use_decisions or drop_flagged) else "decisions"
+    if apply not in APPLY:
+        raise AuditInputError(f"--apply {apply!r}: must be one of {', '.join(APPLY)}")
+    if drop_flagged and apply != "suggested":
+        raise AuditInputError(f"--drop-flagged: only with --apply suggested (it removes the flagged rows nobody "
+                              f"decided on instead of relabelling them), not with --apply {apply}")
+    if use_decisions and apply == "none":
+        raise AuditInputError("--use-decisions: contradicts --apply none")
+    return apply, bool(drop_flagged)
 
 
-def _with_decisions(df: pd.DataFrame, run_dir: str | Path) -> pd.DataFrame:
+def _with_decisions(df: pd.DataFrame, run: RunDir) -> pd.DataFrame:
     """``df`` with the newest effective decision per example merged in (``decision``, ``new_label``,
-    ``reviewer``, ``decided_at``; empty where none)."""
-    from audit.decisions import DecisionStore
-
-    dec = DecisionStore(Path(run_dir)).latest().drop(columns=["seq"])
+    ``reviewer``, ``decided_at``; empty where none). Labels were checked by the store."""
+    dec = run.decisions().latest().drop(columns=["seq"])
     out = df.merge(dec, how="left", on="example_id")
-    out["decision"] = out["decision"].fillna("")
-    out["reviewer"] = out["reviewer"].fillna("")
-    out["decided_at"] = out["decided_at"].fillna("")
+    for c in ("decision", "reviewer", "decided_at"):
+        out[c] = out[c].fillna("")
     return out
 
 
-def cleaned_labels(run_dir: str | Path, *, drop_flagged: bool = False, use_decisions: bool = False,
-                   examples: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Training rows with ``final_label``: the suggested label where flagged, the given one elsewhere.
+def label_plan(run_dir: str | Path | RunDir, apply: str = "decisions", *, drop_flagged: bool = False,
+               examples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every training row with ``final_label``, ``label_source`` and ``removed`` under the policy."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    df = run.examples() if examples is None else examples
+    df = df[df["split"] == "train"].copy()
+    df["final_label"] = df["given_label"].astype(np.int64)
+    df["label_source"] = "given"
+    df["removed"] = False
+    if apply != "none":
+        df = _with_decisions(df, run)
+        d = df["decision"]
+        relabel = (d == "relabel").to_numpy()
+        df.loc[relabel, "final_label"] = df.loc[relabel, "new_label"].astype(np.int64)
+        df.loc[d.isin(["keep", "relabel", "remove"]).to_numpy(), "label_source"] = "reviewer"
+        df["removed"] = (d == "remove").to_numpy()
+    if apply == "suggested":
+        auto = df["is_label_issue"].to_numpy(bool) & (df["label_source"] == "given").to_numpy()
+        df.loc[auto, "label_source"] = "suggested"
+        if drop_flagged:
+            df.loc[auto, "removed"] = True
+        else:
+            df.loc[auto, "final_label"] = df.loc[auto, "suggested_label"].astype(np.int64)
+    df["final_label"] = df["final_label"].astype(np.int64)
+    return df.reset_index(drop=True)
 
-    With ``drop_flagged``, flagged rows are removed instead of relabelled. With ``use_decisions``, a
-    person's review decisions (the newest per example) override the automatic rule: ``keep`` keeps
-    the given label, ``relabel`` sets the chosen class, ``remove`` drops the row; provenance columns
-    ``label_source``, ``decision``, ``reviewer`` and ``decided_at`` are added. The signals behind
-    each row (``category``, ``signals_fired``, ...) follow where the run has them. Only training rows:
-    test labels are listed by :func:`flagged_test_labels`, never removed.
+
+def cleaned_labels(run_dir: str | Path | RunDir, *, apply: str | None = None, drop_flagged: bool = False,
+                   use_decisions: bool | None = None, examples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The training rows kept under the policy (module docstring), with ``final_label``, ``label_source``,
+    the provenance columns ``decision``, ``reviewer``, ``decided_at`` (unless ``apply='none'``) and
+    the signals behind each row where the run has them. Only training rows: test labels are listed
+    by :func:`flagged_test_labels`, never removed.
 
     ``examples``: the run's ``examples.parquet`` if already loaded (not modified); read otherwise.
     """
-    df = load_examples(run_dir) if examples is None else examples
-    df = df[df["split"] == "train"].copy()
-    flagged = df["is_label_issue"].to_numpy(bool)
-    df["final_label"] = np.where(flagged, df["suggested_label"], df["given_label"]).astype(np.int64)
-    df["label_source"] = np.where(flagged, "suggested", "given")
-    keep = ~flagged if drop_flagged else np.ones(len(df), bool)
-    cols = list(EXPORT_COLUMNS)
-    if use_decisions:
-        df = _with_decisions(df, run_dir)
-        d = df["decision"]
-        relabel = (d == "relabel").to_numpy()
-        kept = (d == "keep").to_numpy()
-        df.loc[relabel, "final_label"] = df.loc[relabel, "new_label"].astype(np.int64)
-        df.loc[kept, "final_label"] = df.loc[kept, "given_label"]
-        df.loc[d.isin(["keep", "relabel", "remove"]).to_numpy(), "label_source"] = "reviewer"
-        keep = np.where(d == "remove", False, np.where(relabel | kept, True, keep))
-        cols += PROVENANCE_COLUMNS
-    else:
-        cols += ["label_source"]
-    cols += [c for c in SIGNAL_COLUMNS if c in df.columns]
-    out = df.loc[keep, cols].reset_index(drop=True)
-    out["final_label"] = out["final_label"].astype(np.int64)
-    return out
+    apply, drop = resolve_policy(apply, drop_flagged, use_decisions)
+    plan = label_plan(run_dir, apply, drop_flagged=drop, examples=examples)
+    return _kept(plan, apply)
 
 
-def flagged_test_labels(run_dir: str | Path, *, use_decisions: bool = False,
-                        examples: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Test rows a person should look at: every flagged test example, and with ``use_decisions``
-    every test example a reviewer decided on. Nothing here is removed: ``reviewed_label`` is the
-    reviewer's class after ``relabel``, the given label otherwise, and a ``remove`` decision is listed
-    (``decision`` = ``remove``) for the person to act on. ``examples`` as in :func:`cleaned_labels`."""
-    df = load_examples(run_dir) if examples is None else examples
+def _kept(plan: pd.DataFrame, apply: str) -> pd.DataFrame:
+    cols = EXPORT_COLUMNS + (PROVENANCE_COLUMNS if apply != "none" else [])
+    cols += [c for c in SIGNAL_COLUMNS if c in plan.columns]
+    return plan.loc[~plan["removed"].to_numpy(bool), cols].reset_index(drop=True)
+
+
+def flagged_test_labels(run_dir: str | Path | RunDir, *, apply: str | None = None,
+                        use_decisions: bool | None = None, examples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Test rows a person should look at: every flagged test example, and unless ``apply='none'``
+    every test example a reviewer decided on. Nothing here is removed and no suggestion is applied:
+    ``reviewed_label`` is the reviewer's class after ``relabel``, the given label otherwise, and a
+    ``remove`` decision is listed (``decision`` = ``remove``) for the person to act on."""
+    apply = resolve_policy(apply, False, use_decisions)[0]
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    df = run.examples() if examples is None else examples
     df = df[df["split"] == "test"].copy()
     cols = list(TEST_COLUMNS)
     df["reviewed_label"] = df["given_label"].astype(np.int64)
     show = df["is_label_issue"].to_numpy(bool)
-    if use_decisions:
-        df = _with_decisions(df, run_dir)
+    if apply != "none":
+        df = _with_decisions(df, run)
         relabel = (df["decision"] == "relabel").to_numpy()
         df.loc[relabel, "reviewed_label"] = df.loc[relabel, "new_label"].astype(np.int64)
         show = show | (df["decision"] != "").to_numpy()
-        cols += ["decision", "reviewer", "decided_at"]
+        cols += PROVENANCE_COLUMNS
     cols += [c for c in SIGNAL_COLUMNS if c in df.columns]
-    cols += [c for c in ("pred_natural", "pred_pgd", "pred_trades") if c in df.columns]
+    cols += [c for c in ("pred_natural", "pred_pgd", "pred_trades", "pred_fgsm") if c in df.columns]
     out = df.loc[show, cols].sort_values("issue_score", ascending=False, kind="stable").reset_index(drop=True)
     out["reviewed_label"] = out["reviewed_label"].astype(np.int64)
     return out
@@ -125,30 +151,91 @@ def flagged_test_path(out: str | Path) -> Path:
     return out.with_name(f"{out.stem}.flagged-test{out.suffix}")
 
 
-def _write(df: pd.DataFrame, out: Path, run_dir: str | Path, meta: dict) -> None:
+def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` whose text cells that a spreadsheet would run as a formula (leading ``=``, ``+``,
+    ``-``, ``@``, tab, carriage return) start with ``'`` instead (OWASP's CSV injection advice)."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]):
+            live = out[c].map(lambda v: isinstance(v, str) and v.startswith(FORMULA_START)).to_numpy(bool)
+            out.loc[live, c] = "'" + out.loc[live, c]
+    return out
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    """``df`` as CSV with formula-leading text neutralised (:func:`neutralise_formulas`)."""
+    return neutralise_formulas(df).to_csv(index=False).encode()
+
+
+def _write(df: pd.DataFrame, out: Path, run: RunDir, meta: dict) -> None:
     if out.suffix == ".csv":
-        atomic_write_bytes(out, df.to_csv(index=False).encode())
+        atomic_write_bytes(out, csv_bytes(df))
     else:
-        run_meta = read_parquet_metadata(Path(run_dir) / "examples.parquet")
-        write_parquet(out, df, {"source_run": str(run_dir), "class_names": run_meta.get("class_names"), **meta})
+        write_parquet(out, df, {"source_run": str(run.path), "class_names": run.class_names, **meta})
 
 
-def export_labels(run_dir: str | Path, out: str | Path, *, test_out: str | Path | None = None,
-                  **kwargs) -> pd.DataFrame:
-    """Write :func:`cleaned_labels` to ``out`` (``.csv`` or ``.parquet``) and :func:`flagged_test_labels`
-    to ``test_out`` (default :func:`flagged_test_path`), both atomically; return the cleaned labels.
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an export did: ``counts[(action, source)]`` with action ``kept``/``relabelled``/``removed``
+    and source ``given``/``reviewer``/``suggested``; undecided flagged rows left as given."""
 
-    ``kwargs``: ``drop_flagged``, ``use_decisions`` as in :func:`cleaned_labels`.
-    """
+    apply: str
+    rows: int
+    counts: dict
+    flagged_undecided_given: int
+
+    def line(self) -> str:
+        parts = []
+        for action in ("kept", "relabelled", "removed"):
+            by = {s: n for (a, s), n in self.counts.items() if a == action and n}
+            total = sum(by.values())
+            detail = ", ".join(f"{n} {'suggestion' if s == 'suggested' else s}" for s, n in sorted(by.items()))
+            parts.append(f"{total} {action}" + (f" ({detail})" if detail else ""))
+        text = f"{self.rows} training rows under --apply {self.apply}: " + ", ".join(parts)
+        if self.flagged_undecided_given and self.apply == "none":
+            text += f"; {self.flagged_undecided_given} flagged rows keep their given label (nothing applied)"
+        elif self.flagged_undecided_given:
+            text += (f"; {self.flagged_undecided_given} flagged rows nobody decided on keep their given label "
+                     "(--apply suggested applies the suggestions)")
+        return text
+
+
+def summarise(plan: pd.DataFrame, apply: str) -> ExportSummary:
+    action = np.where(plan["removed"], "removed",
+                      np.where(plan["final_label"] != plan["given_label"], "relabelled", "kept"))
+    counts = Counter(zip(action.tolist(), plan["label_source"].tolist()))
+    left = int((plan["is_label_issue"].to_numpy(bool) & (plan["label_source"] == "given").to_numpy()).sum())
+    return ExportSummary(apply, int((~plan["removed"]).sum()), dict(counts), left)
+
+
+def write_export(run_dir: str | Path, out: str | Path, *, test_out: str | Path | None = None,
+                 apply: str | None = None, drop_flagged: bool = False,
+                 use_decisions: bool | None = None) -> tuple[pd.DataFrame, ExportSummary]:
+    """Write the kept training labels to ``out`` (``.csv`` or ``.parquet``) and :func:`flagged_test_labels`
+    to ``test_out`` (default :func:`flagged_test_path`), both atomically; neither may be one of the
+    run's own files. Returns the kept rows and the summary."""
+    apply, drop = resolve_policy(apply, drop_flagged, use_decisions)
+    run = RunDir(run_dir)
     out = Path(out)
     test_out = flagged_test_path(out) if test_out is None else Path(test_out)
     for p, opt in ((out, "--out"), (test_out, "--test-out")):
+        run.check_output(p, opt)
         if p.suffix not in (".csv", ".parquet"):
             raise AuditInputError(f"{opt} {p}: must end in .csv or .parquet")
     if test_out.resolve() == out.resolve():
         raise AuditInputError(f"--test-out {test_out}: must differ from --out")
-    df = cleaned_labels(run_dir, **kwargs)
-    test = flagged_test_labels(run_dir, use_decisions=kwargs.get("use_decisions", False))
-    _write(df, out, run_dir, {"split": "train", **kwargs})
-    _write(test, test_out, run_dir, {"split": "test", "flagged_test_labels": True, **kwargs})
-    return df
+    examples = run.examples()
+    plan = label_plan(run, apply, drop_flagged=drop, examples=examples)
+    kept = _kept(plan, apply)
+    test = flagged_test_labels(run, apply=apply, examples=examples)
+    meta = {"apply": apply, "drop_flagged": drop}
+    _write(kept, out, run, {"split": "train", **meta})
+    _write(test, test_out, run, {"split": "test", "flagged_test_labels": True, **meta})
+    return kept, summarise(plan, apply)
+
+
+def export_labels(run_dir: str | Path, out: str | Path, *, test_out: str | Path | None = None,
+                  **kwargs) -> pd.DataFrame:
+    """:func:`write_export`, returning the kept training rows. ``kwargs``: ``apply``, ``drop_flagged``,
+    ``use_decisions`` (deprecated) as in :func:`cleaned_labels`."""
+    return write_export(run_dir, out, test_out=test_out, **kwargs)[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from audit.errors import AuditInputError
-from audit.io import read_json
+from audit.rundir import RunDir
 from audit.train.models import build_model
 
 
@@ -15,17 +15,16 @@ def load_model(run_dir: str | Path, name: str = "natural", device: str = "cpu") 
     """Load model ``name`` (``natural``, ``pgd``, ``trades``, ``fgsm``) of ``run_dir`` in eval mode.
 
     The module takes float images in [0, 1], N×C×H×W, and returns logits (N, K). The state_dict is
-    loaded with ``torch.load(weights_only=True)``.
+    loaded with ``torch.load(weights_only=True)`` (:meth:`audit.rundir.RunDir.checkpoint`); a file that
+    is not one, or does not fit the run's architecture, is an :class:`AuditInputError` (exit 2).
     """
-    run_dir = Path(run_dir)
-    man_path = run_dir / "manifest.json"
-    if not man_path.exists():
-        raise AuditInputError(f"{run_dir}: not a run directory (no manifest.json)")
-    man = read_json(man_path)
-    cfg, ds = man["config"], man["dataset"]
-    path = run_dir / "checkpoints" / f"{name}.pt"
-    if not path.exists():
-        raise AuditInputError(f"{path}: no checkpoint for model {name!r} (run has {', '.join(cfg['models'])})")
-    model = build_model(cfg["arch"], tuple(ds["shape"]), len(ds["class_names"]), cfg["width"])
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    run = RunDir(run_dir, complete=False)
+    state = run.checkpoint(name, map_location=device)
+    cfg, ds = run.config, run.manifest["dataset"]
+    model = build_model(cfg["arch"], tuple(ds["shape"]), run.num_classes, cfg["width"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise AuditInputError(f"{run.path / 'checkpoints' / f'{name}.pt'}: corrupt or not written by benign-audit "
+                              f"(its tensors do not fit the run's {cfg['arch']} model)") from None
     return model.to(device).eval()

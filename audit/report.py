@@ -11,22 +11,31 @@ Sections:
 5. the paper's Figure 5b: the distribution of the largest influence a training image has on a test
    point, for test points a robust model misclassifies against all test points with pairs;
 6. natural versus robust accuracy (train, clean test, adversarial test);
-7. galleries of the top flagged training examples and the top train→test pairs.
+7. galleries of the top flagged training examples and the top train→test pairs;
+8. the review decisions (counts and the decided rows) when ``decisions.sqlite`` exists;
+9. ``verify.json`` (retraining on the cleaned labels) when it exists, rendered generically: a table of
+   variants × metrics with their intervals.
+
+The run directory is untrusted input (:mod:`audit.rundir`): images come only from a dataset whose
+fingerprint matches the manifest's, else the command exits 2 (``images=False`` leaves them out). The
+page is one Jinja2 template with autoescaping, so every string from the data (ids, class names,
+reviewers, JSON) is escaped at that one place; nothing is marked safe but the stylesheet.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from audit.errors import AuditInputError
-from audit.io import atomic_write_bytes, read_json
+from audit.io import atomic_write_bytes
+from audit.rundir import RunDir, load_json_object
 
 CATEGORY_COLORS = {"mislabelled": "#d62728", "ambiguous": "#ff7f0e", "atypical": "#9467bd", "ok": "#8c8c8c"}
 MODEL_COLORS = {"natural": "#1f77b4", "pgd": "#d62728", "trades": "#2ca02c", "fgsm": "#ff7f0e"}
@@ -36,41 +45,14 @@ PNG_PREFIX = "data:image/png;base64,"
 # -- loading ----------------------------------------------------------------------------------------
 def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """(manifest, examples, pairs) of a complete run; :class:`AuditInputError` naming the file otherwise."""
-    run = Path(run_dir)
-    man_path = run / "manifest.json"
-    if not man_path.is_file():
-        raise AuditInputError(f"{run}: no manifest.json (not a run directory; make one with `audit run`)")
-    try:
-        man = read_json(man_path)
-    except ValueError as e:
-        raise AuditInputError(f"{man_path}: not valid JSON ({e})") from None
-    if man.get("status") != "complete":
-        raise AuditInputError(f"{man_path}: run status is {man.get('status')!r}, not 'complete'; "
-                              "rerun the same `audit run` command to finish it")
-    tables = []
-    for name in ("examples.parquet", "pairs.parquet"):
-        p = run / name
-        if not p.is_file():
-            raise AuditInputError(f"{p}: missing (the run directory is incomplete)")
-        tables.append(pd.read_parquet(p))
-    return man, tables[0], tables[1]
+    run = RunDir(run_dir)
+    return run.manifest, run.examples(), run.pairs()
 
 
-def _load_images(man: dict) -> tuple[dict[str, np.ndarray], str]:
-    """example_id -> uint8 (C, H, W) from the dataset the run audited, and a note ('' when all is well)."""
-    from audit.config import config_from_dict
-    from audit.pipeline import prepare_dataset
-
-    try:
-        cfg = config_from_dict({k: v for k, v in man["config"].items()})
-        ds = prepare_dataset(cfg)
-    except Exception as e:  # the report still has its plots without images
-        return {}, f"images unavailable: cannot load dataset {man['dataset']['spec']!r} ({type(e).__name__}: {e})"
-    note = ""
-    if ds.fingerprint() != man["dataset"].get("fingerprint"):
-        note = (f"the dataset {man['dataset']['spec']!r} on disk differs from the audited one (fingerprint "
-                f"{ds.fingerprint()} ≠ {man['dataset'].get('fingerprint')}); images may not match the rows")
-    return {str(i): ds.images[k] for k, i in enumerate(ds.example_ids)}, note
+def _images(run: RunDir, ids: set[str]) -> dict[str, np.ndarray]:
+    """example_id -> uint8 (C, H, W) for ``ids``, from the verified dataset (raises when unverified)."""
+    ds = run.dataset()
+    return {str(i): ds.images[k] for k, i in enumerate(ds.example_ids) if str(i) in ids}
 
 
 # -- images -----------------------------------------------------------------------------------------
@@ -274,7 +256,7 @@ def plot_accuracy(man: dict) -> bytes:
     return _fig_png(fig)
 
 
-# -- HTML -------------------------------------------------------------------------------------------
+# -- HTML: one autoescaping template ---------------------------------------------------------------
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -287,13 +269,49 @@ img.plot{max-width:100%;border:1px solid #eee} .grid{display:flex;flex-wrap:wrap
 .note{background:#fff6e0;border:1px solid #f0d080;padding:6px 10px;font-size:13px}
 """
 
+TEMPLATE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>benign-audit report: {{ run_name }}</title><style>{{ css | safe }}</style></head><body>
+<h1>benign-audit report: {{ run_name }}</h1>
+<p class="muted">benign-audit {{ version }} · config {{ config_hash }} · device {{ device }}</p>
+{% for n in notes %}<p class="note">{{ n }}</p>{% endfor %}
+<h2>Summary</h2><table>{% for k, v in summary %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
+{% for p in plots %}<h2>{{ p.title }}</h2>
+{% if p.uri %}<img class="plot" src="{{ p.uri }}" alt="{{ p.title }}">{% else %}<p class="muted">(not available for this run)</p>{% endif %}
+<p class="muted">{{ p.caption }}</p>{% endfor %}
+{% macro img(uri, alt) %}{% if uri %}<img src="{{ uri }}" alt="{{ alt }}" title="{{ alt }}">{% else %}<div class="muted">(no image)</div>{% endif %}{% endmacro %}
+<h2>Top {{ flagged | length }} flagged training examples</h2><div class="grid">
+{% for c in flagged %}<div class="card">{{ img(c.uri, c.eid) }}<b>{{ c.eid }}</b><br>given <b>{{ c.given }}</b> → suggested <b>{{ c.suggested }}</b><br>
+score {{ "%.3f" | format(c.score) }} <span class="badge" style="background:{{ c.color }}">{{ c.category }}</span>
+{% if c.injected %}<br><b style="color:#d62728">injected: was {{ c.injected }}</b>{% elif c.injected is not none %}<br><span class="muted">label not injected</span>{% endif %}</div>
+{% endfor %}</div>
+<h2>Top train → test pairs</h2><p class="muted">Each test image the models get wrong, beside the training image that most
+influenced it (robust errors first: the atypical training image the natural model memorized and the robust model refused to fit).</p>
+<div class="grid">{% for c in pairs %}<div class="card pair"><div class="imgs"><div>{{ img(c.test_uri, c.test_id) }}test</div>
+<div>{{ img(c.train_uri, c.train_id) }}train</div></div><b>{{ c.reason }}</b><br>test {{ c.test_id }}: label {{ c.test_label }}; {{ c.preds }}<br>
+train {{ c.train_id }}: label {{ c.train_label }}{% if c.clean %} <b style="color:#d62728">(injected; was {{ c.clean }})</b>{% endif %}<br>
+TracIn {{ "%.3g" | format(c.tracin) }} · FZ {{ "%.3g" | format(c.fz) }} · sim {{ "%.3f" | format(c.sim) }}</div>{% endfor %}</div>
+{% if decisions %}<h2>Review decisions</h2>
+<table>{% for k, v in decisions.counts %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
+<p class="muted">The effective decision per example (newest wins; undone ones left out){% if decisions.more %}, newest {{ decisions.rows | length }} of {{ decisions.rows | length + decisions.more }}{% endif %}.</p>
+<table><tr>{% for c in decisions.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for r in decisions.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
+{% if verify %}<h2>Retraining on the cleaned labels (verify.json)</h2>
+{% if verify.scalars %}<table>{% for k, v in verify.scalars %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
+{% if verify.rows %}<p class="muted">Per variant: each metric with its interval where verify.json gives one.</p>
+<table><tr><th>variant</th>{% for c in verify.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for name, cells in verify.rows %}<tr><th>{{ name }}</th>{% for v in cells %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
+{% if verify.plot %}<img class="plot" src="{{ verify.plot }}" alt="verify plot">{% endif %}{% endif %}
+<h2>Config</h2><details><summary>resolved run config</summary><pre>{{ config_json }}</pre></details>
+<!-- images: plots={{ n_plots }} flagged={{ n_flagged }} pairs={{ n_pairs }} --></body></html>
+"""
 
-def _esc(x) -> str:
-    return html.escape(str(x))
 
+def render(context: dict) -> str:
+    """The page: :data:`TEMPLATE` with autoescaping on (the one place text from data is escaped)."""
+    import jinja2
 
-def _badge(cat: str) -> str:
-    return f'<span class="badge" style="background:{CATEGORY_COLORS.get(cat, "#777")}">{_esc(cat)}</span>'
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(TEMPLATE).render(css=CSS, **context)
 
 
 def _label(names: list[str], i) -> str:
@@ -304,41 +322,29 @@ def _label(names: list[str], i) -> str:
     return names[i] if 0 <= i < len(names) else str(i)
 
 
-def _img_tag(images: dict, eid: str, alt: str) -> str:
-    if eid not in images:
-        return '<div class="muted">(no image)</div>'
-    return f'<img src="{_b64_png(image_png(images[eid]))}" alt="{_esc(alt)}" title="{_esc(alt)}">'
+def _uri(images: dict, eid: str) -> str | None:
+    return _b64_png(image_png(images[eid])) if eid in images else None
 
 
-def _metrics_table(man: dict) -> str:
-    m = man["metrics"]
-    ds = man["dataset"]
+def _summary(man: dict) -> list[tuple[str, object]]:
+    m, ds, cfg = man["metrics"], man["dataset"], man["config"]
     rows = [("dataset", f"{ds['spec']} ({ds['num_train']} train / {ds['num_test']} test, {'×'.join(map(str, ds['shape']))})"),
-            ("models", ", ".join(man["config"]["models"])),
-            ("injected noise", f"{man['config']['noise']} ({man['config']['noise_kind']}), seed {man['config']['seed']}"),
+            ("models", ", ".join(cfg["models"])),
+            ("injected noise", f"{cfg['noise']} ({cfg['noise_kind']}), seed {cfg['seed']}"),
             ("flagged (train)", m.get("num_flagged_train")), ("estimated noise rate", m.get("estimated_noise_rate"))]
-    for k in ("noise_auroc", "noise_auprc", "noise_precision", "noise_recall", "num_pairs", "wall_seconds"):
-        if k in m:
-            rows.append((k, m[k]))
-    cells = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(round(v, 4) if isinstance(v, float) else v)}</td></tr>" for k, v in rows)
-    return f"<table>{cells}</table>"
+    rows += [(k, m[k]) for k in ("noise_auroc", "noise_auprc", "noise_precision", "noise_recall", "num_pairs",
+                                 "wall_seconds") if k in m]
+    return [(k, round(v, 4) if isinstance(v, float) else v) for k, v in rows]
 
 
-def _flagged_gallery(tr: pd.DataFrame, images: dict, names: list[str], top: int) -> tuple[str, int]:
+def _flagged_cards(tr: pd.DataFrame, images: dict, names: list[str], top: int) -> list[dict]:
     f = tr[tr["is_label_issue"].astype(bool)].sort_values("issue_score", ascending=False, kind="stable").head(top)
-    cards, n = [], 0
-    for r in f.itertuples(index=False):
-        eid = str(r.example_id)
-        n += eid in images
-        given, sugg = _label(names, r.given_label), _label(names, r.suggested_label)
-        truth = ""
-        if "is_injected_noise" in tr.columns:
-            truth = (f'<br><b style="color:#d62728">injected: was {_esc(_label(names, r.clean_label))}</b>'
-                     if bool(r.is_injected_noise) else '<br><span class="muted">label not injected</span>')
-        cards.append(f'<div class="card">{_img_tag(images, eid, eid)}<b>{_esc(eid)}</b><br>'
-                     f'given <b>{_esc(given)}</b> → suggested <b>{_esc(sugg)}</b><br>'
-                     f'score {r.issue_score:.3f} {_badge(r.category)}{truth}</div>')
-    return '<div class="grid">' + "".join(cards) + "</div>", n
+    noise = "is_injected_noise" in tr.columns
+    return [{"uri": _uri(images, str(r.example_id)), "eid": str(r.example_id), "given": _label(names, r.given_label),
+             "suggested": _label(names, r.suggested_label), "score": float(r.issue_score), "category": str(r.category),
+             "color": CATEGORY_COLORS.get(str(r.category), "#777"),
+             "injected": (_label(names, r.clean_label) if bool(r.is_injected_noise) else "") if noise else None}
+            for r in f.itertuples(index=False)]
 
 
 def top_pairs(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -351,78 +357,200 @@ def top_pairs(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
     return pd.concat([rob, nat]).head(n)
 
 
-def _pairs_gallery(ex: pd.DataFrame, pairs: pd.DataFrame, images: dict, names: list[str], n: int,
-                   models: list[str]) -> tuple[str, int]:
+def _pair_cards(ex: pd.DataFrame, pairs: pd.DataFrame, images: dict, names: list[str], n: int,
+                models: list[str]) -> list[dict]:
     by_id = ex.set_index("example_id")
-    cards, count = [], 0
+    cards = []
     for r in top_pairs(pairs, n).itertuples(index=False):
+        if r.test_id not in by_id.index or r.train_id not in by_id.index:
+            raise AuditInputError(f"pairs.parquet: pair ({str(r.test_id)[:60]}, {str(r.train_id)[:60]}) names "
+                                  "an example not in examples.parquet")
         t, s = by_id.loc[r.test_id], by_id.loc[r.train_id]
-        count += (r.test_id in images) + (r.train_id in images)
-        preds = ", ".join(f"{m} → {_esc(_label(names, t[f'pred_{m}']))}" for m in models)
         clean = ""
         if "clean_label" in ex.columns and int(s["clean_label"]) != int(s["given_label"]):
-            clean = f' <b style="color:#d62728">(injected; was {_esc(_label(names, s["clean_label"]))})</b>'
-        cards.append(
-            f'<div class="card pair"><div class="imgs"><div>{_img_tag(images, r.test_id, r.test_id)}test</div>'
-            f'<div>{_img_tag(images, r.train_id, r.train_id)}train</div></div>'
-            f'<b>{_esc(r.reason.replace("_", " "))}</b><br>test {_esc(r.test_id)}: label {_esc(_label(names, t["given_label"]))}; {preds}<br>'
-            f'train {_esc(r.train_id)}: label {_esc(_label(names, s["given_label"]))}{clean}<br>'
-            f'TracIn {r.influence:.3g} · FZ {r.fz_influence:.3g} · sim {r.similarity:.3f}</div>')
-    return '<div class="grid">' + "".join(cards) + "</div>", count
+            clean = _label(names, s["clean_label"])
+        cards.append({"test_uri": _uri(images, r.test_id), "train_uri": _uri(images, r.train_id),
+                      "reason": str(getattr(r, "reason", "")).replace("_", " "), "test_id": r.test_id,
+                      "train_id": r.train_id, "test_label": _label(names, t["given_label"]),
+                      "preds": ", ".join(f"{m} → {_label(names, t.get(f'pred_{m}'))}" for m in models),
+                      "train_label": _label(names, s["given_label"]), "clean": clean, "tracin": float(r.influence),
+                      "fz": float(getattr(r, "fz_influence", np.nan)), "sim": float(r.similarity)})
+    return cards
 
 
-def build_report(run_dir: str | Path, *, out: str | Path | None = None, top: int = 24, pairs: int = 12) -> Path:
+# -- review decisions and verify.json ---------------------------------------------------------------
+MAX_TABLE_ROWS = 500
+DECISION_COLUMNS = ["example_id", "split", "decision", "given", "final", "suggested", "issue_score", "reviewer",
+                    "decided at (UTC)"]
+
+
+def decisions_section(run: RunDir, ex: pd.DataFrame) -> dict | None:
+    """Counts of the effective decisions and a table of the decided rows (newest first), or None
+    without ``decisions.sqlite``."""
+    if not run.has_decisions():
+        return None
+    store = run.decisions()
+    latest, log = store.latest(), store.log()
+    names = run.class_names
+    j = ex.set_index("example_id")
+    rows = []
+    for r in latest.sort_values("seq", ascending=False).itertuples(index=False):
+        e = j.loc[r.example_id] if r.example_id in j.index else None
+        given = _label(names, e["given_label"]) if e is not None else "?"
+        final = _label(names, r.new_label) if r.decision == "relabel" else (given if r.decision == "keep" else "–")
+        rows.append([r.example_id, e["split"] if e is not None else "?", r.decision, given, final,
+                     _label(names, e["suggested_label"]) if e is not None else "?",
+                     f"{e['issue_score']:.3f}" if e is not None else "", r.reviewer, str(r.decided_at)[:19].replace("T", " ")])
+    counts = [(d, int((latest["decision"] == d).sum())) for d in ("keep", "relabel", "remove")]
+    counts += [("reviewers", int(latest["reviewer"].nunique())), ("log rows (every click, skip and undo)", len(log))]
+    return {"counts": counts, "columns": DECISION_COLUMNS, "rows": rows[:MAX_TABLE_ROWS],
+            "more": max(0, len(rows) - MAX_TABLE_ROWS)}
+
+
+MEAN_KEYS = ("mean", "value", "estimate", "point", "median")
+LOW_KEYS = ("lo", "low", "lower", "ci_low", "ci_lo", "lower_bound")
+HIGH_KEYS = ("hi", "high", "upper", "ci_high", "ci_hi", "upper_bound")
+PAIR_KEYS = ("ci", "ci95", "ci_95", "interval")
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _fmt(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) and math.isfinite(x) else str(x)[:200]
+
+
+def _interval(v: dict) -> str | None:
+    """``"0.912 [0.900, 0.931]"`` from a dict holding a point estimate and an interval, else None."""
+    mean = next((v[k] for k in MEAN_KEYS if _num(v.get(k))), None)
+    lo = next((v[k] for k in LOW_KEYS if _num(v.get(k))), None)
+    hi = next((v[k] for k in HIGH_KEYS if _num(v.get(k))), None)
+    pair = next((v[k] for k in PAIR_KEYS if isinstance(v.get(k), list) and len(v[k]) == 2
+                 and all(map(_num, v[k]))), None)
+    if pair is not None:
+        lo, hi = pair
+    if mean is None:
+        return None
+    return _fmt(float(mean)) + (f" [{_fmt(float(lo))}, {_fmt(float(hi))}]" if lo is not None and hi is not None else "")
+
+
+def _flatten(obj: dict, prefix: str = "", depth: int = 0) -> dict[str, str]:
+    """Metric name -> shown value, for one variant: numbers, strings, intervals; nested dicts dotted."""
+    out: dict[str, str] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            shown = _interval(v)
+            if shown is not None:
+                out[key] = shown
+            elif depth < 4:
+                out.update(_flatten(v, key + ".", depth + 1))
+        elif isinstance(v, list) and v and all(map(_num, v)):
+            out[key] = f"{_fmt(float(np.mean(v)))} (mean of {len(v)})"
+        elif isinstance(v, (str, int, float, bool)) or v is None:
+            out[key] = _fmt(v)
+    return out
+
+
+def _variants(obj: dict) -> list[tuple[str, dict]]:
+    """(name, dict) per variant: ``variants`` (a dict, or a list of dicts with a name), ``results``
+    or ``rows`` lists, else the top-level values that are dicts."""
+    found = next((obj[k] for k in ("variants", "results", "rows") if isinstance(obj.get(k), (dict, list))), None)
+    if found is None:
+        found = {k: v for k, v in obj.items() if isinstance(v, dict)}
+    if isinstance(found, dict):
+        return [(str(k), v) for k, v in found.items() if isinstance(v, dict)]
+    items = [v for v in found if isinstance(v, dict)]
+    return [(str(next((v[k] for k in ("name", "variant", "label") if k in v), i)), v) for i, v in enumerate(items)]
+
+
+def verify_section(run: RunDir) -> dict | None:
+    """``verify.json`` as a variants × metrics table (each metric with its interval), its top-level
+    scalars, and ``verify.png`` when present; None without ``verify.json``."""
+    path = run.path / "verify.json"
+    if not path.exists():
+        return None
+    obj = load_json_object(path)
+    scalars = [(str(k)[:200], _fmt(v)) for k, v in obj.items() if isinstance(v, (str, int, float, bool))][:50]
+    variants = [(name[:200], _flatten(v)) for name, v in _variants(obj)][:100]
+    columns = list(dict.fromkeys(c for _, cells in variants for c in cells))[:60]
+    rows = [(name, [cells.get(c, "") for c in columns]) for name, cells in variants]
+    return {"scalars": scalars, "columns": columns, "rows": rows, "plot": _verify_plot(run)}
+
+
+def _verify_plot(run: RunDir) -> str | None:
+    """``verify.png`` re-encoded (so only pixels reach the page), or None."""
+    from PIL import Image
+
+    path = run.path / "verify.png"
+    if not path.is_file():
+        return None
+    run.file("verify.png")
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > 25_000_000:
+                raise AuditInputError(f"{path}: {im.width}×{im.height} pixels, more than a plot has")
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, format="PNG")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise AuditInputError(f"{path}: not a readable PNG ({type(e).__name__})") from None
+    return _b64_png(buf.getvalue())
+
+
+# -- the page ---------------------------------------------------------------------------------------
+CAPTIONS = {
+    "scores": ("The dashed line is the flagging threshold: training examples to its right are flagged "
+               "(is_label_issue). issue_score is a rank in [0, 1], so all categories together are uniform."),
+    "per_class": ("Flagged training examples by their given label, coloured by category; outlines show the "
+                  "injected noise when the tool injected it."),
+    "fig5a": ("Fraction of training points whose self-influence exceeds s. The paper: training points an "
+              "adversarially trained model misclassifies have much higher self-influence than training points overall."),
+    "fig5b": ("Per test point, the largest influence of one of its paired training images. Pairs are computed for "
+              "the test points some model misclassifies, so the grey histogram covers those, not the whole test split."),
+    "accuracy": ("Train accuracy is measured on the given (possibly noisy) labels: a natural model fits them all; "
+                 "robust models refuse some."),
+}
+def _plots(man: dict, tr: pd.DataFrame, te: pd.DataFrame, pr: pd.DataFrame, names: list[str]) -> list[dict]:
+    robust = [m for m in man["config"]["models"] if m != "natural"]
+    plots = [("issue_score by category", plot_issue_scores(tr), CAPTIONS["scores"]),
+             ("Flagged per class", plot_flagged_per_class(tr, names), CAPTIONS["per_class"])]
+    if robust:
+        plots += [("Self-influence of what robust models refuse to fit (paper's Figure 5a)",
+                   plot_self_influence(tr, robust), CAPTIONS["fig5a"]),
+                  ("Influence on test points robust models get wrong (paper's Figure 5b)",
+                   plot_test_influence(te, pr, robust), CAPTIONS["fig5b"])]
+    plots.append(("Natural vs robust accuracy", plot_accuracy(man), CAPTIONS["accuracy"]))
+    return [{"title": t, "uri": _b64_png(png) if png else None, "caption": c} for t, png, c in plots]
+
+
+def build_report(run_dir: str | Path, *, out: str | Path | None = None, top: int = 24, pairs: int = 12,
+                 images: bool = True) -> Path:
     """Write the self-contained HTML report of a complete run (default ``RUN/report.html``) and return its path.
 
-    ``top``: flagged training examples in the gallery; ``pairs``: train→test pairs in the gallery.
+    ``top``: flagged training examples in the gallery; ``pairs``: train→test pairs in the gallery;
+    ``images=False``: galleries without pictures, the dataset never read. With images, a dataset that
+    cannot be verified is :class:`audit.rundir.DatasetUnverified` (exit 2) and nothing is written.
     """
-    run = Path(run_dir)
-    man, ex, pr = load_run(run)
-    names = [str(c) for c in man["dataset"].get("class_names") or range(int(ex["given_label"].max()) + 1)]
-    models = list(man["config"]["models"])
-    robust = [m for m in models if m != "natural"]
+    run = RunDir(run_dir)
+    dest = run.check_output(Path(out) if out is not None else run.path / "report.html", "--out")
+    man, ex, pr = run.manifest, run.examples(), run.pairs()
+    names = run.class_names
     tr, te = ex[ex["split"] == "train"], ex[ex["split"] == "test"]
-    images, note = _load_images(man)
-
-    sections: list[tuple[str, str]] = []
-
-    def plot(title: str, png: bytes | None, caption: str) -> None:
-        body = (f'<img class="plot" src="{_b64_png(png)}" alt="{_esc(title)}">' if png
-                else '<p class="muted">(not available for this run)</p>')
-        sections.append((title, f'{body}<p class="muted">{caption}</p>'))
-
-    plot("issue_score by category", plot_issue_scores(tr),
-         "The dashed line is the flagging threshold: training examples to its right are flagged "
-         "(<code>is_label_issue</code>). issue_score is a rank in [0, 1], so all categories together are uniform.")
-    plot("Flagged per class", plot_flagged_per_class(tr, names),
-         "Flagged training examples by their given label, coloured by category; outlines show the injected noise when the tool injected it.")
-    if robust:
-        plot("Self-influence of what robust models refuse to fit (paper's Figure 5a)", plot_self_influence(tr, robust),
-             "Fraction of training points whose self-influence exceeds s. The paper: training points an adversarially "
-             "trained model misclassifies have much higher self-influence than training points overall.")
-        plot("Influence on test points robust models get wrong (paper's Figure 5b)", plot_test_influence(te, pr, robust),
-             "Per test point, the largest influence of one of its paired training images. Pairs are computed for the "
-             "test points some model misclassifies, so the grey histogram covers those, not the whole test split.")
-    plot("Natural vs robust accuracy", plot_accuracy(man),
-         "Train accuracy is measured on the given (possibly noisy) labels: a natural model fits them all; robust models refuse some.")
-    n_plots = sum(PNG_PREFIX in body for _, body in sections)
-    gal, n_gal = _flagged_gallery(tr, images, names, top)
-    sections.append((f"Top {min(top, int(tr['is_label_issue'].sum()))} flagged training examples", gal))
-    pgal, n_pairs = _pairs_gallery(ex, pr, images, names, pairs, models)
-    sections.append(("Top train → test pairs", '<p class="muted">Each test image the models get wrong, beside the '
-                     'training image that most influenced it (robust errors first: the atypical training image the natural '
-                     'model memorized and the robust model refused to fit).</p>' + pgal))
-
-    cfg_json = _esc(json.dumps(man["config"], indent=1))
-    notes = f'<p class="note">{_esc(note)}</p>' if note else ""
-    body = "".join(f"<h2>{_esc(t)}</h2>{b}" for t, b in sections)
-    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>benign-audit report: {_esc(run.name)}</title>'
-            f"<style>{CSS}</style></head><body><h1>benign-audit report: {_esc(run.name)}</h1>"
-            f'<p class="muted">benign-audit {_esc(man.get("version", ""))} · config {_esc(man.get("config_hash", ""))} · '
-            f'device {_esc(man.get("device", ""))}</p>{notes}<h2>Summary</h2>{_metrics_table(man)}{body}'
-            f"<h2>Config</h2><details><summary>resolved run config</summary><pre>{cfg_json}</pre></details>"
-            f"<!-- images: plots={n_plots} flagged={n_gal} pairs={n_pairs} --></body></html>")
-    dest = Path(out) if out is not None else run / "report.html"
+    flagged = tr[tr["is_label_issue"].astype(bool)].sort_values("issue_score", ascending=False, kind="stable")
+    shown = set(flagged["example_id"].head(top)) | set(top_pairs(pr, pairs)[["test_id", "train_id"]].to_numpy().ravel())
+    pics = _images(run, {str(i) for i in shown}) if images else {}
+    plots = _plots(man, tr, te, pr, names)
+    cards = _flagged_cards(tr, pics, names, top)
+    pair_cards = _pair_cards(ex, pr, pics, names, pairs, list(man["config"]["models"]))
+    page = render({
+        "run_name": run.path.resolve().name, "version": man.get("version", ""), "config_hash": man.get("config_hash", ""),
+        "device": man.get("device", ""), "notes": [] if images else ["Images left out (--no-images): the dataset was not read."],
+        "summary": _summary(man), "plots": plots, "flagged": cards, "pairs": pair_cards,
+        "decisions": decisions_section(run, ex), "verify": verify_section(run),
+        "config_json": json.dumps(man["config"], indent=1),
+        "n_plots": sum(p["uri"] is not None for p in plots), "n_flagged": sum(c["uri"] is not None for c in cards),
+        "n_pairs": sum((c["test_uri"] is not None) + (c["train_uri"] is not None) for c in pair_cards)})
     atomic_write_bytes(dest, page.encode())
     dest.chmod(0o644)  # a page to share, not a secret
     return dest

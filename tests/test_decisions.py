@@ -98,3 +98,45 @@ def test_reading_writes_nothing_until_the_first_decision(tmp_path):
     assert not (tmp_path / DB_NAME).exists()
     s.record("ex", "keep")
     assert (tmp_path / DB_NAME).exists() and len(DecisionStore(tmp_path).log()) == 1
+
+
+def test_the_store_checks_labels_against_the_run_classes(tmp_path):
+    import json
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"dataset": {"class_names": [str(i) for i in range(10)]}}))
+    s = DecisionStore(tmp_path)
+    assert s.num_classes == 10
+    for bad in (999, 10, -5, True, 2.5, "3", float("nan")):
+        with pytest.raises(AuditInputError, match="not a class of this run"):
+            s.record("ex", "relabel", new_label=bad)
+    assert s.record("ex", "relabel", new_label=9)["new_label"] == 9
+    assert s.record("ex", "relabel", new_label=3.0)["new_label"] == 3  # an integral float is that class
+    assert DecisionStore(tmp_path, num_classes=4).num_classes == 4
+    with pytest.raises(AuditInputError, match="not a class"):
+        DecisionStore(tmp_path, num_classes=4).record("ex", "relabel", new_label=9)
+    for kind in ("delete", "", None, "KEEP"):
+        with pytest.raises(AuditInputError, match="must be one of"):
+            s.record("ex", kind)
+    for eid in (None, 5, "", "x" * 2000):
+        with pytest.raises(AuditInputError, match="example_id"):
+            s.record(eid, "keep")
+    with pytest.raises(AuditInputError, match="reviewer"):
+        s.record("ex", "keep", reviewer="r" * 500)
+    assert len(s.log()) == 2
+
+
+def test_without_a_manifest_any_non_negative_label_below_the_bound(tmp_path):
+    from audit.rundir import MAX_CLASSES
+
+    s = DecisionStore(tmp_path)
+    assert s.num_classes is None
+    s.record("ex", "relabel", new_label=12)
+    for bad in (-1, MAX_CLASSES, 10**30):
+        with pytest.raises(AuditInputError, match="not a class"):
+            s.record("ex", "relabel", new_label=bad)
+
+
+def test_a_file_that_is_not_a_decision_log_is_an_input_error(tmp_path):
+    (tmp_path / DB_NAME).write_bytes(b"garbage, not SQLite" * 20)
+    with pytest.raises(AuditInputError, match="not a benign-audit decision log"):
+        DecisionStore(tmp_path).latest()

@@ -77,3 +77,55 @@ def test_report_refuses_what_is_not_a_complete_run(tmp_path, capsys, what):
     assert len(err.splitlines()) == 1
     assert {"missing": "no manifest.json", "running": "'running'", "no-examples": "examples.parquet"}[what] in err
     assert not (run / "report.html").exists()
+
+
+def test_report_shows_decisions_and_verify_and_escapes_everything_from_data(tmp_path, digits_run, capsys):
+    """Review decisions (counts and the decided rows) and verify.json (variants × metrics with intervals)
+    appear; class names, reviewers and JSON text carrying HTML come out as text, never as markup."""
+    from audit.decisions import DecisionStore
+
+    src, _ = digits_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    man = json.loads((run / "manifest.json").read_text())
+    man["dataset"]["class_names"] = [f'<script>alert({i})</script>' for i in range(9)] + ['<img src=x onerror="x()">']
+    (run / "manifest.json").write_text(json.dumps(man))
+    ex = pd.read_parquet(run / "examples.parquet")
+    fl = ex[(ex.split == "train") & ex.is_label_issue].sort_values("issue_score", ascending=False)["example_id"]
+    s = DecisionStore(run)
+    s.record(fl.iloc[0], "keep", reviewer="<b>ann</b>")
+    s.record(fl.iloc[1], "relabel", reviewer="bob", new_label=9)
+    s.record(fl.iloc[2], "remove", reviewer="bob")
+    verify = {"eps": 0.1, "seeds": 3, "note": "<iframe srcdoc=x>",
+              "variants": {"given": {"natural": {"clean_acc": {"mean": 0.91, "lo": 0.9, "hi": 0.92},
+                                                 "adv_acc": {"mean": 0.08, "ci": [0.05, 0.11]}}},
+                           "cleaned": {"natural": {"clean_acc": {"mean": 0.93, "lo": 0.92, "hi": 0.94},
+                                                   "adv_acc": [0.3, 0.35, 0.4]}}}}
+    (run / "verify.json").write_text(json.dumps(verify))
+    assert cli(["report", str(run), "--top", "3", "--pairs", "1"]) == 0
+    page = (run / "report.html").read_text()
+    assert "<script" not in page and "<iframe" not in page and "<img src=x" not in page and "<b>ann</b>" not in page
+    assert "&lt;script&gt;alert(3)&lt;/script&gt;" in page and "&lt;b&gt;ann&lt;/b&gt;" in page
+    assert "<h2>Review decisions</h2>" in page
+    for k, v in (("keep", 1), ("relabel", 1), ("remove", 1), ("reviewers", 2)):
+        assert f"<tr><th>{k}</th><td>{v}</td></tr>" in page
+    assert page.count(f"<td>{fl.iloc[1]}</td>") == 1 and "&lt;img src=x onerror=&#34;x()&#34;&gt;" in page
+    assert "<th>natural.clean_acc</th><th>natural.adv_acc</th>" in page
+    assert "<tr><th>given</th><td>0.91 [0.9, 0.92]</td><td>0.08 [0.05, 0.11]</td></tr>" in page
+    assert "<tr><th>cleaned</th><td>0.93 [0.92, 0.94]</td><td>0.35 (mean of 3)</td></tr>" in page
+    assert "<tr><th>seeds</th><td>3</td></tr>" in page and "&lt;iframe srcdoc=x&gt;" in page
+    assert count_images(page) == 5 + 3 + 2
+
+
+def test_report_without_images_reads_no_dataset(tmp_path, digits_run):
+    src, _ = digits_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    man = json.loads((run / "manifest.json").read_text())
+    man["dataset"]["spec"] = f"npz:{tmp_path}/gone.npz"
+    (run / "manifest.json").write_text(json.dumps(man))
+    assert cli(["report", str(run), "--top", "4", "--pairs", "2"]) == 2
+    assert not (run / "report.html").exists()
+    assert cli(["report", str(run), "--top", "4", "--pairs", "2", "--no-images", "--out", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert count_images(page) == 5 and page.count("(no image)") == 4 + 2 * 2
