@@ -1,18 +1,117 @@
-"""The FAISS and torch neighbour backends return the same exact cosine top-k."""
+"""Neighbour search: exact against brute force (ties to the smaller index, any chunking), FAISS
+agreement, k larger than the base, IVF recall, threads."""
 
 import numpy as np
+import pytest
+import torch
 
-from audit.neighbors import knn
+from audit.neighbors import (
+    IVF_MIN_BASE, IVF_MIN_PAIRS, TorchTopK, choose_method, knn, recall_at_k, resolve_threads, search, thread_limit,
+)
 
 
-def test_faiss_and_torch_backends_agree():
-    rng = np.random.default_rng(0)
-    base, queries = rng.normal(size=(500, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
-    s1, i1 = knn(base, queries, 7, backend="faiss")
-    s2, i2 = knn(base, queries, 7, backend="torch")
-    assert (i1 == i2).all() and np.abs(s1 - s2).max() < 1e-5
-    # exact: the best neighbour's similarity matches a brute-force cosine
+def brute_force(base, queries, k):
+    """Reference in float64 numpy: similarity descending, ties by index ascending."""
     nb = base / np.linalg.norm(base, axis=1, keepdims=True)
     nq = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    assert np.allclose(s1[:, 0], (nq @ nb.T).max(1), atol=1e-5)
-    assert knn(base, queries, 1000)[1].shape == (40, 500)  # k is capped at the base size
+    s = nq.astype(np.float64) @ nb.astype(np.float64).T
+    order = np.lexsort((np.broadcast_to(np.arange(len(base)), s.shape), -s), axis=1)[:, :k]
+    return np.take_along_axis(s, order, 1), order
+
+
+def tied_data(n_base, n_query, seed=0):
+    """Unit vectors with four entries of ±0.5: every dot product is exact in float32, and many tie."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n):
+        x = np.zeros((n, 8), np.float32)
+        for row in x:
+            row[rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        return x
+    return draw(n_base), draw(n_query)
+
+
+@pytest.mark.parametrize("chunks", [(None, None), (7, 13), (1, 1), (30, 100)])
+def test_exact_with_ties_matches_brute_force_for_any_chunking(chunks):
+    base, queries = tied_data(100, 30)
+    sims, idx = TorchTopK(device="cpu", query_chunk=chunks[0], base_chunk=chunks[1]).search(base, queries, 20)
+    ref_s, ref_i = brute_force(base, queries, 20)
+    assert (idx == ref_i).all()
+    assert (sims == ref_s.astype(np.float32)).all()
+    # the data really is tied at the boundary for some rows (else the test proves little)
+    full = np.sort(brute_force(base, queries, 100)[0], axis=1)[:, ::-1]
+    assert (full[:, 19] == full[:, 20]).sum() >= 10
+
+
+def test_exact_on_random_data_and_faiss_agrees():
+    rng = np.random.default_rng(1)
+    base, queries = rng.normal(size=(1001, 24)).astype(np.float32), rng.normal(size=(77, 24)).astype(np.float32)
+    ref_s, ref_i = brute_force(base, queries, 9)
+    for backend in ("torch", "faiss"):
+        sims, idx = knn(base, queries, 9, backend=backend)
+        assert sims.dtype == np.float32 and idx.dtype == np.int64
+        assert (idx == ref_i).all() and np.abs(sims - ref_s).max() < 1e-5
+    # blocked with chunks that divide neither size: identical bits
+    a = TorchTopK(device="cpu", query_chunk=10, base_chunk=333).search(base, queries, 9)
+    b = TorchTopK(device="cpu").search(base, queries, 9)
+    assert (a[1] == b[1]).all() and np.abs(a[0] - b[0]).max() < 1e-6
+
+
+def test_k_larger_than_base_and_empty_inputs():
+    base, queries = tied_data(5, 4)
+    sims, idx = knn(base, queries, 10)
+    ref_s, ref_i = brute_force(base, queries, 5)
+    assert idx.shape == (4, 5) and (idx == ref_i).all() and (sims == ref_s.astype(np.float32)).all()
+    assert knn(base, queries[:0], 3)[1].shape == (0, 3)
+    assert knn(base, queries, 0)[0].shape == (4, 0)
+    s, i, info = search(base, queries, 10)
+    assert i.shape == (4, 5) and info["method"] == "exact" and info["recall"] == 1.0 and info["k"] == 5
+
+
+def test_bad_input_is_named():
+    base, queries = tied_data(10, 3)
+    base[4, 2] = np.nan
+    with pytest.raises(ValueError, match=r"training embeddings: 1 rows hold NaN or inf \(first row 4\)"):
+        knn(base, queries, 3)
+    with pytest.raises(ValueError, match="unknown neighbour backend 'annoy'"):
+        knn(base, queries, 3, backend="annoy")
+    with pytest.raises(ValueError, match="unknown neighbour method 'hnsw'"):
+        search(base, queries, 3, method="hnsw")
+
+
+def test_ivf_recall_on_clustered_data():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(100, 32)).astype(np.float32)
+    base = centers[rng.integers(100, size=20000)] + 0.3 * rng.normal(size=(20000, 32)).astype(np.float32)
+    queries = centers[rng.integers(100, size=1000)] + 0.3 * rng.normal(size=(1000, 32)).astype(np.float32)
+    sims, idx, info = search(base, queries, 10, method="ivf", threads=1)
+    assert info["method"] == "ivf" and info["recall"] >= 0.95 and info["recall_queries"] == 256
+    assert info["nlist"] == 512 and 1 <= info["nprobe"] <= 512
+    exact_s, _ = knn(base, queries, 10)
+    true_recall = recall_at_k(sims, exact_s[:, -1]).mean()  # on every query, not only the sample
+    assert true_recall >= 0.95
+    assert (np.diff(sims, axis=1) <= 0).all() and (idx >= 0).all()
+    again = search(base, queries, 10, method="ivf", threads=1)
+    assert (again[1] == idx).all() and again[2]["nprobe"] == info["nprobe"]  # reproducible
+
+
+def test_auto_method_threshold():
+    assert choose_method(60000, 10000) == "exact"
+    assert choose_method(IVF_MIN_BASE, IVF_MIN_PAIRS // IVF_MIN_BASE + 1) == "ivf"
+    assert choose_method(IVF_MIN_BASE - 1, 10**9) == "exact"
+
+
+def test_threads_are_capped_and_restored():
+    before = torch.get_num_threads()
+    cores = len(__import__("os").sched_getaffinity(0))
+    assert resolve_threads(10_000) == cores and resolve_threads(1) == 1
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        resolve_threads(0)
+    with thread_limit(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    base, queries = tied_data(300, 50)
+    one = knn(base, queries, 15, threads=1)
+    two = knn(base, queries, 15, threads=2)
+    assert (one[0] == two[0]).all() and (one[1] == two[1]).all()
+    assert torch.get_num_threads() == before
