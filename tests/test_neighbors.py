@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from audit.neighbors import (
-    IVF_MIN_BASE, IVF_MIN_PAIRS, TorchTopK, choose_method, knn, recall_at_k, resolve_threads, search, thread_limit,
+    IVF_MIN_BASE, IVF_MIN_PAIRS, TorchTopK, choose_method, grouped_topk, knn, recall_at_k, resolve_threads, search, thread_limit,
 )
 
 
@@ -31,16 +31,28 @@ def tied_data(n_base, n_query, seed=0):
     return draw(n_base), draw(n_query)
 
 
-@pytest.mark.parametrize("chunks", [(None, None), (7, 13), (1, 1), (30, 100)])
-def test_exact_with_ties_matches_brute_force_for_any_chunking(chunks):
-    base, queries = tied_data(100, 30)
-    sims, idx = TorchTopK(device="cpu", query_chunk=chunks[0], base_chunk=chunks[1]).search(base, queries, 20)
-    ref_s, ref_i = brute_force(base, queries, 20)
-    assert (idx == ref_i).all()
-    assert (sims == ref_s.astype(np.float32)).all()
-    # the data really is tied at the boundary for some rows (else the test proves little)
-    full = np.sort(brute_force(base, queries, 100)[0], axis=1)[:, ::-1]
-    assert (full[:, 19] == full[:, 20]).sum() >= 10
+@pytest.mark.parametrize("n_base,k,chunks", [
+    (100, 20, (None, None, 32)), (100, 20, (7, 13, 32)), (100, 20, (1, 1, 32)), (100, 20, (30, 100, 4)),
+    (2000, 5, (None, None, 32)), (2000, 5, (17, 999, 32)), (2000, 5, (64, None, 7)), (2000, 5, (64, None, 0)),
+])
+def test_exact_with_ties_matches_brute_force_for_any_chunking(n_base, k, chunks):
+    base, queries = tied_data(n_base, 30)
+    qc, bc, group = chunks
+    sims, idx = TorchTopK(device="cpu", query_chunk=qc, base_chunk=bc, group=group).search(base, queries, k)
+    ref_s, ref_i = brute_force(base, queries, k + 1)
+    assert (idx == ref_i[:, :k]).all()
+    assert (sims == ref_s[:, :k].astype(np.float32)).all()
+    # the data really is tied at the boundary for most rows (else the test proves little)
+    assert (ref_s[:, k - 1] == ref_s[:, k]).sum() >= 10
+
+
+def test_grouped_topk_values_equal_plain_topk():
+    rng = np.random.default_rng(3)
+    scores = torch.from_numpy(rng.integers(0, 50, size=(40, 1001)).astype(np.float32))  # many ties
+    for group in (2, 8, 32, 64):
+        v, i = grouped_topk(scores, 11, group)
+        assert torch.equal(v, scores.topk(11, dim=1)[0])
+        assert torch.equal(torch.gather(scores, 1, i), v)  # indices point at those values
 
 
 def test_exact_on_random_data_and_faiss_agrees():
