@@ -4,8 +4,9 @@ Three searches behind one signature:
 
 - ``torch`` (the default): exact, a blocked matrix product with a top-k per block, on the CPU or a
   GPU. Its cost is the 2·N·M·d flops of the product plus one read of each score block, so it runs
-  close to the machine's matmul speed (see ``benchmarks/pairs_scale.py``). Ties are broken towards the
-  smaller training index, so results do not depend on the chunk sizes or the thread count.
+  close to the machine's matmul speed (see ``benchmarks/pairs_scale.py``). Equal similarities are
+  ordered by training index, smaller first, so a run is reproducible; chunk sizes change only how the
+  BLAS rounds the last bit of a similarity.
 - ``faiss``: exact, faiss ``IndexFlatIP`` (faiss-gpu where built with GPUs); kept as an independent
   check and for faiss-gpu.
 - IVF (:func:`search` with ``method="ivf"``, chosen by ``method="auto"`` past
@@ -140,10 +141,11 @@ class TorchTopK(NeighborIndex):
     """Exact blocked matmul + top-k in torch (CPU or GPU), ties broken towards the smaller index.
 
     Queries go in chunks of ``query_chunk`` rows and the base in chunks of ``base_chunk`` rows, so a
-    block of scores holds at most ``block_bytes`` (default :data:`SCORE_BLOCK_BYTES`); each block keeps
-    its top k+1, merged over base chunks. The (k+1)-th value tells whether the k-th place is tied with
-    an element left out; only such rows (rare in real data) are recomputed whole to take the tied
-    elements of smallest index.
+    block of scores holds at most ``block_bytes`` (default :data:`SCORE_BLOCK_BYTES`). Each block gives
+    its exact top k by (similarity descending, index ascending): a top k+1 by value, whose (k+1)-th
+    value tells whether the k-th place is tied with an element left out; only such rows are redone
+    from the block's own scores (the very values compared, so the choice is consistent), taking the
+    tied elements of smallest index. The blocks' lists merge by the same order.
     """
 
     def __init__(self, device: str | None = None, query_chunk: int | None = None, base_chunk: int | None = None,
@@ -165,47 +167,37 @@ class TorchTopK(NeighborIndex):
         base_t = torch.from_numpy(normalize(base)).to(self.device)
         q_all = torch.from_numpy(normalize(queries)).to(self.device)
         qc, bc = self.chunks(len(base_t), len(q_all))
-        kk = min(k + 1, len(base_t))  # one more than asked: reveals a tie at the k-th place
         buf = torch.empty(qc * bc, dtype=torch.float32, device=self.device)
         sims = torch.empty((len(q_all), k), dtype=torch.float32)
         idx = torch.empty((len(q_all), k), dtype=torch.int64)
         with torch.no_grad():
             for s in range(0, len(q_all), qc):
-                v, i = self._chunk(q_all[s:s + qc], base_t, kk, bc, buf)
-                if kk > k:
-                    for r in torch.nonzero(v[:, k - 1] == v[:, k]).flatten().tolist():
-                        v[r, :k], i[r, :k] = self._tied_row(q_all[s + r], base_t, k, v[r, k - 1])
-                v, i = sort_ties_by_index(v[:, :k], i[:, :k])
-                sims[s:s + len(v)], idx[s:s + len(v)] = v.cpu(), i.cpu()
+                q = q_all[s:s + qc]
+                best_v = best_i = None
+                for b in range(0, len(base_t), bc):
+                    blk = base_t[b:b + bc]
+                    scores = torch.mm(q, blk.T, out=buf[:len(q) * len(blk)].view(len(q), len(blk)))
+                    v, i = self._block_topk(scores, k)
+                    if best_v is not None:
+                        v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + b], 1)
+                    best_v, best_i = sort_ties_by_index(v, i)
+                    best_v, best_i = best_v[:, :k], best_i[:, :k]
+                sims[s:s + len(q)], idx[s:s + len(q)] = best_v.cpu(), best_i.cpu()
         return sims.numpy(), idx.numpy()
 
-    def _chunk(self, q, base_t, kk, bc, buf):
-        """Top-kk (values, indices) of ``q @ base_t.T``, over base chunks of ``bc`` rows."""
+    def _block_topk(self, scores, k):
+        """Each row's top min(k, columns) by (value descending, column ascending), in no particular order."""
         import torch
 
-        best_v = best_i = None
-        for b in range(0, len(base_t), bc):
-            blk = base_t[b:b + bc]
-            scores = torch.mm(q, blk.T, out=buf[:len(q) * len(blk)].view(len(q), len(blk)))
-            v, i = grouped_topk(scores, kk, self.group)
-            i += b
-            if best_v is not None:  # merge with the best so far
-                v = torch.cat([best_v, v], 1)
-                v, j = v.topk(min(kk, v.shape[1]), dim=1)
-                i = torch.gather(torch.cat([best_i, i], 1), 1, j)
-            best_v, best_i = v, i
-        return best_v, best_i
-
-    @staticmethod
-    def _tied_row(q, base_t, k, kth):
-        """The exact top-k of one query whose k-th value ``kth`` is tied: all above, then the tied of smallest index."""
-        import torch
-
-        s = base_t @ q
-        above = torch.nonzero(s > kth).flatten()
-        tied = torch.nonzero(s == kth).flatten()[:k - len(above)]
-        i = torch.cat([above, tied])
-        return s[i], i
+        k = min(k, scores.shape[1])
+        v, i = grouped_topk(scores, min(k + 1, scores.shape[1]), self.group)
+        if v.shape[1] > k:
+            for r in torch.nonzero(v[:, k - 1] == v[:, k]).flatten().tolist():
+                row, kth = scores[r], v[r, k - 1]
+                above = torch.nonzero(row > kth).flatten()
+                i[r, :k] = torch.cat([above, torch.nonzero(row == kth).flatten()[:k - len(above)]])
+                v[r, :k] = row[i[r, :k]]
+        return v[:, :k], i[:, :k]
 
 
 BACKENDS = {"faiss": FaissFlat, "torch": TorchTopK}
