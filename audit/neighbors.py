@@ -272,8 +272,8 @@ def ivf_search(base, queries, k, recall_target=0.95, recall_queries=512, seed=0)
     if len(short):
         sims[short], idx[short] = TorchTopK(device="cpu").search(nb, nq[short], k)
     sims, idx = sort_ties_by_index(torch.from_numpy(sims), torch.from_numpy(idx.astype(np.int64)))
-    info = {"nlist": nlist, "nprobe": nprobe, "recall": recall, "recall_queries": int(len(check)),
-            "recall_target": recall_target, "exact_rows": int(len(short))}
+    info = {"nlist": nlist, "nprobe": nprobe, "recall": recall, "recall_queries": len(check),
+            "recall_target": recall_target, "exact_rows": len(short)}
     return sims.numpy(), idx.numpy(), info
 
 

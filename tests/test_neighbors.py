@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from audit.neighbors import (
-    IVF_MIN_BASE, IVF_MIN_PAIRS, TorchTopK, choose_method, grouped_topk, knn, recall_at_k, resolve_threads, search, thread_limit,
+    IVF_MIN_BASE,
+    IVF_MIN_PAIRS,
+    TorchTopK,
+    choose_method,
+    grouped_topk,
+    knn,
+    recall_at_k,
+    resolve_threads,
+    search,
+    thread_limit,
 )
 
 
@@ -100,7 +109,7 @@ def test_k_larger_than_base_and_empty_inputs():
     assert knn(base, queries[:0], 3)[1].shape == (0, 3)
     assert knn(base, queries, 0)[0].shape == (4, 0)
     s, i, info = search(base, queries, 10)
-    assert i.shape == (4, 5) and info["method"] == "exact" and info["recall"] == 1.0 and info["k"] == 5
+    assert (s == sims).all() and i.shape == (4, 5) and info["method"] == "exact" and info["recall"] == 1.0 and info["k"] == 5
 
 
 def test_bad_input_is_named():
