@@ -20,7 +20,9 @@ Threads: every search runs with ``threads`` (default ``torch.get_num_threads()``
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -145,7 +147,9 @@ class TorchTopK(NeighborIndex):
     its exact top k by (similarity descending, index ascending): a top k+1 by value, whose (k+1)-th
     value tells whether the k-th place is tied with an element left out; only such rows are redone
     from the block's own scores (the very values compared, so the choice is consistent), taking the
-    tied elements of smallest index. The blocks' lists merge by the same order.
+    tied elements of smallest index. The blocks' lists merge by the same order. On the CPU, query
+    chunks go to ``torch.get_num_threads()`` worker threads that each run torch single-threaded:
+    the same work as multi-threaded kernels without their barriers, which a busy machine makes costly.
     """
 
     def __init__(self, device: str | None = None, query_chunk: int | None = None, base_chunk: int | None = None,
@@ -167,23 +171,42 @@ class TorchTopK(NeighborIndex):
         base_t = torch.from_numpy(normalize(base)).to(self.device)
         q_all = torch.from_numpy(normalize(queries)).to(self.device)
         qc, bc = self.chunks(len(base_t), len(q_all))
-        buf = torch.empty(qc * bc, dtype=torch.float32, device=self.device)
-        sims = torch.empty((len(q_all), k), dtype=torch.float32)
-        idx = torch.empty((len(q_all), k), dtype=torch.int64)
+        starts = range(0, len(q_all), qc)
+        workers = min(torch.get_num_threads(), len(starts)) if self.device.type == "cpu" else 1
+        buffers = {}
+
+        def one(s):
+            buf = buffers.get(threading.get_ident())
+            if buf is None:  # one score buffer per worker, reused for all its chunks
+                buf = buffers[threading.get_ident()] = torch.empty(qc * bc, dtype=torch.float32, device=self.device)
+            return self._query_chunk(q_all[s:s + qc], base_t, k, bc, buf)
+
         with torch.no_grad():
-            for s in range(0, len(q_all), qc):
-                q = q_all[s:s + qc]
-                best_v = best_i = None
-                for b in range(0, len(base_t), bc):
-                    blk = base_t[b:b + bc]
-                    scores = torch.mm(q, blk.T, out=buf[:len(q) * len(blk)].view(len(q), len(blk)))
-                    v, i = self._block_topk(scores, k)
-                    if best_v is not None:
-                        v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + b], 1)
-                    best_v, best_i = sort_ties_by_index(v, i)
-                    best_v, best_i = best_v[:, :k], best_i[:, :k]
-                sims[s:s + len(q)], idx[s:s + len(q)] = best_v.cpu(), best_i.cpu()
-        return sims.numpy(), idx.numpy()
+            if workers == 1:
+                parts = [one(s) for s in starts]
+            else:  # one single-threaded worker per core: no fork-join barriers to wait at on a busy machine
+                before = torch.get_num_threads()
+                try:
+                    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as ex:
+                        parts = list(ex.map(one, starts))
+                finally:
+                    torch.set_num_threads(before)
+        return (torch.cat([p[0] for p in parts]).cpu().numpy(), torch.cat([p[1] for p in parts]).cpu().numpy())
+
+    def _query_chunk(self, q, base_t, k, bc, buf):
+        """Exact top-k of a chunk of queries, sorted, over base chunks of ``bc`` rows."""
+        import torch
+
+        best_v = best_i = None
+        for b in range(0, len(base_t), bc):
+            blk = base_t[b:b + bc]
+            scores = torch.mm(q, blk.T, out=buf[:len(q) * len(blk)].view(len(q), len(blk)))
+            v, i = self._block_topk(scores, k)
+            if best_v is not None:
+                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i + b], 1)
+            best_v, best_i = sort_ties_by_index(v, i)
+            best_v, best_i = best_v[:, :k], best_i[:, :k]
+        return best_v, best_i
 
     def _block_topk(self, scores, k):
         """Each row's top min(k, columns) by (value descending, column ascending), in no particular order."""

@@ -95,10 +95,19 @@ def test_exact_on_random_data_and_faiss_agrees():
         sims, idx = knn(base, queries, 9, backend=backend)
         assert sims.dtype == np.float32 and idx.dtype == np.int64
         assert (idx == ref_i).all() and np.abs(sims - ref_s).max() < 1e-5
-    # blocked with chunks that divide neither size: identical bits
+    # blocked with chunks that divide neither size: the same neighbours
     a = TorchTopK(device="cpu", query_chunk=10, base_chunk=333).search(base, queries, 9)
     b = TorchTopK(device="cpu").search(base, queries, 9)
     assert (a[1] == b[1]).all() and np.abs(a[0] - b[0]).max() < 1e-6
+    # query chunks spread over 3 worker threads: the same bits as one thread, and torch's setting kept
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        c = TorchTopK(device="cpu", query_chunk=10, base_chunk=333).search(base, queries, 9)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert (c[1] == a[1]).all() and (c[0] == a[0]).all()
 
 
 def test_k_larger_than_base_and_empty_inputs():
