@@ -27,9 +27,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-# Past this many (training × query) pairs, method="auto" uses IVF instead of exact search. At the
-# floor of ~190 GFLOP/s measured on 2 cores, exact search at d = 256 costs 2·1e10·256 / 1.9e11 ≈ 27 s
-# here; below, exact search is cheaper than training the IVF quantizer (k-means over N points).
+# Past this many (training × query) pairs, method="auto" uses IVF instead of exact search. Below it,
+# exact search costs at most 2·1e10·256 flops at d = 256, about 30 s on 2 cores at the 86 GFLOP/s per
+# core measured here (benchmarks/pairs_scale.py), and exact neighbours are worth that. Past it, IVF's
+# k-means (12,800·N·d flops, see ivf_search) and its probes cost a fraction of exact search.
 IVF_MIN_PAIRS = 10_000_000_000
 # The smallest base worth clustering: IVF needs >= 39 points per list and sqrt-many lists.
 IVF_MIN_BASE = 50_000
@@ -273,8 +274,10 @@ def ivf_search(base, queries, k, recall_target=0.95, recall_queries=512, seed=0)
     rng = np.random.default_rng(seed)
     nlist = ivf_lists(len(nb))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(nb.shape[1]), nb.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    index.train(nb[np.sort(rng.choice(len(nb), min(len(nb), 64 * nlist), replace=False))])
+    # k-means on 40 points per list, 10 iterations: 800·nlist²·d flops (12,800·N·d at nlist = 4·sqrt(N)),
+    # below exact search's 2·N·M·d once M > 6,400 (faiss's defaults, 256 points × 25 iterations, cost 16×)
+    index.cp.seed, index.cp.niter = seed, 10
+    index.train(nb[np.sort(rng.choice(len(nb), min(len(nb), 40 * nlist), replace=False))])
     index.add(nb)
     sample = rng.permutation(len(nq))[:recall_queries]
     tune, check = sample[:max(1, len(sample) // 2)], sample[len(sample) // 2:]
