@@ -232,10 +232,11 @@ def _empty(n_query: int, k: int):
 
 
 def knn(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "torch",
-        threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        threads: int | None = None, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` (≤ len(base)) cosine neighbours of each query among ``base``.
 
-    Returns (similarities (Q, k) float32, indices (Q, k) int64), best first.
+    Returns (similarities (Q, k) float32, indices (Q, k) int64), best first. ``device`` (torch
+    backend): ``cpu`` or ``cuda``; default a GPU when there is one.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown neighbour backend {backend!r} (known: {', '.join(BACKENDS)})")
@@ -247,7 +248,8 @@ def knn(base: np.ndarray, queries: np.ndarray, k: int, backend: str = "torch",
     if backend == "faiss":
         import faiss  # noqa: F401 - imported first so that thread_limit sets its OpenMP threads too
     with thread_limit(threads):
-        return BACKENDS[backend]().search(base, queries, k)
+        index = TorchTopK(device=device) if backend == "torch" else BACKENDS[backend]()
+        return index.search(base, queries, k)
 
 
 def recall_at_k(approx_sims: np.ndarray, exact_kth: np.ndarray) -> np.ndarray:
@@ -309,13 +311,13 @@ def choose_method(n_base: int, n_query: int) -> str:
 
 
 def search(base: np.ndarray, queries: np.ndarray, k: int, method: str = "auto", backend: str = "torch",
-           threads: int | None = None, recall_target: float = 0.95, recall_queries: int = 512,
-           seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+           threads: int | None = None, device: str | None = None, recall_target: float = 0.95,
+           recall_queries: int = 512, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """:func:`knn` plus a record for the manifest: ``{"method": "exact"|"ivf", "recall": ..., ...}``.
 
-    ``method``: ``exact`` (``backend`` ``torch`` or ``faiss``), ``ivf`` (approximate, recall measured
-    against exact search on ``recall_queries`` sample queries and returned), or ``auto``
-    (:func:`choose_method`). Exact search records recall 1.0.
+    ``method``: ``exact`` (``backend`` ``torch`` or ``faiss``), ``ivf`` (approximate, on the CPU;
+    nprobe tuned on half of ``recall_queries`` sample queries, recall measured against exact search
+    on the other half and returned), or ``auto`` (:func:`choose_method`). Exact search records recall 1.0.
     """
     import time
 
@@ -326,7 +328,7 @@ def search(base: np.ndarray, queries: np.ndarray, k: int, method: str = "auto", 
     chosen = choose_method(len(base), len(queries)) if method == "auto" else method
     info = {"method": chosen, "k": k, "n_base": len(base), "n_query": len(queries), "threads": resolve_threads(threads)}
     if chosen == "exact" or k == 0 or len(queries) == 0:
-        sims, idx = knn(base, queries, k, backend=backend, threads=threads)
+        sims, idx = knn(base, queries, k, backend=backend, threads=threads, device=device)
         info.update(method="exact", backend=backend, recall=1.0)
     else:
         import faiss  # noqa: F401 - imported first so that thread_limit sets its OpenMP threads too

@@ -112,7 +112,7 @@ def test_exact_on_random_data_and_faiss_agrees():
 
 def test_k_larger_than_base_and_empty_inputs():
     base, queries = tied_data(5, 4)
-    sims, idx = knn(base, queries, 10)
+    sims, idx = knn(base, queries, 10, device="cpu")
     ref_s, ref_i = brute_force(base, queries, 5)
     assert idx.shape == (4, 5) and (idx == ref_i).all() and (sims == ref_s.astype(np.float32)).all()
     assert knn(base, queries[:0], 3)[1].shape == (0, 3)
