@@ -215,12 +215,15 @@ class TorchTopK(NeighborIndex):
 
         k = min(k, scores.shape[1])
         v, i = grouped_topk(scores, min(k + 1, scores.shape[1]), self.group)
-        if v.shape[1] > k:
-            for r in torch.nonzero(v[:, k - 1] == v[:, k]).flatten().tolist():
-                row, kth = scores[r], v[r, k - 1]
-                above = torch.nonzero(row > kth).flatten()
-                i[r, :k] = torch.cat([above, torch.nonzero(row == kth).flatten()[:k - len(above)]])
-                v[r, :k] = row[i[r, :k]]
+        if v.shape[1] == k:
+            return v, i
+        tied_rows = torch.nonzero(v[:, k - 1] == v[:, k]).flatten()
+        for part in tied_rows.split(64):  # all above the k-th value, then the tied of smallest index
+            sub, kth = scores[part], v[part, k - 1:k]
+            above, tied = sub > kth, sub == kth
+            keep = above | (tied & (tied.cumsum(1, dtype=torch.int32) <= k - above.sum(1, keepdim=True)))
+            cols = torch.nonzero(keep)[:, 1].view(len(part), k)
+            i[part, :k], v[part, :k] = cols, torch.gather(sub, 1, cols)
         return v[:, :k], i[:, :k]
 
 
