@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import re
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import tomllib
 
 from audit.config import OPTIONS, RunConfig, check_value, config_from_dict
 from audit.errors import AuditInputError

@@ -8,6 +8,7 @@ tables are assembled without I/O (:mod:`audit.signals.table`) and written here.
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -23,10 +24,22 @@ from audit.engines import Task, make_engine
 from audit.errors import AuditInputError
 from audit.io import read_json, save_arrays, write_parquet
 from audit.orchestrator import STAGE_VERSIONS, Orchestrator, numpy_seed
-from audit.recipes import crossval_config, data_config, eval_config, pair_config, train_recipe
+from audit.recipes import (
+    crossval_config,
+    data_config,
+    eval_config,
+    pair_config,
+    train_recipe,
+)
 from audit.signals.canaries import CanarySet, plant_canaries
 from audit.signals.table import TableContext, build_tables
-from audit.stages import TrainData, aug_stage, crossval_stage, influence_stage, train_stage
+from audit.stages import (
+    TrainData,
+    aug_stage,
+    crossval_stage,
+    influence_stage,
+    train_stage,
+)
 
 
 def absolute_spec(spec: str) -> str:
@@ -122,7 +135,8 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
         orch.stages["write"] = {"status": "done", "seconds": round(time.perf_counter() - t0, 3)}
         metrics = {**tables.metrics, "wall_seconds": round(time.perf_counter() - t_start, 2),
                    "compute_seconds": orch.compute_seconds()}
-        return orch.write_manifest(base, "complete", metrics, tables.extra)
+        extra = {**tables.extra, "neighbors": json.loads(str(infl.get("neighbors_info", "{}")))}
+        return orch.write_manifest(base, "complete", metrics, extra)
 
 
 def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]]:

@@ -9,12 +9,13 @@ or as Ray tasks (:mod:`audit.engines`). Model weights leave a training stage as 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from audit.neighbors import knn
+from audit.neighbors import search
 from audit.recipes import CrossValConfig, EvalConfig, PairConfig
 from audit.signals.crossval import cross_validate, feldman_zhang_influence
 from audit.signals.influence import tracin
@@ -134,7 +135,6 @@ def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict
     memorized and the robust model refused to fit).
     """
     dev = torch.device(device)
-    backend = "torch" if dev.type == "cuda" else "faiss"
     nat_wrong = natural["test_logits"].argmax(1) != data.test_labels
     rob_wrong = np.zeros_like(nat_wrong)
     for m in pc.robust_models:
@@ -142,7 +142,8 @@ def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict
     query = np.flatnonzero(nat_wrong | rob_wrong)
     reason = np.where(nat_wrong[query], "natural_error", "robust_error")
     base = natural["train_features"][:data.num_real].astype(np.float32)
-    sims, cand = knn(base, natural["test_features"].astype(np.float32)[query], pc.knn_k, backend=backend)
+    sims, cand, pair_info = search(base, natural["test_features"].astype(np.float32)[query], pc.knn_k,
+                                   device=dev.type)
     self_infl, pair_infl = _tracin(data, pc, natural, query, cand, dev)
     fz, fz_se = feldman_zhang_influence(cv["test_probs"], cv["masks"][:, :data.num_real], data.test_labels, query, cand)
     keep = min(pc.pairs_per_test, cand.shape[1])
@@ -161,8 +162,10 @@ def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict
     }
     # Neighbour evidence: in a robust model's embedding when there is one (it did not memorize the noise).
     emb = robust[pc.robust_models[0]] if pc.robust_models else natural
-    nidx, nsim = _neighbour_evidence(emb, data.num_real, backend)
-    return {"self_influence": self_infl, "neighbor_idx": nidx, "neighbor_sim": nsim, **pairs}
+    nidx, nsim, ev_info = _neighbour_evidence(emb, data.num_real, dev.type)
+    info = json.dumps({"pairs": pair_info, "evidence": ev_info})
+    return {"self_influence": self_infl, "neighbor_idx": nidx, "neighbor_sim": nsim, "neighbors_info": np.array(info),
+            **pairs}
 
 
 def _tracin(data: TrainData, pc: PairConfig, natural: dict, query: np.ndarray, cand: np.ndarray, dev):
@@ -174,19 +177,19 @@ def _tracin(data: TrainData, pc: PairConfig, natural: dict, query: np.ndarray, c
                   data.test_labels[query], cand)
 
 
-def _neighbour_evidence(emb: dict, n_real: int, backend: str) -> tuple[np.ndarray, np.ndarray]:
+def _neighbour_evidence(emb: dict, n_real: int, device: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """The NEIGHBORS nearest real training rows of every training row (canaries too) and test row,
     without each real row's match with itself."""
     ev_base = emb["train_features"][:n_real].astype(np.float32)
     all_q = np.concatenate([emb["train_features"], emb["test_features"]]).astype(np.float32)
     k = min(NEIGHBORS + 1, n_real)
-    nsim, nidx = knn(ev_base, all_q, k, backend=backend)
+    nsim, nidx, info = search(ev_base, all_q, k, device=device)
     own = np.r_[np.arange(n_real), np.full(len(all_q) - n_real, -1)]
     is_self = nidx == own[:, None]
     drop = np.where(is_self.any(1), is_self.argmax(1), k - 1)
     keep_mask = np.ones_like(nidx, bool)
     keep_mask[np.arange(len(nidx)), drop] = False
-    return nidx[keep_mask].reshape(len(nidx), k - 1), nsim[keep_mask].reshape(len(nsim), k - 1)
+    return nidx[keep_mask].reshape(len(nidx), k - 1), nsim[keep_mask].reshape(len(nsim), k - 1), info
 
 
 def train_arrays(out: dict) -> dict:

@@ -13,8 +13,17 @@ import pandas as pd
 import streamlit as st
 
 from app import data, ui
-from app.queue import (CATEGORIES, SORTS, STATUSES, Filters, next_after, page_of, previous_before, review_queue,
-                       signal_names)
+from app.queue import (
+    CATEGORIES,
+    SORTS,
+    STATUSES,
+    Filters,
+    next_after,
+    page_of,
+    previous_before,
+    review_queue,
+    signal_names,
+)
 from audit.decisions import DecisionStore
 
 PAGE_SIZES = (12, 24, 48)

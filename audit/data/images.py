@@ -38,7 +38,8 @@ from typing import Sequence
 
 import numpy as np
 
-from audit.data.checks import Problems, describe_error as _describe
+from audit.data.checks import Problems
+from audit.data.checks import describe_error as _describe
 from audit.data.limits import MAX_IMAGE_PIXELS
 
 RULE_VERSION = 1

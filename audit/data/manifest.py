@@ -25,13 +25,18 @@ import json
 import os
 import re
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from audit.data.base import AuditDataset, stratified_split
-from audit.data.checks import Problems, check_class_list, check_classes, check_split_values, describe_error
+from audit.data.checks import (
+    Problems,
+    check_class_list,
+    check_classes,
+    check_split_values,
+    describe_error,
+)
 from audit.data.images import ImageRef, decode_images
 from audit.data.limits import MAX_CLASSES, label_too_large
 from audit.data.registry import LoadOptions, register

@@ -31,12 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
+from audit.data import folder, manifest, torchvision_sources  # noqa: F401  (they register themselves)
 from audit.data.base import AuditDataset, stratified_split, to_nchw_uint8
-from audit.data.checks import Problems, check_class_list, check_classes, check_loaded, check_split_values
+from audit.data.checks import (
+    Problems,
+    check_class_list,
+    check_classes,
+    check_loaded,
+    check_split_values,
+)
 from audit.data.checks import describe_error as _describe
 from audit.data.limits import DEFLATE_MAX_RATIO, MAX_CLASSES, image_pixel_cap
 from audit.data.registry import SOURCES, LoadOptions, register
-from audit.data import folder, manifest, torchvision_sources  # noqa: F401  (they register themselves)
 from audit.errors import AuditError, AuditInputError
 
 __all__ = ["SOURCES", "LoadOptions", "load_dataset", "register"]

@@ -26,7 +26,12 @@ import numpy as np
 import pandas as pd
 
 from audit.data import AuditDataset
-from audit.signals.combine import canary_weights, choose_combination, detection_metrics, rank01
+from audit.signals.combine import (
+    canary_weights,
+    choose_combination,
+    detection_metrics,
+    rank01,
+)
 from audit.signals.registry import SignalInputs, compute_signals
 from audit.signals.util import margin, softmax
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {}
 
