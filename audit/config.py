@@ -143,6 +143,9 @@ class RunConfig:
     eval_steps: int | None = opt(None, "PGD steps of the evaluation attack (default: 2.5x --steps, at least 20)",
                                  lo=1, hi=100000)
     eval_restarts: int | None = opt(None, "random restarts of the evaluation attack " + _DS, lo=1, hi=1000)
+    eval_attack: str = opt("pgd", "evaluation attack: pgd, or apgd = that PGD then AutoAttack's APGD-CE and APGD-T "
+                           "(torchattacks) on the examples PGD leaves correct; both accuracies are reported",
+                           choices=("pgd", "apgd"))
     folds: int = opt(4, "cross-validation folds", lo=2, hi=100)
     repeats: int = opt(1, "cross-validation repeats with new folds", lo=1, hi=100)
     knn_k: int = opt(50, "nearest training images (FAISS) re-ranked by influence per test error", lo=1, hi=10000)

@@ -25,6 +25,7 @@ from audit.errors import AuditInputError
 from audit.io import read_json, save_arrays, write_parquet
 from audit.orchestrator import STAGE_VERSIONS, Orchestrator, numpy_seed
 from audit.recipes import (
+    apgd_config,
     crossval_config,
     data_config,
     eval_config,
@@ -35,6 +36,7 @@ from audit.signals.canaries import CanarySet, plant_canaries
 from audit.signals.table import TableContext, build_tables
 from audit.stages import (
     TrainData,
+    apgd_stage,
     aug_stage,
     crossval_stage,
     influence_stage,
@@ -146,6 +148,8 @@ def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]
     if cfg.augment != "none":
         out["train_aug"] = ("train_aug", {"recipe": train_recipe(cfg, "aug"), "data": dc}, ())
     out["crossval"] = ("crossval", {"cv": crossval_config(cfg), "data": dc}, ())
+    if cfg.eval_attack == "apgd":
+        out.update({f"apgd_{m}": ("apgd", {"apgd": apgd_config(cfg), "data": dc}, (f"train_{m}",)) for m in cfg.models})
     out["influence"] = ("influence", {"pairs": pair_config(cfg), "data": dc},
                         tuple(f"train_{m}" for m in cfg.models) + ("crossval",))
     return out
@@ -192,12 +196,36 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
                         {"device": dev})
             make_engine("local", threads, None).run_all([task], done, started)
             infl = results["influence"]
+        _run_apgd(orch, graph, data, trained, dev, threads, done, started)
     except BaseException:
         for st in orch.stages.values():
             if st.get("status") == "running":
                 st["status"] = "failed"
         raise
     return {k: _strip(v) for k, v in trained.items()}, results["crossval"], infl
+
+
+def _run_apgd(orch: Orchestrator, graph: dict, data: TrainData, trained: dict, dev: str, threads: int,
+              done, started) -> None:
+    """``--eval-attack apgd``: one evaluation per model, reading its checkpoint; results join ``trained``."""
+    tasks = []
+    for name, (kind, config, upstream) in graph.items():
+        if kind != "apgd":
+            continue
+        model = name.removeprefix("apgd_")
+        cached = orch.cached(name)
+        if cached is not None:
+            trained[model]["apgd_correct_test"] = cached["apgd_correct_test"]
+            continue
+        state = torch.load(orch.ckpt / f"{model}.pt", map_location="cpu", weights_only=True)
+        arrays = {**trained[model], **{f"state.{k}": v.numpy() for k, v in state.items()}}
+        tasks.append(Task(name, apgd_stage, (data, config["apgd"], arrays), {"device": dev}))
+
+    def finished(t: Task, arrays: dict, seconds: float) -> None:
+        done(t, arrays, seconds)
+        trained[t.name.removeprefix("apgd_")]["apgd_correct_test"] = arrays["apgd_correct_test"]
+
+    make_engine("local", threads, None).run_all(tasks, finished, started)
 
 
 STAGE_FUNCTIONS = {"train": train_stage, "train_aug": aug_stage, "crossval": crossval_stage}

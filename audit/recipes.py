@@ -35,6 +35,16 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ApgdConfig:
+    """The stronger evaluation (``--eval-attack apgd``) of one trained model."""
+
+    arch: str
+    width: float
+    eval: EvalConfig
+    apgd_steps: int = 100
+
+
+@dataclass(frozen=True)
 class CrossValConfig:
     recipe: TrainSpec
     folds: int
@@ -74,6 +84,10 @@ def train_recipe(cfg: RunConfig, role: str) -> TrainSpec:
 
 def eval_config(cfg: RunConfig) -> EvalConfig:
     return EvalConfig(norm=cfg.norm, eps=cfg.eps, steps=cfg.eval_steps, restarts=cfg.eval_restarts, seed=cfg.seed)
+
+
+def apgd_config(cfg: RunConfig) -> ApgdConfig:
+    return ApgdConfig(arch=cfg.arch, width=cfg.width, eval=eval_config(cfg))
 
 
 def data_config(cfg: RunConfig) -> DataConfig:

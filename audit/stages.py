@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from audit.neighbors import search
-from audit.recipes import CrossValConfig, EvalConfig, PairConfig
+from audit.recipes import ApgdConfig, CrossValConfig, EvalConfig, PairConfig
 from audit.signals.crossval import cross_validate, feldman_zhang_influence
 from audit.signals.influence import tracin
 from audit.train.attacks import PGD
@@ -96,6 +96,23 @@ def evaluate(model: torch.nn.Module, data: TrainData, ev: EvalConfig, *, natural
         flip = PGD(eps=ev.eps, step_size=2.5 * ev.eps / ev.steps, steps=ev.steps, norm=ev.norm, random_start=False)
         out["steps_to_flip"] = steps_to_flip(model, tr_img, torch.as_tensor(data.train_labels), flip, device)
     return out
+
+
+def apgd_stage(data: TrainData, ac: ApgdConfig, trained: dict, *, device: str = "cpu") -> dict:
+    """AutoAttack-style evaluation of a trained model on the test rows: APGD-CE and APGD-T
+    (torchattacks) on the examples the run's PGD left correct; ``trained`` holds the model's weights
+    (``state.*``) and its PGD result (``adv_correct_test``)."""
+    from audit.train.evaluate import robust_correct
+
+    dev = torch.device(device)
+    model = build_model(ac.arch, data.shape, data.num_classes, ac.width)
+    model.load_state_dict(state_from_arrays(trained, "state"))
+    model.to(dev).eval()
+    ev = ac.eval
+    ok = robust_correct(model, torch.from_numpy(data.test_images), torch.as_tensor(data.test_labels), "apgd",
+                        eps=ev.eps, norm=ev.norm, steps=ev.steps, restarts=ev.restarts, num_classes=data.num_classes,
+                        device=dev, seed=ev.seed + 1, apgd_steps=ac.apgd_steps, pgd_correct=trained["adv_correct_test"])
+    return {"apgd_correct_test": ok}
 
 
 def aug_stage(data: TrainData, recipe: TrainSpec, *, device: str = "cpu", resume: str | None = None,

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import data, ui
 from audit.decisions import DecisionStore
-from audit.export import cleaned_labels, flagged_test_labels
+from audit.export import cleaned_labels, csv_bytes, flagged_test_labels
 
 EXPORT_DIR = "exports"
 
@@ -36,11 +36,11 @@ def decisions_table(run: ui.Run) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _exports(run_dir: str, version: int, drop_flagged: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _exports(run_dir: str, version: int, apply: str, drop_flagged: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cleaned labels and flagged test labels, recomputed only when a decision is written."""
     df = data.examples(Path(run_dir))
-    return (cleaned_labels(run_dir, drop_flagged=drop_flagged, use_decisions=True, examples=df),
-            flagged_test_labels(run_dir, use_decisions=True, examples=df))
+    return (cleaned_labels(run_dir, apply=apply, drop_flagged=drop_flagged, examples=df),
+            flagged_test_labels(run_dir, apply=apply, examples=df))
 
 
 def undo_selected(run_dir: str, picks: list[tuple[str, int]], reviewer: str) -> None:
@@ -51,12 +51,12 @@ def undo_selected(run_dir: str, picks: list[tuple[str, int]], reviewer: str) -> 
     st.session_state.pop("decisions_table", None)
 
 
-def write_export(run_dir: str, drop_flagged: bool) -> None:
+def write_export(run_dir: str, apply: str, drop_flagged: bool) -> None:
     """Write the reviewed labels into ``RUN/exports/`` (inside the run directory only)."""
     from audit.export import export_labels
 
     out = Path(run_dir) / EXPORT_DIR / "labels.reviewed.csv"
-    df = export_labels(run_dir, out, drop_flagged=drop_flagged, use_decisions=True)
+    df = export_labels(run_dir, out, apply=apply, drop_flagged=drop_flagged)
     st.session_state["decisions_flash"] = (f"Wrote {ui.md(out)} ({len(df):,} training rows) and its flagged-test "
                                            "list.")
 
@@ -75,14 +75,17 @@ def summary_ui(run: ui.Run, table: pd.DataFrame) -> None:
 
 def export_ui(run: ui.Run) -> None:
     st.subheader("Export", anchor=False)
-    st.caption("The cleaned training labels with provenance (`label_source`, `decision`, `reviewer`, `decided_at`, "
-               "the signals). Reviewer decisions win; undecided flagged examples get the suggested label, or are "
-               "dropped. Test examples are never removed: flagged test labels are a separate list to check. "
-               "Same as `audit export RUN --use-decisions --out labels.csv`.")
-    drop = st.toggle("Drop flagged examples nobody decided on (instead of relabelling them)", value=False,
-                     key="export_drop_flagged")
+    st.caption("The training labels with provenance (`label_source`, `decision`, `reviewer`, `decided_at`, "
+               "the signals). No label changes unless you say so: *decisions* applies only what reviewers "
+               "decided; *suggested* also gives undecided flagged examples their suggested label (or drops "
+               "them); *none* exports the given labels. Test examples are never removed: flagged test labels "
+               "are a separate list to check. Same as `audit export RUN --apply POLICY --out labels.csv`.")
+    apply = st.segmented_control("Apply", ["decisions", "suggested", "none"], default="decisions",
+                                 key="export_apply") or "decisions"
+    drop = apply == "suggested" and st.toggle("Drop flagged examples nobody decided on (instead of relabelling "
+                                              "them)", value=False, key="export_drop_flagged")
     version = DecisionStore(run.dir).version()
-    labels, test = _exports(str(run.dir), version, drop)
+    labels, test = _exports(str(run.dir), version, apply, drop)
     n_train = int((data.examples(run.dir)["split"] == "train").sum())
     c = st.columns(4)
     c[0].metric("training rows exported", f"{len(labels):,}", f"{n_train - len(labels):,} removed",
@@ -93,16 +96,16 @@ def export_ui(run: ui.Run) -> None:
     b = st.container(horizontal=True, gap="small")
     with b:
         # the files are made when clicked (callables), not on every rerun
-        st.download_button("labels.csv", lambda: labels.to_csv(index=False), file_name="labels.csv",
+        st.download_button("labels.csv", lambda: csv_bytes(labels), file_name="labels.csv",
                            mime="text/csv", icon=":material/download:", type="primary", key="download_labels",
                            on_click="ignore")
-        st.download_button("flagged-test.csv", lambda: test.to_csv(index=False), file_name="labels.flagged-test.csv",
+        st.download_button("flagged-test.csv", lambda: csv_bytes(test), file_name="labels.flagged-test.csv",
                            mime="text/csv", icon=":material/download:", key="download_test", on_click="ignore")
-        st.download_button("decision log.csv", lambda: DecisionStore(run.dir).log().to_csv(index=False),
+        st.download_button("decision log.csv", lambda: csv_bytes(DecisionStore(run.dir).log()),
                            file_name="decisions.csv", mime="text/csv", icon=":material/download:",
                            key="download_log", on_click="ignore")
         st.button(f"Write to {EXPORT_DIR}/ in the run", key="write_export", icon=":material/save:",
-                  on_click=write_export, args=(str(run.dir), drop))
+                  on_click=write_export, args=(str(run.dir), apply, drop))
 
 
 def main() -> None:

@@ -64,8 +64,10 @@ def summary_lines(man: dict, out: str) -> list[str]:
              f"flagged {m['num_flagged_train']:,} training labels as likely wrong "
              f"(estimated noise rate {m['estimated_noise_rate']:.1%}) and {m['num_flagged_test']:,} test labels"]
     for model in man["config"]["models"]:
+        apgd = m.get(f"{model}_test_apgd_accuracy")
         lines.append(f"{model:>8} model: test accuracy {m[f'{model}_test_accuracy']:.3f}, under attack "
-                     f"{m[f'{model}_test_adv_accuracy']:.3f} (train accuracy {m[f'{model}_train_accuracy']:.3f})")
+                     f"{m[f'{model}_test_adv_accuracy']:.3f}" + (f" (APGD {apgd:.3f})" if apgd is not None else "")
+                     + f", train accuracy {m[f'{model}_train_accuracy']:.3f}")
     if "noise_auprc" in m:
         lines.append(f"injected noise found: AUROC {m['noise_auroc']:.3f}, AUPRC {m['noise_auprc']:.3f}, "
                      f"precision {m['noise_precision']:.2f}, recall {m['noise_recall']:.2f}")

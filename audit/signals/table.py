@@ -274,9 +274,11 @@ def _model_columns(df: pd.DataFrame, run: TableContext, trained: dict) -> None:
         df[f"correct_{m}"] = pred == given
         df[f"loss_{m}"] = -np.log(np.clip(p[np.arange(len(given)), given], 1e-12, None))
         df[f"margin_{m}"] = margin(lg, given)
-        adv = np.full(len(given), None, dtype=object)
-        adv[n_tr:] = trained[m]["adv_correct_test"]
-        df[f"adv_correct_{m}"] = pd.array(adv, dtype="boolean")
+        for col, key in (("adv_correct", "adv_correct_test"), ("apgd_correct", "apgd_correct_test")):
+            if key in trained[m]:
+                adv = np.full(len(given), None, dtype=object)
+                adv[n_tr:] = trained[m][key]
+                df[f"{col}_{m}"] = pd.array(adv, dtype="boolean")
         dyn = _dynamics(trained[m])
         for k in ("aum", "forgetting", "first_learned"):
             col = _train_only(dyn[k][real], len(given))
@@ -428,6 +430,8 @@ def _metrics(df: pd.DataFrame, run: TableContext, trained: dict, sc: Scores, n_p
         metrics[f"{m}_train_accuracy"] = float(df[f"correct_{m}"][tr & ~df["held_out_as_canary"]].mean())
         metrics[f"{m}_test_accuracy"] = float(df[f"correct_{m}"][te].mean()) if te.any() else float("nan")
         metrics[f"{m}_test_adv_accuracy"] = float(trained[m]["adv_correct_test"].mean()) if te.any() else float("nan")
+        if "apgd_correct_test" in trained[m]:
+            metrics[f"{m}_test_apgd_accuracy"] = float(trained[m]["apgd_correct_test"].mean()) if te.any() else float("nan")
     if "aug" in trained:
         metrics["aug_test_accuracy"] = float(trained["aug"]["test_accuracy"])
     if run.ds.clean_labels is not None:
