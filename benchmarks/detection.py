@@ -81,9 +81,11 @@ def judge(train: pd.DataFrame, selection: dict) -> dict:
 
 def evaluate(run_dir: Path, manifest: dict) -> dict:
     df = pd.read_parquet(run_dir / "examples.parquet")
-    tr = df[df.split == "train"]
-    if "is_canary" in tr:  # rows held out as canaries in this run: not audited, not scored
-        tr = tr[~tr["is_canary"].to_numpy(bool)]
+    every = df[df.split == "train"]
+    # rows whose images trained as canaries get only a fallback score (out-of-sample label quality):
+    # both methods are compared on the other rows; audit_auprc_all counts them too
+    held = every["held_out_as_canary"].to_numpy(bool) if "held_out_as_canary" in every else np.zeros(len(every), bool)
+    tr = every[~held]
     truth = tr["is_injected_noise"].to_numpy(bool)
     p, r = _pr(tr["is_label_issue"].to_numpy(bool), truth)
     bp, br = _pr(tr["is_cleanlab_issue"].to_numpy(bool), truth)
@@ -92,6 +94,7 @@ def evaluate(run_dir: Path, manifest: dict) -> dict:
     return {
         "audit_auroc": roc_auc_score(truth, tr["issue_score"]), "audit_auprc": average_precision_score(truth, tr["issue_score"]),
         "audit_precision": p, "audit_recall": r, "audit_seconds": manifest["metrics"]["wall_seconds"],
+        "audit_auprc_all": average_precision_score(every["is_injected_noise"], every["issue_score"]),
         "cleanlab_auroc": roc_auc_score(truth, tr["cleanlab_score"]),
         "cleanlab_auprc": average_precision_score(truth, tr["cleanlab_score"]),
         "cleanlab_precision": bp, "cleanlab_recall": br, "cleanlab_seconds": st["crossval"]["seconds"],

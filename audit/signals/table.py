@@ -456,6 +456,7 @@ def _selection_record(run: TableContext, sc: Scores) -> dict:
                 "is_label_issue = top n by issue_score, n = min(cleanlab confident-joint estimate, robust training errors)",
         "chosen": combo["chosen"], "members": combo["members"], "canary_scores": canary,
         "not_eligible": [k for k in sc.not_judged if k in canary],
+        "candidate_members": combo.get("candidate_members", {}),
         "candidates": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo.get("candidates", {}).items()},
         "num_canaries": int(run.is_canary.sum()), "num_label_issues": sc.n_issues,
         "canary_weight_range": [round(float(c_w.min()), 3), round(float(c_w.max()), 3)] if len(c_w) else []}}
