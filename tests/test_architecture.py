@@ -25,7 +25,11 @@ def test_a_toy_signal_added_as_docs_architecture_says(tmp_path):
     df = pd.read_parquet(tmp_path / "examples.parquet")
     tr = df[df.split == "train"]
     assert {"last_margin_score", "is_last_margin_issue"} <= set(df.columns)
-    assert tr["last_margin_score"].notna().all() and df[df.split == "test"]["last_margin_score"].isna().all()
+    # scored on every training row the models trained on; canary sources and test rows have none
+    held = tr["held_out_as_canary"].to_numpy(bool)
+    assert 0 < held.sum() == man["dataset"]["num_canaries"]
+    assert tr["last_margin_score"][~held].notna().all() and tr["last_margin_score"][held].isna().all()
+    assert df[df.split == "test"]["last_margin_score"].isna().all()
     assert "last_margin" in man["signal_selection"]["canary_scores"]
     # the flags of a signal are its top n, n = the run's number of label issues
     assert tr["is_last_margin_issue"].sum() == man["signal_selection"]["num_label_issues"]

@@ -237,12 +237,13 @@ def test_augmented_model_gives_a_signal_that_finds_noise(tmp_path):
     assert "aum_aug" in man["signal_selection"]["canary_scores"] and 0 < man["metrics"]["aug_test_accuracy"] <= 1
     df = pd.read_parquet(tmp_path / "examples.parquet")
     tr = df[df.split == "train"]
-    assert tr["aum_aug"].notna().all() and df[df.split == "test"]["aum_aug"].isna().all()
+    fit = tr[~tr["held_out_as_canary"]]  # the rows the models trained on (canary sources: not)
+    assert fit["aum_aug"].notna().all() and df[df.split == "test"]["aum_aug"].isna().all()
     assert {"aum_aug_score", "is_aum_aug_issue"} <= set(df.columns)
-    auroc = roc_auc_score(tr["is_injected_noise"], tr["aum_aug_score"])
+    auroc = roc_auc_score(fit["is_injected_noise"], fit["aum_aug_score"])
     assert auroc > 0.9, auroc
     with np.load(tmp_path / "dynamics.npz") as z:
-        assert z["margin_aug"].shape == (30, len(tr))
+        assert z["margin_aug"].shape == (30, len(fit))
     # --augment none: no such model, no such column; the other stages are reused
     man2 = run_audit(RunConfig(**{**cfg.to_dict(), "models": cfg.models, "augment": "none"}), tmp_path, progress=False)
     assert "train_aug" not in man2["stages"] and man2["stages"]["crossval"]["status"] == "cached"
