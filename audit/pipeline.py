@@ -32,7 +32,8 @@ from audit.recipes import (
     pair_config,
     train_recipe,
 )
-from audit.signals.canaries import CanarySet, plant_canaries
+from audit.rows import Rows
+from audit.signals.canaries import CanarySet, make_canaries
 from audit.signals.table import TableContext, build_tables
 from audit.stages import (
     TrainData,
@@ -83,13 +84,19 @@ def prepare_dataset(cfg: RunConfig) -> AuditDataset:
 
 def build_train_data(ds: AuditDataset, cfg: RunConfig) -> tuple[TrainData, CanarySet]:
     """The training set every model sees: the real training rows except the canaries' sources, then
-    the canaries (their images with a flipped label); and the test rows."""
+    the canaries (their images with a flipped label); and the test rows. Images stay where the dataset
+    holds them (:class:`audit.rows.Rows` views; a memmap is read batch by batch); only the canaries'
+    images are copied."""
     tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
     dc = data_config(cfg)
-    cs = plant_canaries(np.asarray(ds.images[tr]), ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed)
+    c_img, c_lab, src = make_canaries(Rows.of(ds.images, tr), ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed)
+    keep = np.setdiff1d(np.arange(len(tr)), src)
+    cs = CanarySet(images=None, labels=np.concatenate([ds.labels[tr][keep], c_lab]).astype(np.int64),
+                   is_canary=np.r_[np.zeros(len(keep), bool), np.ones(len(src), bool)], real_rows=keep.astype(np.int64),
+                   source=src, clean_labels=ds.labels[tr][src].astype(np.int64))
     data = TrainData(
-        train_images=cs.images, train_labels=cs.labels,
-        test_images=np.asarray(ds.images[te]), test_labels=ds.labels[te].astype(np.int64),
+        train_images=Rows.of(ds.images, tr[keep]).concat(Rows.of(c_img)), train_labels=cs.labels,
+        test_images=Rows.of(ds.images, te), test_labels=ds.labels[te].astype(np.int64),
         is_canary=cs.is_canary, cv_groups=None,  # no canary has a twin in training: no grouping
         num_classes=ds.num_classes)
     return data, cs

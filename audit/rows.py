@@ -71,6 +71,11 @@ def _as_index(key, n: int) -> np.ndarray:
     return key.astype(np.int64)
 
 
+def subset(images, idx):
+    """``images`` restricted to rows ``idx``: a view for :class:`Rows`, an index for anything else."""
+    return images.subset(idx) if isinstance(images, Rows) else images[idx]
+
+
 def take(images, key):
     """``images[key]`` as a torch uint8 tensor, for any of: torch tensor, numpy array, memmap, Rows."""
     import torch

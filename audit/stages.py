@@ -17,6 +17,7 @@ import torch
 
 from audit.neighbors import search
 from audit.recipes import ApgdConfig, CrossValConfig, EvalConfig, PairConfig
+from audit.rows import Rows, subset
 from audit.signals.crossval import cross_validate, feldman_zhang_influence
 from audit.signals.influence import tracin
 from audit.train.attacks import PGD
@@ -31,9 +32,9 @@ NEIGHBORS = 10  # neighbours kept per example as evidence for the app and for `c
 class TrainData:
     """What every stage trains and evaluates on: training rows plus canaries, and the test rows."""
 
-    train_images: np.ndarray  # uint8 (N_aug, C, H, W): real training rows (less the canaries' sources), then canaries
+    train_images: Rows  # uint8 (N_aug, C, H, W): real training rows (less the canaries' sources), then canaries
     train_labels: np.ndarray  # int64 (N_aug,)
-    test_images: np.ndarray  # uint8 (N_test, C, H, W)
+    test_images: Rows  # uint8 (N_test, C, H, W)
     test_labels: np.ndarray  # int64 (N_test,)
     is_canary: np.ndarray  # bool (N_aug,)
     cv_groups: np.ndarray | None  # int64 (N_aug,): rows of one group share a fold (None: no grouping)
@@ -69,7 +70,7 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
     dev = torch.device(device)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
-    res = train_model(model, torch.from_numpy(data.train_images), torch.as_tensor(data.train_labels), recipe,
+    res = train_model(model, data.train_images, torch.as_tensor(data.train_labels), recipe,
                       device=dev, checkpoint=resume, desc=f"train {recipe.method}", progress=progress)
     out = {"loss": res.loss.astype(np.float16), "margin": res.margin.astype(np.float16), "correct": res.correct,
            "lrs": res.lrs, "train_seconds": np.float64(res.seconds)}
@@ -85,7 +86,7 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
 def evaluate(model: torch.nn.Module, data: TrainData, ev: EvalConfig, *, natural: bool, device) -> dict:
     """Logits and features on train (+ canaries) and test, adversarial correctness on test and, for
     the natural model, PGD steps to flip each training example."""
-    tr_img, te_img = torch.from_numpy(data.train_images), torch.from_numpy(data.test_images)
+    tr_img, te_img = data.train_images, data.test_images
     tr_logits, tr_feat = infer(model, tr_img, device, features=True)
     te_logits, te_feat = infer(model, te_img, device, features=True)
     torch.manual_seed(ev.seed + 1)
@@ -109,7 +110,7 @@ def apgd_stage(data: TrainData, ac: ApgdConfig, trained: dict, *, device: str = 
     model.load_state_dict(state_from_arrays(trained, "state"))
     model.to(dev).eval()
     ev = ac.eval
-    ok = robust_correct(model, torch.from_numpy(data.test_images), torch.as_tensor(data.test_labels), "apgd",
+    ok = robust_correct(model, data.test_images, torch.as_tensor(data.test_labels), "apgd",
                         eps=ev.eps, norm=ev.norm, steps=ev.steps, restarts=ev.restarts, num_classes=data.num_classes,
                         device=dev, seed=ev.seed + 1, apgd_steps=ac.apgd_steps, pgd_correct=trained["adv_correct_test"])
     return {"apgd_correct_test": ok}
@@ -124,18 +125,18 @@ def aug_stage(data: TrainData, recipe: TrainSpec, *, device: str = "cpu", resume
     dev = torch.device(device)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
-    res = train_model(model, torch.from_numpy(data.train_images), torch.as_tensor(data.train_labels), recipe,
+    res = train_model(model, data.train_images, torch.as_tensor(data.train_labels), recipe,
                       device=dev, checkpoint=resume, desc=f"train natural, {recipe.augment} augmented",
                       progress=progress)
     acc = np.nan
     if len(data.test_labels):
-        acc = (infer(res.model, torch.from_numpy(data.test_images), dev)[0].argmax(1) == data.test_labels).mean()
+        acc = (infer(res.model, data.test_images, dev)[0].argmax(1) == data.test_labels).mean()
     return {"margin": res.margin.astype(np.float16), "correct": res.correct, "test_accuracy": np.float64(acc),
             "train_seconds": np.float64(res.seconds)}
 
 
 def crossval_stage(data: TrainData, cv: CrossValConfig, *, device: str = "cpu", progress: bool = False) -> dict:
-    return cross_validate(torch.from_numpy(data.train_images), data.train_labels, torch.from_numpy(data.test_images),
+    return cross_validate(data.train_images, data.train_labels, data.test_images,
                           cv.recipe, data.num_classes, folds=cv.folds, repeats=cv.repeats, seed=cv.seed,
                           device=torch.device(device), progress=progress, groups=data.cv_groups)
 
@@ -188,9 +189,9 @@ def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict
 def _tracin(data: TrainData, pc: PairConfig, natural: dict, query: np.ndarray, cand: np.ndarray, dev):
     model = build_model(pc.arch, data.shape, data.num_classes, pc.width).to(dev)
     ckpts = [(float(w), state_from_arrays(natural, f"tracin{i}")) for i, w in enumerate(natural["tracin_weights"])]
-    test_img = torch.from_numpy(data.test_images)
-    q_img = test_img[torch.as_tensor(query, dtype=torch.long)] if len(query) else test_img[:0]
-    return tracin(model, ckpts, torch.from_numpy(data.train_images), data.train_labels, dev, q_img,
+    test_img = data.test_images
+    q_img = subset(test_img, query)
+    return tracin(model, ckpts, data.train_images, data.train_labels, dev, q_img,
                   data.test_labels[query], cand)
 
 

@@ -21,6 +21,7 @@ from sklearn.model_selection import (
 )
 from tqdm.auto import tqdm
 
+from audit.rows import subset
 from audit.train.engine import TrainSpec, train_model
 from audit.train.evaluate import infer
 from audit.train.models import build_model
@@ -122,7 +123,7 @@ def cross_validate(
         torch.manual_seed(spec.seed + 17 * (f + 1))
         model = build_model(spec.arch, shape, k, spec.width)
         fs = TrainSpec(**{**spec.__dict__, "seed": spec.seed + 17 * (f + 1)})
-        res = train_model(model, images[tr], y[tr], fs, device=device, desc=f"fold {f + 1}/{m}", progress=progress)
+        res = train_model(model, subset(images, tr), y[tr], fs, device=device, desc=f"fold {f + 1}/{m}", progress=progress)
         dyn = res.dynamics()
         aum[f, tr] = dyn["aum"]
         forgetting[f, tr] = dyn["forgetting"]

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from audit.device import autocast
+from audit.rows import take
 from audit.train.attacks import PGD, APGDEnsemble
 
 EVAL_ATTACKS = ("pgd", "apgd")
@@ -24,7 +25,7 @@ def infer(model: nn.Module, images: torch.Tensor, device: torch.device, batch: i
     model.eval()
     logits, feats = [], []
     for sl in _chunks(len(images), batch):
-        x = images[sl].to(device).float().div_(255.0)
+        x = take(images, sl).to(device).float().div_(255.0)
         with autocast(device):
             if features:
                 h = model.features(x)
@@ -43,7 +44,7 @@ def adversarial_correct(model: nn.Module, images: torch.Tensor, labels: torch.Te
     examples already known to be broken. Returns bool (N,)."""
     out = []
     for sl in _chunks(len(images), batch):
-        x = images[sl].to(device).float().div_(255.0)
+        x = take(images, sl).to(device).float().div_(255.0)
         kw = {} if start is None else {"start": torch.as_tensor(start[sl], device=device)}
         out.append((~attack.fooled(model, x, labels[sl].to(device), **kw)).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, bool)
@@ -84,6 +85,6 @@ def steps_to_flip(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     ``attack.steps + 1`` = never within budget). Few steps on a fitted example = fragile fit."""
     out = []
     for sl in _chunks(len(images), batch):
-        x = images[sl].to(device).float().div_(255.0)
+        x = take(images, sl).to(device).float().div_(255.0)
         out.append(attack.steps_to_flip(model, x, labels[sl].to(device)).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, int)
