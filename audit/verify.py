@@ -103,10 +103,15 @@ def load_run_data(run_dir: str | Path) -> RunData:
 
     run_dir = Path(run_dir)
     manifest, cfg, examples = read_run(run_dir)
-    ds = load_dataset(manifest.get("dataset", {}).get("spec", cfg.dataset), download=False)
-    want = manifest.get("dataset", {}).get("source_fingerprint")
-    if want and ds.fingerprint() != want:
-        raise _bad(run_dir, f"dataset {cfg.dataset} has fingerprint {ds.fingerprint()}, the run recorded {want}")
+    recorded = manifest.get("dataset", {})
+    ds = load_dataset(recorded.get("spec", cfg.dataset), download=False)
+    want, have = recorded.get("source_fingerprint"), ds.fingerprint()
+    if not want:  # a manifest from before source fingerprints: compare the data with the noise injected again
+        from audit.pipeline import prepare_dataset
+
+        want, have = recorded.get("fingerprint"), prepare_dataset(replace(cfg, download=False)).fingerprint()
+    if have != want:
+        raise _bad(run_dir, f"dataset {cfg.dataset} has fingerprint {have}, the run recorded {want}")
     tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
     by_id = examples.set_index("example_id")
     for rows, split in ((tr, "train"), (te, "test")):

@@ -95,12 +95,15 @@ def test_bad_run_directories_exit_2(tmp_path, run_copy, capsys):
     assert cli(["verify", str(run_copy)]) == 2
     (run_copy / "manifest.json").write_text("{not json")
     assert cli(["verify", str(run_copy)]) == 2
+    other = {**man, "dataset": {**man["dataset"], "source_fingerprint": "0" * 16}}  # images must match the run's
+    (run_copy / "manifest.json").write_text(json.dumps(other))
+    assert cli(["verify", str(run_copy)]) == 2
     (run_copy / "manifest.json").write_text(json.dumps(man))
     assert cli(["verify", str(run_copy), "--seeds", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 5 and all(line.startswith("audit: error: ") for line in err)
+    assert len(err) == 6 and all(line.startswith("audit: error: ") for line in err)
     assert "no such run directory" in err[0] and "no manifest.json" in err[1] and "not complete" in err[2]
-    assert "not valid JSON" in err[3] and "--seeds 0" in err[4]
+    assert "not valid JSON" in err[3] and "the run recorded 0000000000000000" in err[4] and "--seeds 0" in err[5]
     assert not (run_copy / "verify.json").exists()
 
 
