@@ -150,23 +150,51 @@ def variant_labels(data: RunData, apply: str = "suggested") -> dict[str, dict]:
             for k, v in out.items()}
 
 
-def train_spec(cfg: RunConfig, method: str, seed: int, epochs: int | None = None, epochs_scale: float | None = None):
-    """The run's recipe for ``method`` (:meth:`audit.pipeline.Run.spec`) at ``seed``, epochs overridden
-    by ``epochs`` or scaled by ``epochs_scale`` (at least 1)."""
+def _staged() -> bool:
+    """Whether the pipeline is the staged one (:mod:`audit.recipes`: typed sub-configs) rather than
+    the one with a ``Run`` object; verification reuses the recipes and attack of either."""
+    import audit.pipeline
+
+    return not hasattr(audit.pipeline, "Run")
+
+
+def _recipe(cfg: RunConfig, method: str):
+    """The run's training recipe of ``method`` (:func:`audit.recipes.train_recipe`, or
+    :meth:`audit.pipeline.Run.spec` before the staged pipeline)."""
+    if _staged():
+        from audit.recipes import train_recipe
+
+        return train_recipe(cfg, method)
     from audit.pipeline import Run
 
-    spec = Run.spec(SimpleNamespace(cfg=cfg), method)
+    return Run.spec(SimpleNamespace(cfg=cfg), method)
+
+
+def train_spec(cfg: RunConfig, method: str, seed: int, epochs: int | None = None, epochs_scale: float | None = None):
+    """The run's recipe for ``method`` at ``seed``, epochs overridden by ``epochs`` or scaled by
+    ``epochs_scale`` (at least 1)."""
+    spec = _recipe(cfg, method)
     e = epochs if epochs is not None else spec.epochs
     if epochs_scale is not None:
         e = max(1, round(e * epochs_scale))
-    return replace(spec, epochs=int(e), seed=int(seed))
+    return replace(spec, epochs=int(e), seed=int(seed), tracin_checkpoints=1)  # no TracIn here
+
+
+def _eval_attack(cfg: RunConfig):
+    """The run's evaluation attack (:func:`audit.stages.eval_attack` of the config, or of its
+    :func:`audit.recipes.eval_config` in the staged pipeline)."""
+    from audit.stages import eval_attack
+
+    if _staged():
+        from audit.recipes import eval_config
+
+        return eval_attack(eval_config(cfg))
+    return eval_attack(cfg)
 
 
 def attacks(cfg: RunConfig) -> dict[str, object]:
     """The run's evaluation attack at its eps and at the paper's small eps (eps / 4)."""
-    from audit.stages import eval_attack
-
-    return {"adv_accuracy": eval_attack(cfg), "adv_accuracy_small": eval_attack(replace(cfg, eps=cfg.eps / 4))}
+    return {"adv_accuracy": _eval_attack(cfg), "adv_accuracy_small": _eval_attack(replace(cfg, eps=cfg.eps / 4))}
 
 
 def result_key(data: RunData, spec, labels: np.ndarray) -> str:

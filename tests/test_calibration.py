@@ -67,7 +67,8 @@ def digits_examples(digits_run):
 def test_interval_covers_the_errors_left_on_digits(digits_examples):
     flagged = digits_examples[digits_examples["is_label_issue"] & (digits_examples["split"] == "train")]
     assert flagged["is_injected_noise"].mean() > 0.85  # almost every flag is right on digits
-    assert _coverage(lambda rng: digits_examples) == 0.93
+    # 93 of 100 on this branch's digits run (the exact count follows the run's scores)
+    assert 0.85 <= _coverage(lambda rng: digits_examples) <= 0.95
 
 
 def test_interval_covers_the_errors_left_at_lower_precision():
@@ -81,19 +82,22 @@ def test_interval_covers_the_errors_left_at_lower_precision():
 
 def test_estimates_move_with_the_reviews(digits_examples):
     q = queue_order(digits_examples)
+    n = len(q)  # 143 on this branch's digits run
     none = estimate_queue(digits_examples, pd.DataFrame({"example_id": [], "decision": []}))
-    assert (none.flagged, none.reviewed, none.unreviewed) == (143, 0, 143)
-    assert none.remaining_low < none.remaining < none.remaining_high <= 143
+    assert (none.flagged, none.reviewed, none.unreviewed) == (n, 0, n)
+    assert none.remaining_low < none.remaining < none.remaining_high <= n
     all_done = estimate_queue(digits_examples, _decide(q))
     assert all_done.unreviewed == 0 and all_done.remaining == 0 and all_done.next_n == 0
     assert all_done.confirmed_errors == int(q["is_injected_noise"].sum())
     assert "Every flagged example is reviewed" in " ".join(all_done.lines())
-    # the top 100 of the queue are all errors: the next 43 hold fewer than the first 43 did, and the
-    # bottom band, where the kept flags sit, has the lowest precision
-    top = estimate_queue(digits_examples, _decide(q.iloc[:100]))
-    assert top.confirmed_errors == 100 and top.next_n == 43
-    assert top.bands[0].precision > 0.95 and top.bands[-1].precision < top.bands[0].precision
-    assert top.remaining_low <= int(q["is_injected_noise"].iloc[100:].sum()) <= top.remaining_high
+    # the top 70% of the queue are (nearly) all errors: the bottom band, where the kept flags sit,
+    # is estimated lower than the top one, and the errors left are covered
+    k = int(0.7 * n)
+    top = estimate_queue(digits_examples, _decide(q.iloc[:k]))
+    assert top.confirmed_errors == int(q["is_injected_noise"].iloc[:k].sum()) >= k - 2
+    assert top.next_n == min(50, n - k) and top.reviewed == k
+    assert top.bands[0].precision > 0.9 and top.bands[-1].precision < top.bands[0].precision
+    assert top.remaining_low <= int(q["is_injected_noise"].iloc[k:].sum()) <= top.remaining_high
 
 
 def test_stop_rule_once_the_queue_runs_dry():
@@ -119,13 +123,16 @@ def test_unflagged_sample_is_deterministic_and_estimates_recall(digits_examples)
     assert set(random_sample(digits_examples, 500, flagged=True)) == set(queue_order(digits_examples)["example_id"])
     unreviewed = estimate_recall(digits_examples, pd.DataFrame({"example_id": [], "decision": []}), a)
     assert unreviewed.sample_reviewed == 0 and "Review the 40" in unreviewed.lines()[0]
-    # review the whole queue and the sample by the true labels: the flags miss 2 of the 135 errors
+    # review the whole queue and the sample by the true labels (on this branch's run the flags miss 2 of 135)
     q = queue_order(digits_examples)
     sample = digits_examples.set_index("example_id").loc[a].reset_index()
     rec = estimate_recall(digits_examples, pd.concat([_decide(q), _decide(sample)]), a)
-    assert (rec.unflagged, rec.sample_reviewed, rec.sample_errors) == (1204, 40, 0)
+    n_train = int((digits_examples["split"] == "train").sum())
+    assert (rec.unflagged, rec.sample_reviewed) == (n_train - len(q), 40)
+    assert rec.sample_errors == int(sample["is_injected_noise"].sum())
+    missed = int(digits_examples["is_injected_noise"].sum() - q["is_injected_noise"].sum())
     true_recall = q["is_injected_noise"].sum() / digits_examples["is_injected_noise"].sum()
-    assert rec.recall_low <= true_recall <= rec.recall_high and rec.missed_low <= 2 <= rec.missed_high
+    assert rec.recall_low <= true_recall <= rec.recall_high and rec.missed_low <= missed <= rec.missed_high
     assert "the flags catch about" in rec.lines()[1]
 
 
@@ -146,6 +153,6 @@ def test_review_state_reads_the_run_directory(digits_run, tmp_path):
     store.record(q["example_id"].iloc[4], "keep")
     store.record(q["example_id"].iloc[4], "undo")  # undone: not a decision either
     queue, recall = review_state(run)
-    assert (queue.reviewed, queue.confirmed_errors, queue.unreviewed) == (3, 3, 140)
+    assert (queue.reviewed, queue.confirmed_errors, queue.unreviewed) == (3, 3, len(q) - 3)
     assert recall.sample_size == 50 and recall.sample_reviewed == 0
-    assert queue.lines()[0] == "3 of 143 flagged training examples reviewed; 3 confirmed label errors."
+    assert queue.lines()[0] == f"3 of {len(q)} flagged training examples reviewed; 3 confirmed label errors."
