@@ -9,7 +9,7 @@ def add_parser(sub) -> None:
         description="Retrain the run's natural (and PGD-AT) model with the run's recipe over several seeds on "
                     "(a) the given labels, (b) the cleaned labels, (c) the true labels when the run injected the "
                     "noise; report clean and adversarial test accuracy (the run's evaluation attack at its eps "
-                    "and at eps/4) with 95%% intervals. Writes RUN/verify.json and RUN/verify.png; a rerun "
+                    "and at eps/4) with 95% intervals. Writes RUN/verify.json and RUN/verify.png; a rerun "
                     "skips every finished training.")
     p.add_argument("run", help="a complete run directory (from `audit run`)")
     p.add_argument("--seeds", type=int, default=3, help="trainings per variant and model (default 3)")
