@@ -13,7 +13,7 @@ import sys
 from audit import __version__
 from audit.errors import AuditError, AuditInputError
 
-COMMANDS = ("run", "validate", "export", "app", "batch", "report", "reproduce")
+COMMANDS = ("run", "validate", "export", "app", "batch", "report", "reproduce", "verify")
 
 
 class _Parser(argparse.ArgumentParser):
