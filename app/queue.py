@@ -13,6 +13,11 @@ import pandas as pd
 
 CATEGORIES = ("mislabelled", "ambiguous", "atypical", "ok")
 STATUSES = ("to review", "decided", "all")
+# Which examples to review: the flagged queue, or the random samples that keep the app's estimates
+# honest (audit.calibration): random flagged checks (the precision of the flags below the part of the
+# queue reviewed so far) and a random sample of unflagged training examples (what the flags miss).
+SAMPLES = {"flagged queue": None, "random checks": True, "unflagged sample": False}
+SAMPLE_SIZE = 50
 SORTS = {
     "issue score": ("issue_score", False),
     "evidence confidence": ("evidence_confidence", False),
@@ -32,6 +37,7 @@ class Filters:
     score: tuple[float, float] = (0.0, 1.0)
     status: str = "to review"
     sort: str = "issue score"
+    sample: str = "flagged queue"
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -42,7 +48,10 @@ def signal_names(df: pd.DataFrame) -> list[str]:
 
 def review_queue(df: pd.DataFrame, decided_ids: pd.Index | np.ndarray | list, f: Filters) -> np.ndarray:
     """Row positions of ``df`` that pass ``f``, sorted (default: ``issue_score`` high to low, ties by
-    ``example_id``). ``decided_ids``: example ids with an effective decision."""
+    ``example_id``). ``decided_ids``: example ids with an effective decision. With ``f.sample`` a
+    random sample (:data:`SAMPLES`), its rows in the sample's own order, filtered by status only."""
+    if SAMPLES.get(f.sample) is not None:
+        return _sample_rows(df, decided_ids, f)
     m = np.array(df["split"].to_numpy() == f.split, dtype=bool)
     if f.flagged_only:
         m &= df["is_label_issue"].to_numpy(bool)
@@ -72,6 +81,18 @@ def review_queue(df: pd.DataFrame, decided_ids: pd.Index | np.ndarray | list, f:
     ids = df["example_id"].to_numpy()[rows].astype(str)
     order = np.lexsort((ids, key if ascending else -key))
     return rows[order]
+
+
+def _sample_rows(df: pd.DataFrame, decided_ids, f: Filters) -> np.ndarray:
+    from audit.calibration import random_sample
+
+    ids = random_sample(df, size=SAMPLE_SIZE, seed=0, flagged=SAMPLES[f.sample])
+    rows = pd.Index(df["example_id"].astype(str)).get_indexer(ids)
+    rows = rows[rows >= 0]
+    if f.status != "all":
+        is_decided = df["example_id"].iloc[rows].isin(pd.Index(decided_ids)).to_numpy()
+        rows = rows[is_decided if f.status == "decided" else ~is_decided]
+    return rows
 
 
 def _position(queue_ids: np.ndarray, current: str | None) -> int:

@@ -101,8 +101,9 @@ class RunConfig:
     seed: int = opt(0, "random seed of noise, canaries, folds and training", lo=0, hi=2**31 - 1)
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N", results=False)
     download: bool = opt(False, "allow torchvision sources to download (never by default)", results=False)
-    threads: int | None = opt(None, "CPU threads for torch (default: $OMP_NUM_THREADS, else the idle cores, "
-                              "at most 8; set 1 on a machine shared with other jobs)", lo=1, hi=1024, results=False)
+    threads: int | None = opt(None, "CPU threads for torch (default: $OMP_NUM_THREADS, else 1, which never "
+                              "oversubscribes a shared machine; results are bit-identical at the same --threads)",
+                              lo=1, hi=1024, results=False)
     engine: str = opt("local", "where independent trainings run: local (this process) or ray", choices=ENGINES,
                       results=False)
     ray_address: str | None = opt(None, "Ray cluster to join with --engine ray (auto, ray://host:port); "
@@ -251,19 +252,16 @@ def validate_config(cfg: RunConfig) -> RunConfig:
 
 
 def default_threads() -> int:
-    """Torch threads when ``--threads`` is not given: ``OMP_NUM_THREADS`` when set; else the cores
-    this process may use that are idle now (cores minus the 1-minute load average, rounded), at least
-    1 and at most 8. More threads than free cores never pays: OpenMP threads spin waiting for the one
-    that lost its core (the quick start took 10× longer with 2 threads beside another job than with 1)."""
+    """Torch CPU threads when ``--threads`` is not given: ``OMP_NUM_THREADS`` when set, else 1.
+
+    One thread is never pathological: on a machine other jobs share, more threads than free cores
+    make OpenMP threads spin waiting for the one that lost its core (the digits quick start took over
+    10 minutes with 2 threads beside other jobs, against about a minute with 1). And it is
+    reproducible: torch's CPU reductions depend on the thread count, so the same seed gives the same
+    bits only at the same ``--threads`` (recorded in the manifest). On idle cores of your own,
+    ``--threads N`` (or ``--engine ray``, which runs the trainings side by side) is faster."""
     env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # pragma: no cover - platforms without a load average
-        busy = 0.0
-    return max(1, min(8, cores, int(round(cores - busy))))
+    return int(env) if env.isdigit() and int(env) > 0 else 1
 
 
 def resolve_defaults(cfg: RunConfig, shape: tuple[int, int, int], n_train: int, on_gpu: bool) -> RunConfig:

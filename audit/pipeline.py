@@ -268,6 +268,7 @@ def _manifest_base(cfg: RunConfig, ds: AuditDataset, data: TrainData, device: to
             "class_names": list(ds.class_names),
         },
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "packages": _package_versions(),
         "stage_versions": dict(STAGE_VERSIONS),
     }

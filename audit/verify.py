@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -43,6 +42,8 @@ from scipy import stats
 from audit.config import RunConfig, config_from_dict
 from audit.errors import AuditInputError
 from audit.io import atomic_write_bytes, read_json, write_json
+from audit.recipes import eval_config, train_recipe
+from audit.stages import eval_attack
 
 VERIFY_VERSION = 1
 APPLY = ("suggested", "decisions")
@@ -68,60 +69,31 @@ def _bad(run_dir: Path, why: str) -> AuditInputError:
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, RunConfig, pd.DataFrame]:
-    """manifest.json, its resolved config, examples.parquet; one-line errors (exit 2) on a bad directory."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise _bad(run_dir, "no such run directory")
-    try:
-        manifest = read_json(run_dir / "manifest.json")
-    except FileNotFoundError:
-        raise _bad(run_dir, "no manifest.json (is this a run directory from `audit run`?)") from None
-    except (OSError, ValueError) as e:
-        raise _bad(run_dir, f"manifest.json is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-        raise _bad(run_dir, "manifest.json has no resolved config")
-    if manifest.get("status") != "complete":
-        raise _bad(run_dir, f"the run is not complete (status {manifest.get('status')!r}); rerun `audit run` first")
-    cfg = config_from_dict(manifest["config"])
-    path = run_dir / "examples.parquet"
-    if not path.exists():
-        raise _bad(run_dir, "no examples.parquet (is the run complete?)")
-    try:
-        examples = pd.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - any unreadable Parquet is bad input
-        raise AuditInputError(f"{path}: not a readable Parquet file ({e})") from None
+    """manifest.json, its resolved config, examples.parquet, through the checked run-directory reader
+    (:class:`audit.rundir.RunDir`); one-line errors (exit 2) on a bad directory."""
+    from audit.rundir import RunDir
+
+    run = RunDir(run_dir)
+    examples = run.examples()
     missing = [c for c in NEEDED_COLUMNS if c not in examples.columns]
     if missing:
-        raise AuditInputError(f"{path}: missing column(s) {', '.join(missing)}")
-    return manifest, cfg, examples
+        raise AuditInputError(f"{run.file('examples.parquet')}: missing column(s) {', '.join(missing)}")
+    return run.manifest, config_from_dict(run.manifest["config"]), examples
 
 
 def load_run_data(run_dir: str | Path) -> RunData:
-    """The run's config, its training rows in dataset order and the images, from a dataset whose
-    fingerprint matches the one the manifest recorded (images are read from nothing else)."""
-    from audit.data import TEST, TRAIN, load_dataset
+    """The run's config, its training rows in dataset order and the images, from the dataset the run
+    audited (:meth:`audit.rundir.RunDir.dataset`: its fingerprint verified; nothing else is read)."""
+    from audit.data import TEST, TRAIN
+    from audit.rundir import RunDir
 
     run_dir = Path(run_dir)
     manifest, cfg, examples = read_run(run_dir)
-    recorded = manifest.get("dataset", {})
-    ds = load_dataset(recorded.get("spec", cfg.dataset), download=False)
-    want, have = recorded.get("source_fingerprint"), ds.fingerprint()
-    if not want:  # a manifest from before source fingerprints: compare the data with the noise injected again
-        from audit.pipeline import prepare_dataset
-
-        want, have = recorded.get("fingerprint"), prepare_dataset(replace(cfg, download=False)).fingerprint()
-    if have != want:
-        raise _bad(run_dir, f"dataset {cfg.dataset} has fingerprint {have}, the run recorded {want}")
+    ds = RunDir(run_dir).dataset()
     tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
-    by_id = examples.set_index("example_id")
-    for rows, split in ((tr, "train"), (te, "test")):
-        ids = pd.Index(ds.example_ids[rows].astype(str))
-        if not ids.isin(by_id.index).all() or (by_id.loc[ids, "split"] != split).any():
-            raise _bad(run_dir, f"examples.parquet does not list the dataset's {split} split")
-    train = by_id.loc[ds.example_ids[tr].astype(str)].reset_index()
-    test_labels = by_id.loc[ds.example_ids[te].astype(str), "given_label"].to_numpy(np.int64).copy()
+    train = examples.set_index("example_id").loc[ds.example_ids[tr].astype(str)].reset_index()
     return RunData(run_dir, cfg, manifest, train, torch.from_numpy(np.asarray(ds.images[tr])),
-                   torch.from_numpy(np.asarray(ds.images[te])), test_labels)
+                   torch.from_numpy(np.asarray(ds.images[te])), ds.labels[te].astype(np.int64))
 
 
 def variant_labels(data: RunData, apply: str = "suggested") -> dict[str, dict]:
@@ -150,30 +122,10 @@ def variant_labels(data: RunData, apply: str = "suggested") -> dict[str, dict]:
             for k, v in out.items()}
 
 
-def _staged() -> bool:
-    """Whether the pipeline is the staged one (:mod:`audit.recipes`: typed sub-configs) rather than
-    the one with a ``Run`` object; verification reuses the recipes and attack of either."""
-    import audit.pipeline
-
-    return not hasattr(audit.pipeline, "Run")
-
-
-def _recipe(cfg: RunConfig, method: str):
-    """The run's training recipe of ``method`` (:func:`audit.recipes.train_recipe`, or
-    :meth:`audit.pipeline.Run.spec` before the staged pipeline)."""
-    if _staged():
-        from audit.recipes import train_recipe
-
-        return train_recipe(cfg, method)
-    from audit.pipeline import Run
-
-    return Run.spec(SimpleNamespace(cfg=cfg), method)
-
-
 def train_spec(cfg: RunConfig, method: str, seed: int, epochs: int | None = None, epochs_scale: float | None = None):
     """The run's recipe for ``method`` at ``seed``, epochs overridden by ``epochs`` or scaled by
     ``epochs_scale`` (at least 1)."""
-    spec = _recipe(cfg, method)
+    spec = train_recipe(cfg, method)
     e = epochs if epochs is not None else spec.epochs
     if epochs_scale is not None:
         e = max(1, round(e * epochs_scale))
@@ -181,15 +133,8 @@ def train_spec(cfg: RunConfig, method: str, seed: int, epochs: int | None = None
 
 
 def _eval_attack(cfg: RunConfig):
-    """The run's evaluation attack (:func:`audit.stages.eval_attack` of the config, or of its
-    :func:`audit.recipes.eval_config` in the staged pipeline)."""
-    from audit.stages import eval_attack
-
-    if _staged():
-        from audit.recipes import eval_config
-
-        return eval_attack(eval_config(cfg))
-    return eval_attack(cfg)
+    """The run's evaluation attack (:func:`audit.stages.eval_attack` of its evaluation config)."""
+    return eval_attack(eval_config(cfg))
 
 
 def attacks(cfg: RunConfig) -> dict[str, object]:

@@ -260,7 +260,8 @@ def test_file_access_stays_inside_run_and_dataset_root(tmp_path):
 
 
 def test_audit_app_refuses_a_missing_run_and_binds_loopback(tmp_path, capsys):
-    from audit.cli import build_parser, main as cli
+    from audit.cli import build_parser
+    from audit.cli import main as cli
     from audit.commands.app import streamlit_command
 
     assert cli(["app", str(tmp_path)]) == 2

@@ -271,7 +271,8 @@ def _assert_clean(page, where: str) -> None:
 
 def _export_with_decisions(run: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``audit export`` applying the review decisions: the training labels and the test-label list."""
-    from audit.cli import build_parser, main as cli
+    from audit.cli import build_parser
+    from audit.cli import main as cli
 
     known = vars(build_parser().parse_args(["export", str(run), "--out", str(out)]))
     extra = ["--apply", "decisions"] if "apply" in known else ["--use-decisions"]

@@ -9,8 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from audit.calibration import (estimate_queue, estimate_recall, queue_order, random_sample, review_state,
-                               unflagged_sample)
+from audit.calibration import (
+    estimate_queue,
+    estimate_recall,
+    queue_order,
+    random_sample,
+    review_state,
+    unflagged_sample,
+)
 
 
 def _decide(rows: pd.DataFrame) -> pd.DataFrame:
@@ -21,15 +27,16 @@ def _decide(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _session(rng, examples: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """A random prefix of the queue, half the time with a random subset of the rest; returns the
-    decisions and the true number of errors left among the unreviewed flagged examples."""
+    """A reviewer following the app's protocol: a random stretch from the top of the queue, and the
+    first 5–25 of the app's random flagged checks (:func:`random_sample` with ``flagged=True``);
+    returns the decisions and the true number of errors left among the unreviewed flagged examples."""
     q = queue_order(examples)
     n = len(q)
     k = int(rng.integers(0, n + 1))
     reviewed = np.zeros(n, bool)
     reviewed[:k] = True
-    if rng.random() < 0.5 and k < n:
-        reviewed[rng.choice(np.arange(k, n), min(n - k, int(rng.integers(5, 26))), replace=False)] = True
+    checks = random_sample(examples, size=int(rng.integers(5, 26)), seed=int(rng.integers(1 << 30)), flagged=True)
+    reviewed |= q["example_id"].isin(checks).to_numpy()
     wrong = q["given_label"].to_numpy() != q["clean_label"].to_numpy()
     return _decide(q[reviewed]), int(wrong[~reviewed].sum())
 
@@ -67,7 +74,7 @@ def digits_examples(digits_run):
 def test_interval_covers_the_errors_left_on_digits(digits_examples):
     flagged = digits_examples[digits_examples["is_label_issue"] & (digits_examples["split"] == "train")]
     assert flagged["is_injected_noise"].mean() > 0.85  # almost every flag is right on digits
-    # 93 of 100 on this branch's digits run (the exact count follows the run's scores)
+    # 85 of 100 on the digits run (86 with session seed 1; the exact count follows the run's scores)
     assert 0.85 <= _coverage(lambda rng: digits_examples) <= 0.95
 
 
@@ -76,8 +83,8 @@ def test_interval_covers_the_errors_left_at_lower_precision():
     precisions = [(lambda d: (d.loc[d.is_label_issue, "given_label"] != d.loc[d.is_label_issue, "clean_label"]).mean())(
         _synthetic(rng)) for _ in range(20)]
     assert min(precisions) < 0.6 < max(precisions)
-    # seed 2: 93 of 100; seeds 0 and 1 give 96 (the interval is slightly conservative on this data)
-    assert _coverage(_synthetic, seed=2) == 0.93
+    # seeds 0, 1, 2: 93, 92 and 95 of 100
+    assert _coverage(_synthetic, seed=0) == 0.93
 
 
 def test_estimates_move_with_the_reviews(digits_examples):
@@ -142,8 +149,7 @@ def test_review_state_reads_the_run_directory(digits_run, tmp_path):
     from audit.decisions import DecisionStore
 
     run = tmp_path / "run"
-    run.mkdir()
-    shutil.copy(digits_run[0] / "examples.parquet", run / "examples.parquet")
+    shutil.copytree(digits_run[0], run, ignore=shutil.ignore_patterns(".cache", "decisions.sqlite*"))
     ex = pd.read_parquet(run / "examples.parquet")
     q = queue_order(ex)
     store = DecisionStore(run)

@@ -9,7 +9,12 @@ import torch.nn.functional as F
 
 from audit.data import TRAIN, load_dataset
 from audit.signals.canaries import make_canaries, plant_canaries
-from audit.signals.crossval import feldman_zhang_influence, fold_masks, mean_diff_se, memorization_estimates
+from audit.signals.crossval import (
+    feldman_zhang_influence,
+    fold_masks,
+    mean_diff_se,
+    memorization_estimates,
+)
 from audit.signals.influence import tracin
 from audit.train.engine import TrainSpec, train_model
 from audit.train.models import build_model

@@ -17,11 +17,9 @@ from audit.verify import gain_recovered, load_run_data, mean_interval, variant_l
 
 @pytest.fixture()
 def run_copy(digits_run, tmp_path):
-    """The digits run's manifest and examples in a directory of its own (verify writes into it)."""
+    """A copy of the digits run (verify writes into it)."""
     run = tmp_path / "run"
-    run.mkdir()
-    for name in ("manifest.json", "examples.parquet"):
-        shutil.copy(digits_run[0] / name, run / name)
+    shutil.copytree(digits_run[0], run, ignore=shutil.ignore_patterns(".cache", "decisions.sqlite*"))
     return run
 
 
@@ -102,8 +100,9 @@ def test_bad_run_directories_exit_2(tmp_path, run_copy, capsys):
     assert cli(["verify", str(run_copy), "--seeds", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 6 and all(line.startswith("audit: error: ") for line in err)
-    assert "no such run directory" in err[0] and "no manifest.json" in err[1] and "not complete" in err[2]
-    assert "not valid JSON" in err[3] and "the run recorded 0000000000000000" in err[4] and "--seeds 0" in err[5]
+    assert "missing: no manifest.json" in err[0] and "empty: no manifest.json" in err[1]
+    assert "'running', not 'complete'" in err[2] and "manifest.json: not valid JSON" in err[3]
+    assert "recorded 0000000000000000" in err[4] and "--seeds 0" in err[5]
     assert not (run_copy / "verify.json").exists()
 
 

@@ -106,6 +106,38 @@ def run_summary(run: ui.Run) -> str:
             f" · seed {cfg.get('seed', '?')}{noise}")
 
 
+def progress_ui(run: ui.Run) -> None:
+    """How many label errors the review has left to find (audit.calibration), as plain sentences."""
+    from audit.calibration import review_state
+
+    queue, recall = review_state(run.dir)
+    st.subheader("Review progress", anchor=False)
+    for line in queue.lines() + recall.lines():
+        st.markdown(ui.md(line))
+    st.caption("Estimates from your decisions so far (keep = the flag was wrong; relabel or remove = it was "
+               "right). Review a few *random checks* and the *unflagged sample* (Review queue, sidebar) to keep "
+               "them honest.")
+
+
+def verify_ui(run: ui.Run) -> None:
+    """``audit verify`` results, when the run has them: did cleaning pay?"""
+    import json
+
+    path = run.dir / "verify.json"
+    if not path.is_file():
+        return
+    try:
+        v = json.loads(path.read_text())
+        rows = [{"labels": var, "model": m, **{k: (r[k]["mean"] if isinstance(r.get(k), dict) else None)
+                                               for k in ("clean_accuracy", "adv_accuracy", "adv_accuracy_small")}}
+                for var, res in v["variants"].items() for m, r in res["results"].items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        st.warning("verify.json is unreadable; rerun `audit verify`.")
+        return
+    st.subheader("Did cleaning pay? (audit verify)", anchor=False)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="verify_table")
+
+
 def main() -> None:
     run = ui.current_run()
     df = data.examples(run.dir)
@@ -138,6 +170,8 @@ def main() -> None:
     with right:
         st.subheader("Flagged: labelled → suggested", anchor=False)
         confusion_ui(run, df)
+        progress_ui(run)
+    verify_ui(run)
         cats = category_counts(df)
         st.markdown("  \n".join(f":{ui.CATEGORY_COLOR[c]}-badge[{c}] **{int(n)}** flagged"
                                  + (f", {int(m)} more not flagged" if m else "") + f" — {ui.CATEGORY_HELP[c]}"

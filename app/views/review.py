@@ -15,6 +15,7 @@ import streamlit as st
 from app import data, ui
 from app.queue import (
     CATEGORIES,
+    SAMPLES,
     SORTS,
     STATUSES,
     Filters,
@@ -100,6 +101,9 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
     keep = dict(on_change=_filters_changed, persist_state="session")
     with st.sidebar:
         st.subheader("Queue", anchor=False)
+        sample = st.selectbox("Review", list(SAMPLES), key="f_sample", **keep,
+                              help="random checks: a few random flagged examples keep the estimate of the "
+                                   "errors left honest; unflagged sample: estimates how many errors the flags miss")
         split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split",
                                      **keep)
         flagged_only = st.toggle("Flagged only", value=True, key="f_flagged", **keep)
@@ -122,7 +126,7 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
                    "**U** undo · **←/→** browse")
     f = Filters(split=split or "train", flagged_only=flagged_only, categories=tuple(cats or ()),
                 classes=tuple(classes or ()), signals=tuple(signals or ()), score=tuple(score),
-                status=status or "to review", sort=sort)
+                status=status or "to review", sort=sort, sample=sample or "flagged queue")
     return f, int(page_size)
 
 

@@ -32,7 +32,7 @@ def _common(p) -> None:
     p.add_argument("--seeds", type=int, default=None, help="seeds per grid point (the 95%% bands are over seeds)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: the idle cores, at most 8; 1 on a machine others are using)")
+                   help="torch CPU threads (default: $OMP_NUM_THREADS, else 1; more is faster only on idle cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
