@@ -170,13 +170,14 @@ def main() -> None:
     with right:
         st.subheader("Flagged: labelled → suggested", anchor=False)
         confusion_ui(run, df)
-        progress_ui(run)
-    verify_ui(run)
         cats = category_counts(df)
         st.markdown("  \n".join(f":{ui.CATEGORY_COLOR[c]}-badge[{c}] **{int(n)}** flagged"
                                  + (f", {int(m)} more not flagged" if m else "") + f" — {ui.CATEGORY_HELP[c]}"
                                  for c, n, m in zip(cats["category"], cats["flagged"], cats["not flagged"])
                                  if c != "ok"))
+
+        progress_ui(run)
+    verify_ui(run)
 
     st.subheader("Per class", anchor=False)
     pc = per_class_table(run, df)
