@@ -177,6 +177,8 @@ def main():
                 rows.append(run_one(args, extra, work, kind, rate, seed))
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}),
                       flush=True)
+                if args.out:  # after every run, so an interrupted benchmark keeps what it measured
+                    _write_csv(pd.DataFrame(rows), args.out)
     df = pd.DataFrame(rows)
     summary = summarize(df)
     if args.out:

@@ -12,10 +12,15 @@ from audit.cli import main as cli
 def test_export_csv_and_parquet_round_trip(digits_run, tmp_path, capsys):
     out, man = digits_run
     assert cli(["export", str(out), "--out", str(tmp_path / "labels.csv"), "--apply", "suggested"]) == 0
-    n_flagged = man["metrics"]["num_flagged_train"]
+    ex = pd.read_parquet(out / "examples.parquet")
+    fl = ex[(ex.split == "train") & ex.is_label_issue]
+    n_flagged, n_changed = len(fl), int((fl.suggested_label != fl.given_label).sum())
     n_train = man["dataset"]["num_train"]
-    assert (f"{n_train} training rows under --apply suggested: {n_train - n_flagged} kept ({n_train - n_flagged} "
-            f"given), {n_flagged} relabelled ({n_flagged} suggestion), 0 removed") in capsys.readouterr().out
+    same = n_flagged - n_changed  # flagged rows whose suggestion is their given label: kept, by suggestion
+    kept = f"{n_train - n_changed} kept ({n_train - n_flagged} given, {same} suggestion)" if same else \
+        f"{n_train - n_flagged} kept ({n_train - n_flagged} given)"
+    assert (f"{n_train} training rows under --apply suggested: {kept}, {n_changed} relabelled ({n_changed} "
+            f"suggestion), 0 removed") in capsys.readouterr().out
     assert cli(["export", str(out), "--out", str(tmp_path / "labels.parquet"), "--apply", "suggested"]) == 0
     a = pd.read_csv(tmp_path / "labels.csv")
     b = pd.read_parquet(tmp_path / "labels.parquet")
