@@ -102,3 +102,12 @@ def test_batch_skips_complete_goes_on_past_failure_and_summarizes(tmp_path, digi
     assert dict(s2["status"]) == {"digits-noise10": "skipped", "broken": "failed", "tiny": "skipped"}
     assert (out / "tiny" / "manifest.json").stat().st_mtime_ns == tiny_mtime
     assert s2.loc["tiny", "num_flagged_train"] == s.loc["tiny", "num_flagged_train"]
+
+
+def test_the_shipped_example_batch_file_checks():
+    """examples/batch.toml, which the README runs, passes every check (no training here)."""
+    from pathlib import Path
+
+    runs = load_batch(Path(__file__).resolve().parents[1] / "examples" / "batch.toml")
+    assert [r.name for r in runs] == ["digits-clean", "digits-sym10", "digits-pair20"]
+    assert runs[2].config.noise_kind == "pair" and runs[2].config.seed == 1 and runs[0].config.epochs == 30
