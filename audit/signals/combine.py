@@ -10,26 +10,17 @@ to the simpler one. ``is_label_issue`` flags the top n examples (see
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
 def rank01(x: np.ndarray) -> np.ndarray:
-    """Average-rank percentile in [0, 1] (ties share a rank); NaN counts as lowest."""
+    """Average-rank percentile in [0, 1] (ties share a rank, :func:`scipy.stats.rankdata`); NaN counts as lowest."""
     x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=-np.inf)
     n = len(x)
     if n <= 1:
         return np.zeros(n)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(n)
-    ranks[order] = np.arange(n)
-    # average ties
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    ends = np.r_[starts[1:], n]
-    for s, e in zip(starts, ends):
-        if e - s > 1:
-            ranks[order[s:e]] = (s + e - 1) / 2
-    return ranks / (n - 1)
+    return (rankdata(x, method="average") - 1.0) / (n - 1)
 
 
 def detection_metrics(score: np.ndarray, truth: np.ndarray, weight: np.ndarray | None = None) -> dict[str, float]:

@@ -22,6 +22,7 @@ from sklearn.model_selection import (
 from tqdm.auto import tqdm
 
 from audit.rows import subset
+from audit.signals.util import softmax
 from audit.train.engine import TrainSpec, train_model
 from audit.train.evaluate import infer
 from audit.train.models import build_model
@@ -49,12 +50,6 @@ def fold_masks(labels: np.ndarray, folds: int, repeats: int, seed: int, groups: 
             m[tr] = True
             masks.append(m)
     return np.stack(masks)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def mean_diff_se(in_vals: np.ndarray, in_mask: np.ndarray):
@@ -127,9 +122,9 @@ def cross_validate(
         dyn = res.dynamics()
         aum[f, tr] = dyn["aum"]
         forgetting[f, tr] = dyn["forgetting"]
-        train_probs[f] = _softmax(infer(res.model, images, device)[0])
+        train_probs[f] = softmax(infer(res.model, images, device)[0])
         if len(test_images):
-            test_probs[f] = _softmax(infer(res.model, test_images, device)[0])
+            test_probs[f] = softmax(infer(res.model, test_images, device)[0])
     est = memorization_estimates(train_probs, masks, labels)
     n_in = masks.sum(0)
     return {

@@ -265,13 +265,3 @@ class APGDEnsemble(Attack):
         finally:
             model.train(was_training)
         return hit
-
-
-ATTACKS = {"pgd": PGD, "fgsm": FGSM, "trades_kl": TradesKL, "apgd": APGDEnsemble}
-
-
-def make_attack(name: str, **kwargs) -> Attack:
-    """Build a registered attack by name (``pgd``, ``fgsm``, ``trades_kl``, ``apgd``)."""
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r} (known: {', '.join(ATTACKS)})")
-    return ATTACKS[name](**kwargs)

@@ -202,15 +202,7 @@ def train_model(
         raise ValueError(f"unknown augmentation {spec.augment!r} (known: {', '.join(AUGMENTS)})")
     t0 = time.perf_counter()
     n = len(labels)
-    model = model.to(device)
-    if device.type == "cuda" and len(images.shape) == 4:
-        model = model.to(memory_format=torch.channels_last)
-    if isinstance(images, torch.Tensor):  # in memory: moved to the device once
-        images = images.to(device)
-    labels = labels.to(device)  # anything else (a memmap, audit.rows.Rows) is read batch by batch
-    net = torch.compile(model) if compile else model  # same parameters; state_dicts stay un-prefixed
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                          nesterov=True)
+    model, net, opt, images, labels = _setup(model, images, labels, spec, device, compile)
     rec = _Records.empty(spec.epochs, n)
     # TracIn checkpoints: evenly spaced epochs, each weighted by the lr summed since the previous one.
     k = max(1, min(spec.tracin_checkpoints, spec.epochs))
@@ -237,6 +229,20 @@ def train_model(
         ckpt.unlink()
     return TrainResult(model=model, loss=rec.loss, margin=rec.margin, correct=rec.correct, lrs=rec.lrs,
                        tracin=tracin, seconds=time.perf_counter() - t0)
+
+
+def _setup(model, images, labels, spec: TrainSpec, device, compile: bool):
+    """Model (and its compiled forward), optimizer and data on ``device``."""
+    model = model.to(device)
+    if device.type == "cuda" and len(images.shape) == 4:
+        model = model.to(memory_format=torch.channels_last)
+    if isinstance(images, torch.Tensor):  # in memory: moved to the device once
+        images = images.to(device)
+    labels = labels.to(device)  # anything else (a memmap, audit.rows.Rows) is read batch by batch
+    net = torch.compile(model) if compile else model  # same parameters; state_dicts stay un-prefixed
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                          nesterov=True)
+    return model, net, opt, images, labels
 
 
 def _bar_interval() -> float:
