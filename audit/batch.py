@@ -43,7 +43,7 @@ import tomllib
 
 from audit.config import OPTIONS, RunConfig, check_value, config_from_dict
 from audit.errors import AuditInputError
-from audit.io import atomic_write_bytes, read_json, write_parquet
+from audit.io import atomic_write_bytes, write_parquet
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 STATUSES = ("pending", "complete", "skipped", "failed")
@@ -174,13 +174,14 @@ def completed_manifest(run_dir: Path, cfg: RunConfig) -> dict | None:
     resolve to dataset defaults, so only the ones set must match), by the same stage algorithms, on
     the dataset now on disk (its fingerprint); else ``None``."""
     from audit.orchestrator import STAGE_VERSIONS
+    from audit.rundir import check_manifest, read_manifest
 
     p = run_dir / "manifest.json"
-    try:
-        man = read_json(p) if p.is_file() else None
-    except (OSError, ValueError):
+    try:  # the checked run-directory reader: a damaged or foreign manifest means "run it again"
+        man = check_manifest(read_manifest(p), p) if p.is_file() else None
+    except (OSError, AuditInputError):
         return None
-    if not isinstance(man, dict) or man.get("status") != "complete" or man.get("stage_versions") != STAGE_VERSIONS:
+    if man is None or man.get("stage_versions") != STAGE_VERSIONS:
         return None
     have = man.get("config", {})
     for k, v in cfg.to_dict().items():
