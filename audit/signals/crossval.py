@@ -11,6 +11,8 @@ One set of trainings serves three purposes:
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from sklearn.model_selection import (
@@ -113,7 +115,8 @@ def cross_validate(
     test_probs = np.zeros((m, len(test_images), k), np.float32)
     aum = np.zeros((m, n), np.float32)
     forgetting = np.zeros((m, n), np.float32)
-    for f in tqdm(range(m), desc="cross-validation", disable=not progress, unit="fold"):
+    for f in tqdm(range(m), desc="cross-validation", disable=not progress, unit="fold",
+                  mininterval=0.1 if sys.stderr.isatty() else 30.0):
         tr = np.flatnonzero(masks[f])
         torch.manual_seed(spec.seed + 17 * (f + 1))
         model = build_model(spec.arch, shape, k, spec.width)

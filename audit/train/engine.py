@@ -221,7 +221,8 @@ def train_model(
             prev = tracin[-1][0] if tracin else -1
             weight = float(rec.lrs[prev + 1:epoch + 1].sum())
             tracin.append((epoch, weight, {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}))
-        bar.set_postfix(acc=f"{rec.correct[epoch].mean():.3f}", loss=f"{rec.loss[epoch].mean():.3f}")
+        bar.set_postfix(acc=f"{rec.correct[epoch].mean():.3f}", loss=f"{rec.loss[epoch].mean():.3f}",
+                        refresh=_bar_interval() < 1)  # into a log file: no line per epoch
         if ckpt is not None:
             _save_resume(ckpt, model, opt, epoch, rec, tracin)
     model.eval()
@@ -245,7 +246,7 @@ def _setup(model, images, labels, spec: TrainSpec, device, compile: bool):
     return model, net, opt, images, labels
 
 
-def _bar_interval() -> float:
+def _bar_interval() -> float:  # noqa: N802 - reads like the constant it stands for
     """Progress bars redraw often on a terminal, rarely into a log file (no flood of lines)."""
     import sys
 
