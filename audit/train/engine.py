@@ -246,7 +246,7 @@ def _setup(model, images, labels, spec: TrainSpec, device, compile: bool):
     return model, net, opt, images, labels
 
 
-def _bar_interval() -> float:  # noqa: N802 - reads like the constant it stands for
+def _bar_interval() -> float:
     """Progress bars redraw often on a terminal, rarely into a log file (no flood of lines)."""
     import sys
 
