@@ -149,6 +149,9 @@ class RunConfig:
                            choices=("pgd", "apgd"))
     folds: int = opt(4, "cross-validation folds", lo=2, hi=100)
     repeats: int = opt(1, "cross-validation repeats with new folds", lo=1, hi=100)
+    subset_models: int = opt(0, "extra natural models, each on a random half of the training rows, for "
+                             "Feldman-Zhang memorization and influence with finite standard errors (each costs "
+                             "about 2/3 of a cross-validation fold; 8 is a good start)", lo=0, hi=1000)
     knn_k: int = opt(50, "nearest training images (FAISS) re-ranked by influence per test error", lo=1, hi=10000)
     pairs_per_test: int = opt(5, "training images kept per test error in pairs.parquet", lo=1, hi=1000)
     canary_rate: float = opt(0.03, "share of planted mislabelled copies that judge the signals", lo=0, hi=0.5,

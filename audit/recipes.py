@@ -50,6 +50,7 @@ class CrossValConfig:
     folds: int
     repeats: int
     seed: int
+    subsets: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def data_config(cfg: RunConfig) -> DataConfig:
 
 
 def crossval_config(cfg: RunConfig) -> CrossValConfig:
-    return CrossValConfig(recipe=train_recipe(cfg, "cv"), folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed)
+    return CrossValConfig(recipe=train_recipe(cfg, "cv"), folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed,
+                          subsets=cfg.subset_models)
 
 
 def pair_config(cfg: RunConfig) -> PairConfig:

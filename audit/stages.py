@@ -138,7 +138,7 @@ def aug_stage(data: TrainData, recipe: TrainSpec, *, device: str = "cpu", resume
 def crossval_stage(data: TrainData, cv: CrossValConfig, *, device: str = "cpu", progress: bool = False) -> dict:
     return cross_validate(data.train_images, data.train_labels, data.test_images,
                           cv.recipe, data.num_classes, folds=cv.folds, repeats=cv.repeats, seed=cv.seed,
-                          device=torch.device(device), progress=progress, groups=data.cv_groups)
+                          device=torch.device(device), progress=progress, groups=data.cv_groups, subsets=cv.subsets)
 
 
 def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict[str, dict], cv: dict, *,

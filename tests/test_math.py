@@ -200,3 +200,28 @@ def test_cv_groups_are_never_split_across_folds():
         rows = masks[:, groups == g]
         assert (rows == rows[:, :1]).all()  # in or out together, in every model
     assert ((~masks).sum(0) == 2).all()  # each row held out once per repeat
+
+
+def test_subset_models_make_the_standard_errors_finite_and_leave_the_folds_alone():
+    """--subset-models: random-half models join the Feldman-Zhang estimates only; the out-of-sample
+    probabilities and fold dynamics are those of the K folds, unchanged."""
+    import torch
+
+    from audit.signals.crossval import cross_validate, half_masks
+    from audit.train.engine import TrainSpec
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    images = (rng.integers(0, 60, (60, 1, 4, 4)) + 60 * labels[:, None, None, None]).astype(np.uint8)
+    spec = TrainSpec(method="natural", arch="mlp", width=0.1, epochs=3, batch_size=16, lr=0.05, seed=0)
+    kw = dict(folds=2, repeats=1, seed=0, device=torch.device("cpu"), progress=False)
+    plain = cross_validate(torch.from_numpy(images), labels, torch.from_numpy(images[:5]), spec, 3, **kw)
+    more = cross_validate(torch.from_numpy(images), labels, torch.from_numpy(images[:5]), spec, 3, subsets=4, **kw)
+    assert np.array_equal(plain["oos_probs"], more["oos_probs"]) and np.array_equal(plain["cv_aum"], more["cv_aum"])
+    assert np.isnan(plain["memorization_se"]).all()  # each row held out by one fold model only
+    m = more["masks"]
+    assert m.shape == (6, 60)
+    two_each_side = (m.sum(0) >= 2) & ((~m).sum(0) >= 2)  # where a standard error is defined
+    assert np.array_equal(np.isfinite(more["memorization_se"]), two_each_side) and two_each_side.mean() == 0.9
+    h = half_masks(60, 4, 0)
+    assert (h.sum(1) == 30).all() and np.array_equal(h, half_masks(60, 4, 0)) and not np.array_equal(h[0], h[1])

@@ -54,6 +54,15 @@ def fold_masks(labels: np.ndarray, folds: int, repeats: int, seed: int, groups: 
     return np.stack(masks)
 
 
+def half_masks(n: int, count: int, seed: int) -> np.ndarray:
+    """``count`` training sets of ⌊n/2⌋ random rows each (bool (count, N)), seeded apart from the folds."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7919, n]))
+    out = np.zeros((count, n), bool)
+    for i in range(count):
+        out[i, rng.permutation(n)[:n // 2]] = True
+    return out
+
+
 def mean_diff_se(in_vals: np.ndarray, in_mask: np.ndarray):
     """Per column: mean over rows where ``in_mask`` minus mean over rows where not, and its standard
     error sqrt(s²_in / n_in + s²_out / n_out) with sample variances (ddof 1; NaN with fewer than two
@@ -97,8 +106,13 @@ def cross_validate(
     device: torch.device,
     progress: bool = True,
     groups: np.ndarray | None = None,
+    subsets: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Train ``folds × repeats`` natural models on uint8 ``images`` (N, C, H, W).
+    """Train ``folds × repeats`` natural models on uint8 ``images`` (N, C, H, W), and ``subsets``
+    more, each on a random half of the rows (Feldman & Zhang's estimator: with them every row is held
+    out by several models, so ``memorization_se`` and the pairs' ``fz_influence_se`` are finite).
+    The subset models join the Feldman–Zhang estimates only: ``oos_probs`` and ``cv_aum`` stay those
+    of the K folds (cleanlab's documented workflow).
 
     Returns arrays:
         ``oos_probs`` (N, K): out-of-sample probabilities averaged over repeats;
@@ -108,7 +122,8 @@ def cross_validate(
         ``test_probs`` (M, N_test, K) and ``masks`` (M, N) for train→test influence.
     """
     shape = tuple(images.shape[1:])
-    masks = fold_masks(labels, folds, repeats, seed, groups)
+    fold = fold_masks(labels, folds, repeats, seed, groups)
+    masks = np.concatenate([fold, half_masks(len(labels), subsets, seed)]) if subsets else fold
     n, k, m = len(labels), num_classes, len(masks)
     y = torch.as_tensor(labels, dtype=torch.long)
     train_probs = np.zeros((m, n, k), np.float32)
@@ -129,11 +144,13 @@ def cross_validate(
         if len(test_images):
             test_probs[f] = softmax(infer(res.model, test_images, device)[0])
     est = memorization_estimates(train_probs, masks, labels)
-    n_in = masks.sum(0)
+    kf = len(fold)
+    est["oos_probs"] = memorization_estimates(train_probs[:kf], fold, labels)["oos_probs"] if subsets else est["oos_probs"]
+    n_in = fold.sum(0)
     return {
         **est,
-        "cv_aum": ((aum * masks).sum(0) / np.maximum(n_in, 1)).astype(np.float32),
-        "cv_forgetting": ((forgetting * masks).sum(0) / np.maximum(n_in, 1)).astype(np.float32),
+        "cv_aum": ((aum[:kf] * fold).sum(0) / np.maximum(n_in, 1)).astype(np.float32),
+        "cv_forgetting": ((forgetting[:kf] * fold).sum(0) / np.maximum(n_in, 1)).astype(np.float32),
         "test_probs": test_probs,
         "masks": masks,
     }
