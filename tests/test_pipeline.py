@@ -249,3 +249,14 @@ def test_augmented_model_gives_a_signal_that_finds_noise(tmp_path):
     assert "train_aug" not in man2["stages"] and man2["stages"]["crossval"]["status"] == "cached"
     assert "aum_aug" not in pd.read_parquet(tmp_path / "examples.parquet").columns
     assert json.loads((tmp_path / "manifest.json").read_text())["config"]["augment"] == "none"
+
+
+def test_paper_preset_resolves_the_papers_recipe_and_explicit_options_win():
+    from audit.config import RunConfig, resolve_defaults
+
+    mn = resolve_defaults(RunConfig(dataset="npz:x.npz", preset="paper"), (1, 28, 28), 7500, on_gpu=False)
+    assert (mn.eps, mn.steps, mn.step_size, mn.robust_epochs, mn.width, mn.eps_warmup) == (0.3, 30, 0.01, 30, 1.0, 0.0)
+    mine = resolve_defaults(RunConfig(preset="paper", steps=10, robust_epochs=5), (1, 28, 28), 7500, on_gpu=False)
+    assert (mine.steps, mine.robust_epochs, mine.step_size) == (10, 5, 2.5 * 0.3 / 10)  # step size follows the steps
+    cifar = resolve_defaults(RunConfig(preset="paper"), (3, 32, 32), 50000, on_gpu=False)
+    assert (cifar.eps, cifar.steps, cifar.step_size) == (8 / 255, 10, 2 / 255)
