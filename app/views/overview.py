@@ -128,14 +128,22 @@ def verify_ui(run: ui.Run) -> None:
         return
     try:
         v = json.loads(path.read_text())
-        rows = [{"labels": var, "model": m, **{k: (r[k]["mean"] if isinstance(r.get(k), dict) else None)
-                                               for k in ("clean_accuracy", "adv_accuracy", "adv_accuracy_small")}}
+        names = {"clean_accuracy": "clean test accuracy", "adv_accuracy": f"under attack, eps {v.get('eps', '?'):.3g}",
+                 "adv_accuracy_small": f"under attack, eps {v.get('small_eps', '?'):.3g}"}
+        rows = [{"labels": var, "model": ui.MODEL_NAME.get(m, m),
+                 **{names[k]: (r[k]["mean"] if isinstance(r.get(k), dict) else None) for k in names}}
                 for var, res in v["variants"].items() for m, r in res["results"].items()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         st.warning("verify.json is unreadable; rerun `audit verify`.")
         return
     st.subheader("Did cleaning pay? (audit verify)", anchor=False)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="verify_table")
+    table = pd.DataFrame(rows)
+    pct = st.column_config.NumberColumn(format="%.1f%%")
+    table[table.columns[2:]] = table[table.columns[2:]].astype(float) * 100
+    st.dataframe(table, hide_index=True, width="stretch", key="verify_table",
+                 column_config={c: pct for c in table.columns[2:]})
+    st.caption(f"Retrained on the given, cleaned ({v.get('apply', '')}) and true labels; mean over "
+               f"{len(v.get('seeds', [])) or '?'} seeds (`audit verify`; intervals in verify.json and the report).")
 
 
 def main() -> None:
