@@ -10,6 +10,7 @@ task that keeps failing ends the run with an error naming its stage.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,6 +20,7 @@ from audit.errors import AuditError
 # Fault injection for resilience tests: "STAGE:MARKER" kills the process running STAGE once (the first
 # time, creating MARKER); "STAGE:*" kills it every time.
 FAULT_ENV = "AUDIT_FAULT_INJECT"
+_RAY_INIT = threading.Lock()  # audits of one batch may start Ray from several threads at once
 
 
 @dataclass
@@ -80,10 +82,11 @@ class RayEngine:
             import ray
         except ImportError as e:  # pragma: no cover - depends on the install
             raise AuditError("--engine ray needs the ray extra: pip install 'benign-audit[ray]'") from e
-        if not ray.is_initialized():
-            env = {"env_vars": {k: os.environ[k] for k in (FAULT_ENV, "OMP_NUM_THREADS") if k in os.environ}}
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, runtime_env=env)
+        with _RAY_INIT:
+            if not ray.is_initialized():
+                env = {"env_vars": {k: os.environ[k] for k in (FAULT_ENV, "OMP_NUM_THREADS") if k in os.environ}}
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         ignore_reinit_error=True, runtime_env=env)
         return ray
 
     def run_all(self, tasks: list[Task], on_done: Callable[[Task, dict, float], None],

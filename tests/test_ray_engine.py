@@ -53,3 +53,21 @@ def test_a_stage_that_keeps_failing_names_itself_and_keeps_finished_stages(tmp_p
     man = json.loads((out / "manifest.json").read_text())
     assert man["stages"]["train_natural"]["status"] == man["stages"]["train_pgd"]["status"] == "cached"
     assert man["stages"]["crossval"]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_batch_on_ray_runs_audits_side_by_side(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[defaults]\ndataset = "digits"\nmodels = ["natural", "pgd"]\nepochs = 8\nrobust_epochs = 2\n'
+                    'cv_epochs = 6\nfolds = 2\nthreads = 1\n\n[[run]]\nname = "a"\nnoise = 0.1\n\n'
+                    '[[run]]\nname = "b"\nnoise = 0.2\nseed = 1\n')
+    r = _audit(["batch", str(grid), "--out", str(tmp_path / "runs"), "--engine", "ray", "--max-concurrent", "2",
+                "--quiet"])
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    summary = pd.read_csv(tmp_path / "runs" / "summary.csv")
+    assert list(summary["status"]) == ["complete", "complete"]
+    for name in ("a", "b"):
+        man = json.loads((tmp_path / "runs" / name / "manifest.json").read_text())
+        assert man["config"]["engine"] == "ray" and man["status"] == "complete"
