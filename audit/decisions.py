@@ -233,7 +233,7 @@ def _is_int(x) -> bool:
 def check_label(label, num_classes: int | None) -> int:
     """``label`` as an int if it is a class index in ``[0, num_classes)`` (without a class count:
     non-negative and below the loaders' bound), else :class:`AuditInputError`."""
-    from audit.rundir import MAX_CLASSES
+    from audit.data.limits import MAX_CLASSES
 
     hi = MAX_CLASSES if num_classes is None else num_classes
     ok = _is_int(label) or (isinstance(label, float) and math.isfinite(label) and label.is_integer())

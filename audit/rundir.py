@@ -29,17 +29,15 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from audit.config import OPTIONS, config_from_dict
+from audit.data.limits import MAX_CLASSES
+from audit.data.registry import SOURCES
 from audit.errors import AuditInputError
-
-try:  # the documented class-count bound of the dataset loaders, where present
-    from audit.data.limits import MAX_CLASSES
-except ImportError:  # pragma: no cover - older tree
-    MAX_CLASSES = 100_000
 
 MANIFEST = "manifest.json"
 EXAMPLES = "examples.parquet"
@@ -49,9 +47,6 @@ DECISIONS_DB = "decisions.sqlite"
 TABLES = (EXAMPLES, PAIRS)
 OWNED_FILES = (MANIFEST, EXAMPLES, PAIRS, DYNAMICS, "verify.json", "verify.png", "error.txt")
 OWNED_DIRS = ("checkpoints", ".cache")
-MODELS = ("natural", "pgd", "trades", "fgsm")
-ARCHS = ("mlp", "mnist_cnn", "resnet18")
-SOURCES = ("digits", "npz", "mnist", "fashion-mnist", "cifar10", "cifar100", "folder", "csv", "parquet")
 FILE_SUFFIXES = {"npz": (".npz",), "csv": (".csv",), "parquet": (".parquet", ".pq")}
 EXAMPLE_COLUMNS = ("example_id", "split", "given_label", "suggested_label", "issue_score", "is_label_issue")
 PAIR_COLUMNS = ("test_id", "train_id", "rank", "similarity", "influence")
@@ -71,19 +66,6 @@ def _schema():
     class _Strict(BaseModel):
         model_config = ConfigDict(extra="allow", strict=True)
 
-    Number = float | int
-
-    class Config(_Strict):
-        models: conlist(Literal[MODELS], min_length=1, max_length=len(MODELS))  # type: ignore[valid-type]
-        arch: Literal[ARCHS]  # type: ignore[valid-type]
-        width: Number = Field(gt=0, le=64)
-        noise: Number = Field(ge=0, lt=1)
-        noise_kind: str
-        seed: int
-        norm: str
-        eps: Number = Field(ge=0)
-        eval_steps: int = Field(ge=0)
-
     class Dataset(_Strict):
         spec: str = Field(max_length=4096)
         fingerprint: str = Field(max_length=64)
@@ -95,7 +77,7 @@ def _schema():
 
     class Manifest(_Strict):
         status: str
-        config: Config
+        config: dict
         dataset: Dataset
         metrics: dict[str, Any] = Field(default_factory=dict)
 
@@ -129,6 +111,8 @@ def read_manifest(path: Path, *, complete: bool = True) -> dict:
 
 
 def check_manifest(man: dict, path: Path) -> dict:
+    """The manifest's fields: ``config`` by the run options' own declaration (:func:`config_from_dict`:
+    types, ranges, choices; every dataset default resolved), the rest by a schema."""
     from pydantic import ValidationError
 
     try:
@@ -137,6 +121,14 @@ def check_manifest(man: dict, path: Path) -> dict:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise AuditInputError(f"{path}: field {where}: {err['msg']} (not a manifest benign-audit wrote)") from None
+    try:
+        cfg = config_from_dict(man["config"])
+    except AuditInputError as e:
+        raise AuditInputError(f"{path}: field config: {e} (not a manifest benign-audit wrote)") from None
+    unresolved = [k for k, f in OPTIONS.items() if getattr(cfg, k) is None and f.metadata["results"]
+                  and k != "preset"]
+    if unresolved:
+        raise AuditInputError(f"{path}: field config.{unresolved[0]}: missing (not a manifest benign-audit wrote)")
     c, h, w = man["dataset"]["shape"]
     if c not in (1, 3) or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise AuditInputError(f"{path}: field dataset.shape: {c}×{h}×{w} is not an image shape (C in 1, 3)")
@@ -154,7 +146,7 @@ def check_spec(spec: str, run: Path) -> tuple[str, Path | None]:
         raise refuse("holds control characters")
     source, sep, arg = spec.partition(":")
     if source not in SOURCES:
-        raise refuse(f"unknown source {source[:40]!r} (known: {', '.join(SOURCES)})")
+        raise refuse(f"unknown source {source[:40]!r} (known: {', '.join(sorted(SOURCES))})")
     if source == "digits":
         if sep:
             raise refuse("digits takes no path")
