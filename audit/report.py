@@ -13,8 +13,8 @@ Sections:
 6. natural versus robust accuracy (train, clean test, adversarial test);
 7. galleries of the top flagged training examples and the top train→test pairs;
 8. the review decisions (counts and the decided rows) when ``decisions.sqlite`` exists;
-9. ``verify.json`` (retraining on the cleaned labels) when it exists, rendered generically: a table of
-   variants × metrics with their intervals.
+9. ``verify.json`` (retraining on the cleaned labels) when it exists: variants × models, each metric
+   with its 95% interval, and the share of the ceiling's gain that cleaning recovered.
 
 The run directory is untrusted input (:mod:`audit.rundir`): images come only from a dataset whose
 fingerprint matches the manifest's, else the command exits 2 (``images=False`` leaves them out). The
@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -296,10 +295,9 @@ TracIn {{ "%.3g" | format(c.tracin) }} · FZ {{ "%.3g" | format(c.fz) }} · sim 
 <table><tr>{% for c in decisions.columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for r in decisions.rows %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
 {% if verify %}<h2>Retraining on the cleaned labels (verify.json)</h2>
-{% if verify.scalars %}<table>{% for k, v in verify.scalars %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>{% endif %}
-{% if verify.rows %}<p class="muted">Per variant: each metric with its interval where verify.json gives one.</p>
-<table><tr><th>variant</th>{% for c in verify.columns %}<th>{{ c }}</th>{% endfor %}</tr>
-{% for name, cells in verify.rows %}<tr><th>{{ name }}</th>{% for v in cells %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
+<table><tr>{% for c in verify.columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for cells in verify.rows %}<tr>{% for v in cells %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>
+{% for line in verify.lines %}<p class="muted">{{ line }}</p>{% endfor %}
 {% if verify.plot %}<img class="plot" src="{{ verify.plot }}" alt="verify plot">{% endif %}{% endif %}
 <h2>Config</h2><details><summary>resolved run config</summary><pre>{{ config_json }}</pre></details>
 <!-- images: plots={{ n_plots }} flagged={{ n_flagged }} pairs={{ n_pairs }} --></body></html>
@@ -407,76 +405,21 @@ def decisions_section(run: RunDir, ex: pd.DataFrame) -> dict | None:
             "more": max(0, len(rows) - MAX_TABLE_ROWS)}
 
 
-MEAN_KEYS = ("mean", "value", "estimate", "point", "median")
-LOW_KEYS = ("lo", "low", "lower", "ci_low", "ci_lo", "lower_bound")
-HIGH_KEYS = ("hi", "high", "upper", "ci_high", "ci_hi", "upper_bound")
-PAIR_KEYS = ("ci", "ci95", "ci_95", "interval")
-
-
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _fmt(x) -> str:
-    return f"{x:.4g}" if isinstance(x, float) and math.isfinite(x) else str(x)[:200]
-
-
-def _interval(v: dict) -> str | None:
-    """``"0.912 [0.900, 0.931]"`` from a dict holding a point estimate and an interval, else None."""
-    mean = next((v[k] for k in MEAN_KEYS if _num(v.get(k))), None)
-    lo = next((v[k] for k in LOW_KEYS if _num(v.get(k))), None)
-    hi = next((v[k] for k in HIGH_KEYS if _num(v.get(k))), None)
-    pair = next((v[k] for k in PAIR_KEYS if isinstance(v.get(k), list) and len(v[k]) == 2
-                 and all(map(_num, v[k]))), None)
-    if pair is not None:
-        lo, hi = pair
-    if mean is None:
-        return None
-    return _fmt(float(mean)) + (f" [{_fmt(float(lo))}, {_fmt(float(hi))}]" if lo is not None and hi is not None else "")
-
-
-def _flatten(obj: dict, prefix: str = "", depth: int = 0) -> dict[str, str]:
-    """Metric name -> shown value, for one variant: numbers, strings, intervals; nested dicts dotted."""
-    out: dict[str, str] = {}
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            shown = _interval(v)
-            if shown is not None:
-                out[key] = shown
-            elif depth < 4:
-                out.update(_flatten(v, key + ".", depth + 1))
-        elif isinstance(v, list) and v and all(map(_num, v)):
-            out[key] = f"{_fmt(float(np.mean(v)))} (mean of {len(v)})"
-        elif isinstance(v, (str, int, float, bool)) or v is None:
-            out[key] = _fmt(v)
-    return out
-
-
-def _variants(obj: dict) -> list[tuple[str, dict]]:
-    """(name, dict) per variant: ``variants`` (a dict, or a list of dicts with a name), ``results``
-    or ``rows`` lists, else the top-level values that are dicts."""
-    found = next((obj[k] for k in ("variants", "results", "rows") if isinstance(obj.get(k), (dict, list))), None)
-    if found is None:
-        found = {k: v for k, v in obj.items() if isinstance(v, dict)}
-    if isinstance(found, dict):
-        return [(str(k), v) for k, v in found.items() if isinstance(v, dict)]
-    items = [v for v in found if isinstance(v, dict)]
-    return [(str(next((v[k] for k in ("name", "variant", "label") if k in v), i)), v) for i, v in enumerate(items)]
-
-
 def verify_section(run: RunDir) -> dict | None:
-    """``verify.json`` as a variants × metrics table (each metric with its interval), its top-level
-    scalars, and ``verify.png`` when present; None without ``verify.json``."""
+    """``verify.json`` (:func:`audit.verify.summary_rows`: variants × models, each metric with its 95%
+    interval) and what cleaning recovered, with ``verify.png`` when present; None without it."""
+    from audit.verify import summary_lines, summary_rows
+
     path = run.path / "verify.json"
     if not path.exists():
         return None
     obj = load_json_object(path)
-    scalars = [(str(k)[:200], _fmt(v)) for k, v in obj.items() if isinstance(v, (str, int, float, bool))][:50]
-    variants = [(name[:200], _flatten(v)) for name, v in _variants(obj)][:100]
-    columns = list(dict.fromkeys(c for _, cells in variants for c in cells))[:60]
-    rows = [(name, [cells.get(c, "") for c in columns]) for name, cells in variants]
-    return {"scalars": scalars, "columns": columns, "rows": rows, "plot": _verify_plot(run)}
+    try:
+        columns, rows = summary_rows(obj)
+        lines = summary_lines(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise AuditInputError(f"{path}: not a verify.json benign-audit wrote ({type(e).__name__})") from None
+    return {"columns": columns, "rows": rows[:MAX_TABLE_ROWS], "lines": lines, "plot": _verify_plot(run)}
 
 
 def _verify_plot(run: RunDir) -> str | None:

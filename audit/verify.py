@@ -252,31 +252,44 @@ def gain_recovered(variants: dict) -> dict:
 
 
 def _cell(s: dict) -> str:
-    if s["low"] is None:
-        return f"{s['mean']:.3f}"
-    return f"{s['mean']:.3f} ± {s['high'] - s['mean']:.3f}"
+    mean = float(s["mean"])
+    if s.get("low") is None:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {float(s['high']) - mean:.3f}"
+
+
+def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """``verify.json`` as a table: the header and one row per (variant, model) with each metric as
+    "mean ± 95% half-width". The one reading of that file for the CLI, the report and the app; a file
+    verify did not write raises KeyError, TypeError or ValueError."""
+    eps, small = float(report["eps"]), float(report["small_eps"])
+    head = ["variant", "train rows", "model", "clean acc", f"adv acc @{eps:g}", f"adv acc @{small:g}"]
+    rows = [[str(name), str(int(v["n_train"])), str(m)] + [_cell(r[k]) for k in METRICS]
+            for name, v in report["variants"].items() for m, r in v["results"].items()]
+    return head, rows
+
+
+def summary_lines(report: dict) -> list[str]:
+    """What was cleaned and how much of the ceiling's gain cleaning recovered, in words."""
+    c = report["variants"].get("cleaned", {})
+    lines = [f"cleaned ({report['apply']}): {c.get('relabelled', 0)} relabelled, {c.get('removed', 0)} removed, "
+             f"{c.get('decisions', 0)} review decisions; {len(report['seeds'])} seeds, 95% t-intervals"]
+    g, eps, small = report["gain_recovered"], float(report["eps"]), float(report["small_eps"])
+    parts = [f"{float(x):.0%} at eps {e:g}" for x, e in ((g.get("adv_accuracy"), eps), (g.get("adv_accuracy_small"), small))
+             if x is not None]
+    if parts:
+        lines.append("gain recovered (natural model's adversarial accuracy, (cleaned − given) / (true − given)): "
+                     + ", ".join(parts))
+    return lines
 
 
 def format_table(report: dict) -> str:
     """The variants × models table (mean ± 95% half-width over seeds) and the gain recovered."""
-    eps, small = report["eps"], report["small_eps"]
-    head = ["variant", "train rows", "model", "clean acc", f"adv acc @{eps:g}", f"adv acc @{small:g}"]
-    rows = [head]
-    for name, v in report["variants"].items():
-        for m, r in v["results"].items():
-            rows.append([name, str(v["n_train"]), m] + [_cell(r[k]) for k in METRICS])
+    head, body = summary_rows(report)
+    rows = [head] + body
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    c = report["variants"].get("cleaned", {})
-    lines.append(f"cleaned ({report['apply']}): {c.get('relabelled', 0)} relabelled, {c.get('removed', 0)} removed, "
-                 f"{c.get('decisions', 0)} review decisions; {len(report['seeds'])} seeds, 95% t-intervals")
-    g = report["gain_recovered"]
-    if any(x is not None for x in g.values()):
-        parts = [f"{x:.0%} at eps {e:g}" for x, e in ((g["adv_accuracy"], eps), (g["adv_accuracy_small"], small))
-                 if x is not None]
-        lines.append("gain recovered (natural model's adversarial accuracy, (cleaned − given) / (true − given)): "
-                     + ", ".join(parts))
-    return "\n".join(lines)
+    return "\n".join(lines + summary_lines(report))
 
 
 def write_plot(report: dict, path: Path) -> None:

@@ -440,3 +440,22 @@ def test_audit_app_on_a_busy_port_says_so_and_suggests_another(review_run, capsy
     from app.streamlit_app import ICON
 
     assert ICON.is_file() and ICON.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overview_shows_review_progress_and_verify_results(review_run):
+    """The Overview says how many errors are likely left, and shows verify.json as `audit verify` wrote it."""
+    import json
+
+    run, man = review_run
+    at = open_app()
+    assert any("flagged training examples reviewed" in m.value for m in at.markdown)
+    res = {"clean_accuracy": {"mean": 0.9, "low": 0.88, "high": 0.92}, "adv_accuracy": {"mean": 0.5, "low": None,
+           "high": None}, "adv_accuracy_small": {"mean": 0.8, "low": 0.7, "high": 0.9}}
+    (run / "verify.json").write_text(json.dumps({
+        "eps": 0.1, "small_eps": 0.025, "apply": "suggested", "seeds": [0, 1],
+        "variants": {"given": {"n_train": 1347, "results": {"natural": res}}},
+        "gain_recovered": {"adv_accuracy": None, "adv_accuracy_small": None}}))
+    at = open_app()
+    table = next(d.value for d in at.dataframe if "variant" in d.value.columns)
+    assert list(table.columns) == ["variant", "train rows", "model", "clean acc", "adv acc @0.1", "adv acc @0.025"]
+    assert table.iloc[0].tolist() == ["given", "1347", "natural", "0.900 ± 0.020", "0.500", "0.800 ± 0.100"]

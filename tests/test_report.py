@@ -96,11 +96,16 @@ def test_report_shows_decisions_and_verify_and_escapes_everything_from_data(tmp_
     s.record(fl.iloc[0], "keep", reviewer="<b>ann</b>")
     s.record(fl.iloc[1], "relabel", reviewer="bob", new_label=9)
     s.record(fl.iloc[2], "remove", reviewer="bob")
-    verify = {"eps": 0.1, "seeds": 3, "note": "<iframe srcdoc=x>",
-              "variants": {"given": {"natural": {"clean_acc": {"mean": 0.91, "lo": 0.9, "hi": 0.92},
-                                                 "adv_acc": {"mean": 0.08, "ci": [0.05, 0.11]}}},
-                           "cleaned": {"natural": {"clean_acc": {"mean": 0.93, "lo": 0.92, "hi": 0.94},
-                                                   "adv_acc": [0.3, 0.35, 0.4]}}}}
+    # verify.json as `audit verify` writes it, with a hostile variant name (the file is untrusted too)
+    def res(m, lo, hi):
+        return {"mean": m, "low": lo, "high": hi, "values": [lo, hi]}
+    results = {"natural": {"clean_accuracy": res(0.91, 0.9, 0.92), "adv_accuracy": res(0.08, 0.05, 0.11),
+                           "adv_accuracy_small": {"mean": 0.7, "low": None, "high": None, "values": [0.7]}}}
+    verify = {"eps": 0.1, "small_eps": 0.025, "apply": "suggested", "seeds": [0, 1, 2],
+              "variants": {"given": {"n_train": 1347, "relabelled": 0, "removed": 0, "decisions": 0, "results": results},
+                           "<iframe srcdoc=x>": {"n_train": 1346, "relabelled": 0, "removed": 1, "decisions": 1,
+                                                 "results": results}},
+              "gain_recovered": {"adv_accuracy": 0.93, "adv_accuracy_small": None}}
     (run / "verify.json").write_text(json.dumps(verify))
     assert cli(["report", str(run), "--top", "3", "--pairs", "1"]) == 0
     page = (run / "report.html").read_text()
@@ -110,10 +115,11 @@ def test_report_shows_decisions_and_verify_and_escapes_everything_from_data(tmp_
     for k, v in (("keep", 1), ("relabel", 1), ("remove", 1), ("reviewers", 2)):
         assert f"<tr><th>{k}</th><td>{v}</td></tr>" in page
     assert page.count(f"<td>{fl.iloc[1]}</td>") == 1 and "&lt;img src=x onerror=&#34;x()&#34;&gt;" in page
-    assert "<th>natural.clean_acc</th><th>natural.adv_acc</th>" in page
-    assert "<tr><th>given</th><td>0.91 [0.9, 0.92]</td><td>0.08 [0.05, 0.11]</td></tr>" in page
-    assert "<tr><th>cleaned</th><td>0.93 [0.92, 0.94]</td><td>0.35 (mean of 3)</td></tr>" in page
-    assert "<tr><th>seeds</th><td>3</td></tr>" in page and "&lt;iframe srcdoc=x&gt;" in page
+    assert "<th>clean acc</th><th>adv acc @0.1</th><th>adv acc @0.025</th>" in page
+    assert "<tr><td>given</td><td>1347</td><td>natural</td><td>0.910 ± 0.010</td><td>0.080 ± 0.030</td>" \
+           "<td>0.700</td></tr>" in page
+    assert "<td>&lt;iframe srcdoc=x&gt;</td><td>1346</td>" in page
+    assert "93% at eps 0.1" in page
     assert count_images(page) == 5 + 3 + 2
 
 

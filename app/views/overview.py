@@ -123,27 +123,22 @@ def verify_ui(run: ui.Run) -> None:
     """``audit verify`` results, when the run has them: did cleaning pay?"""
     import json
 
+    from audit.verify import summary_lines, summary_rows
+
     path = run.dir / "verify.json"
     if not path.is_file():
         return
     try:
-        v = json.loads(path.read_text())
-        names = {"clean_accuracy": "clean test accuracy", "adv_accuracy": f"under attack, eps {v.get('eps', '?'):.3g}",
-                 "adv_accuracy_small": f"under attack, eps {v.get('small_eps', '?'):.3g}"}
-        rows = [{"labels": var, "model": ui.MODEL_NAME.get(m, m),
-                 **{names[k]: (r[k]["mean"] if isinstance(r.get(k), dict) else None) for k in names}}
-                for var, res in v["variants"].items() for m, r in res["results"].items()]
+        report = json.loads(path.read_text())
+        head, rows = summary_rows(report)
+        lines = summary_lines(report)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         st.warning("verify.json is unreadable; rerun `audit verify`.")
         return
     st.subheader("Did cleaning pay? (audit verify)", anchor=False)
-    table = pd.DataFrame(rows)
-    pct = st.column_config.NumberColumn(format="%.1f%%")
-    table[table.columns[2:]] = table[table.columns[2:]].astype(float) * 100
-    st.dataframe(table, hide_index=True, width="stretch", key="verify_table",
-                 column_config={c: pct for c in table.columns[2:]})
-    st.caption(f"Retrained on the given, cleaned ({v.get('apply', '')}) and true labels; mean over "
-               f"{len(v.get('seeds', [])) or '?'} seeds (`audit verify`; intervals in verify.json and the report).")
+    st.dataframe(pd.DataFrame(rows, columns=head), hide_index=True, width="stretch", key="verify_table")
+    for line in lines:
+        st.caption(ui.md(line))
 
 
 def main() -> None:
