@@ -97,28 +97,22 @@ def load_run_data(run_dir: str | Path) -> RunData:
 
 
 def variant_labels(data: RunData, apply: str = "suggested") -> dict[str, dict]:
-    """Per variant: ``labels`` (training labels, -1 = removed) and counts of relabelled and removed rows."""
-    from audit.decisions import DecisionStore
+    """Per variant: ``labels`` (training labels, -1 = removed) and counts of relabelled and removed rows.
+    The cleaned labels are what ``audit export --apply APPLY`` writes (:func:`audit.export.label_plan`)."""
+    from audit.export import label_plan
 
     if apply not in APPLY:
         raise AuditInputError(f"--apply {apply!r}: must be one of {', '.join(APPLY)}")
     t = data.train
     given = t["given_label"].to_numpy(np.int64)
-    cleaned = given.copy()
-    if apply == "suggested":
-        flagged = t["is_label_issue"].to_numpy(bool)
-        cleaned[flagged] = t["suggested_label"].to_numpy(np.int64)[flagged]
-    dec = DecisionStore(data.run_dir).latest().set_index("example_id")
-    d = t["example_id"].map(dec["decision"]).fillna("").to_numpy()
-    new = t["example_id"].map(dec["new_label"]).to_numpy()
-    cleaned[d == "keep"] = given[d == "keep"]
-    cleaned[d == "relabel"] = new[d == "relabel"].astype(np.int64)
-    cleaned[d == "remove"] = -1
+    plan = label_plan(data.run_dir, apply).set_index("example_id").loc[t["example_id"]]
+    cleaned = np.where(plan["removed"].to_numpy(bool), -1, plan["final_label"].to_numpy(np.int64))
+    decided = int((plan["label_source"] == "reviewer").sum())
     out = {"given": given, "cleaned": cleaned}
     if "clean_label" in t.columns and data.cfg.noise > 0:
         out["true"] = t["clean_label"].to_numpy(np.int64)
     return {k: {"labels": v, "relabelled": int(((v != given) & (v >= 0)).sum()), "removed": int((v < 0).sum()),
-                "decisions": int(np.isin(d, ("keep", "relabel", "remove")).sum()) if k == "cleaned" else 0}
+                "decisions": decided if k == "cleaned" else 0}
             for k, v in out.items()}
 
 
