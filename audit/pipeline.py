@@ -41,6 +41,7 @@ from audit.stages import (
     aug_stage,
     crossval_stage,
     influence_stage,
+    train_arrays,
     train_stage,
 )
 
@@ -209,7 +210,7 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
             if st.get("status") == "running":
                 st["status"] = "failed"
         raise
-    return {k: _strip(v) for k, v in trained.items()}, results["crossval"], infl
+    return {k: train_arrays(v) for k, v in trained.items()}, results["crossval"], infl
 
 
 def _run_apgd(orch: Orchestrator, graph: dict, data: TrainData, trained: dict, dev: str, threads: int,
@@ -247,10 +248,6 @@ def _cached(orch: Orchestrator, name: str) -> dict | None:
             orch.stages.pop(name, None)
             return None
     return arrays
-
-
-def _strip(arrays: dict) -> dict:
-    return {k: v for k, v in arrays.items() if "." not in k}
 
 
 def _manifest_base(cfg: RunConfig, ds: AuditDataset, data: TrainData, device: torch.device, fingerprint: str) -> dict:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,7 +32,8 @@ def test_ray_engine_matches_local_and_survives_a_killed_worker(tmp_path):
                env={"AUDIT_FAULT_INJECT": f"train_pgd:{marker}"})
     assert r.returncode == 0, r.stderr
     assert marker.exists()  # the pgd worker was killed once, retried, and the run completed
-    cmp = subprocess.run([sys.executable, "benchmarks/compare_runs.py", str(tmp_path / "local"), str(tmp_path / "ray")],
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_runs.py"
+    cmp = subprocess.run([sys.executable, str(script), str(tmp_path / "local"), str(tmp_path / "ray")],
                          capture_output=True, text=True)
     assert cmp.returncode == 0, cmp.stdout  # bit-identical tables on CPU
     assert "identical" in cmp.stdout
