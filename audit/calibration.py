@@ -21,8 +21,8 @@ Calibration (``tests/test_calibration.py``, simulated reviewers deciding by the 
 following the app's protocol: a random stretch from the top of the queue plus the first 5–25 of the
 app's random flagged checks, :func:`random_sample` with ``flagged=True``): the 90% interval of the
 errors left covered the truth in 85 and 86 of 100 sessions (two session seeds) on the digits audit
-(10% noise, flag precision 0.90), 89–92 on an earlier digits audit (precision 0.93), and 92–95 on
-synthetic score/noise data with flag precision 0.4–0.9. Known weak spot: when the flags are right all
+(10% noise, flag precision 0.90) and 92–95 on synthetic score/noise data with flag precision 0.4–0.9
+(``python benchmarks/calibration_coverage.py RUN``). Known weak spot: when the flags are right all
 the way down (a digits audit with short training, precision 1.00 at recall 0.81) the prior on the
 band at the threshold (precision about 0.5) pulls the estimate down and coverage falls to 0.46–0.63;
 a weaker prior fixes that case but drops digits to 0.78 (tried, not adopted). Reviewing in queue
