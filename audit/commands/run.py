@@ -14,8 +14,8 @@ def _parse(name: str):
     t = base_type(name)
 
     def parse(text: str):
-        try:
-            value = text if t in (str, tuple) else t(float(text)) if t is int and float(text).is_integer() else t(text)
+        try:  # numbers as floats: check_value makes an integral one an int, and refuses 1.5 for an int option
+            value = text if t in (str, tuple) else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if t is int else 'a number'}") from None
         try:
