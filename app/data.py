@@ -225,15 +225,10 @@ def dataset_notice(run: Path) -> str | None:
     return images(run).error
 
 
-def dataset_root(spec: str) -> Path | None:
-    """The folder a dataset spec points into (``folder:PATH`` -> PATH, ``csv:FILE`` -> its folder), or None."""
-    from audit.rundir import dataset_root as root
-
-    return root(spec)
-
-
 def allowed_roots(run: Path) -> list[Path]:
     """The run directory, and the dataset's root once the dataset is verified (never from the manifest alone)."""
+    from audit.rundir import dataset_root
+
     roots = [run.resolve()]
     if images(run).images is not None:
         root = dataset_root(manifest(run)["dataset"]["spec"])
