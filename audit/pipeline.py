@@ -98,7 +98,7 @@ def build_train_data(ds: AuditDataset, cfg: RunConfig) -> tuple[TrainData, Canar
     data = TrainData(
         train_images=Rows.of(ds.images, tr[keep]).concat(Rows.of(c_img)), train_labels=cs.labels,
         test_images=Rows.of(ds.images, te), test_labels=ds.labels[te].astype(np.int64),
-        is_canary=cs.is_canary, cv_groups=None,  # no canary has a twin in training: no grouping
+        is_canary=cs.is_canary,  # no canary has a twin in training, so the folds need no grouping
         num_classes=ds.num_classes)
     return data, cs
 
@@ -261,7 +261,6 @@ def _manifest_base(cfg: RunConfig, ds: AuditDataset, data: TrainData, device: to
             "source_fingerprint": ds.extra.get("source_fingerprint"),
             "num_train": int(data.num_real + data.is_canary.sum()), "num_test": int(len(data.test_labels)),
             "num_canaries": int(data.is_canary.sum()), "shape": list(ds.shape),
-            "canary_rows": "held out of training this run: their images train as canaries with a flipped label",
             "class_names": list(ds.class_names),
         },
         "device": str(device),

@@ -37,7 +37,6 @@ class TrainData:
     test_images: Rows  # uint8 (N_test, C, H, W)
     test_labels: np.ndarray  # int64 (N_test,)
     is_canary: np.ndarray  # bool (N_aug,)
-    cv_groups: np.ndarray | None  # int64 (N_aug,): rows of one group share a fold (None: no grouping)
     num_classes: int
 
     @property
@@ -138,7 +137,7 @@ def aug_stage(data: TrainData, recipe: TrainSpec, *, device: str = "cpu", resume
 def crossval_stage(data: TrainData, cv: CrossValConfig, *, device: str = "cpu", progress: bool = False) -> dict:
     return cross_validate(data.train_images, data.train_labels, data.test_images,
                           cv.recipe, data.num_classes, folds=cv.folds, repeats=cv.repeats, seed=cv.seed,
-                          device=torch.device(device), progress=progress, groups=data.cv_groups, subsets=cv.subsets)
+                          device=torch.device(device), progress=progress, subsets=cv.subsets)
 
 
 def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict[str, dict], cv: dict, *,
