@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pandas as pd
-from scipy import stats
+
+from audit.verify import mean_interval
 
 
 def _mean_ci(v: pd.Series) -> str:
+    """"mean ± 95% t half-width" over seeds (:func:`audit.verify.mean_interval`), the mean alone for one."""
     v = v.dropna().to_numpy(float)
-    if len(v) < 2:
-        return f"{v.mean():.3f}" if len(v) else "–"
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return f"{v.mean():.3f} ± {half:.3f}"
+    if not len(v):
+        return "–"
+    s = mean_interval(list(v))
+    return f"{s['mean']:.3f}" if s["low"] is None else f"{s['mean']:.3f} ± {s['high'] - s['mean']:.3f}"
 
 
 def table(df: pd.DataFrame) -> str:
