@@ -34,6 +34,30 @@ LOCK_NAME = ".audit.lock"
 OWNER_NAME = ".audit.lock.owner"
 
 
+class RunDirLock:
+    """One writer per run directory at a time (an audit, or ``audit verify``): a :mod:`filelock` lock,
+    taken without waiting, and an owner file naming the holder for the error another process gets."""
+
+    def __init__(self, out: Path, what: str, hint: str, name: str | None = None):
+        self.out, self.what, self.hint = Path(out), what, hint
+        self.name = name or str(self.out)
+        self._lock = FileLock(str(self.out / LOCK_NAME))
+
+    def __enter__(self) -> "RunDirLock":
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise AuditInputError(f"{self.name}: another audit is writing this run directory "
+                                  f"({_owner(self.out / OWNER_NAME)}); wait for it or {self.hint}") from None
+        write_json(self.out / OWNER_NAME, {"pid": os.getpid(), "host": socket.gethostname(), "command": self.what,
+                                           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return self
+
+    def __exit__(self, *exc) -> None:
+        (self.out / OWNER_NAME).unlink(missing_ok=True)
+        self._lock.release()
+
+
 class Orchestrator:
     """Cache, manifest, lock and checkpoints of one run directory ``out``."""
 
@@ -42,27 +66,20 @@ class Orchestrator:
         self.cache, self.ckpt = self.out / ".cache", self.out / "checkpoints"
         self.keys: dict[str, str] = {}
         self.stages: dict[str, dict] = {}
-        self._lock: FileLock | None = None
+        self._lock: RunDirLock | None = None
         self._previous = _previous_stages(self.out / "manifest.json")
 
     # -- one writer at a time ----------------------------------------------------------------------
     def __enter__(self) -> "Orchestrator":
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.out / LOCK_NAME))
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            raise AuditInputError(f"--out {self.out}: another audit is writing this run directory "
-                                  f"({_owner(self.out / OWNER_NAME)}); wait for it or choose another --out") from None
-        write_json(self.out / OWNER_NAME, {"pid": os.getpid(), "host": socket.gethostname(),
-                                           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        self._lock = RunDirLock(self.out, "run", "choose another --out", name=f"--out {self.out}")
+        self._lock.__enter__()
         remove_stale_temporaries(self.out)
         return self
 
     def __exit__(self, *exc) -> None:
-        (self.out / OWNER_NAME).unlink(missing_ok=True)
         if self._lock is not None:
-            self._lock.release()
+            self._lock.__exit__(*exc)
 
     # -- stage bookkeeping ---------------------------------------------------------------------------
     def key(self, name: str, kind: str, config, upstream: tuple[str, ...] = ()) -> str:
@@ -155,7 +172,8 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
 def _owner(path: Path) -> str:
     try:
         d = json.loads(path.read_text())
-        return f"process {d['pid']} on {d['host']} since {d['since']}"
+        what = f"audit {d['command']}, " if isinstance(d.get("command"), str) else ""
+        return f"{what}process {d['pid']} on {d['host']} since {d['since']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
 

@@ -182,8 +182,10 @@ def verify_run(run_dir: str | Path, *, seeds: int = 3, apply: str = "suggested",
                epochs_scale: float | None = None, device: str = "auto", progress: bool = False,
                log: Callable[[str], None] = lambda m: None) -> dict:
     """Train every (variant, seed, model) not cached yet; write and return ``RUN/verify.json``.
-    ``log`` receives one line per training (``trained`` or ``cached``)."""
-    from audit.device import resolve_device
+    ``log`` receives one line per training (``trained`` or ``cached``). Holds the run directory's lock
+    (:class:`audit.orchestrator.RunDirLock`): an audit writing it, or another verify, makes this exit 2."""
+    from audit.orchestrator import RunDirLock
+    from audit.rundir import RunDir
 
     if seeds < 1:
         raise AuditInputError(f"--seeds {seeds}: must be ≥ 1")
@@ -191,6 +193,14 @@ def verify_run(run_dir: str | Path, *, seeds: int = 3, apply: str = "suggested",
         raise AuditInputError(f"--epochs {epochs}: must be ≥ 1")
     if epochs_scale is not None and epochs_scale <= 0:
         raise AuditInputError(f"--epochs-scale {epochs_scale}: must be > 0")
+    RunDir(run_dir)  # a clear error for what is not a run directory, before any lock file is made
+    with RunDirLock(Path(run_dir), "verify", "run verify when it has finished"):
+        return _verify_locked(run_dir, seeds, apply, epochs, epochs_scale, device, progress, log)
+
+
+def _verify_locked(run_dir, seeds, apply, epochs, epochs_scale, device, progress, log) -> dict:
+    from audit.device import resolve_device
+
     t0 = time.perf_counter()
     data = load_run_data(run_dir)
     variants = variant_labels(data, apply)

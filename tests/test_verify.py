@@ -118,3 +118,21 @@ def test_interval_and_gain_arithmetic():
     assert g["adv_accuracy"] == pytest.approx(0.75) and g["adv_accuracy_small"] is None
     assert gain_recovered({"given": res(0.1, 0.5), "cleaned": res(0.4, 0.6)}) == {"adv_accuracy": None,
                                                                                  "adv_accuracy_small": None}
+
+
+def test_verify_and_an_audit_never_write_one_run_directory_at_once(run_copy, capsys):
+    from filelock import FileLock
+
+    from audit.orchestrator import RunDirLock
+
+    (run_copy / ".audit.lock.owner").write_text(json.dumps({"pid": 4242, "host": "elsewhere", "since": "now"}))
+    with FileLock(str(run_copy / ".audit.lock")):  # an audit (re)writing the run
+        assert cli(["verify", str(run_copy), "--seeds", "1", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "another audit is writing" in err and "4242" in err and str(run_copy) in err
+    assert not (run_copy / "verify.json").exists()
+    with RunDirLock(run_copy, "verify", "wait"):  # a verify in progress: `audit run --out` on it is refused
+        assert cli(["run", "--dataset", "digits", "--epochs", "1", "--out", str(run_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "audit verify, process" in err and "choose another --out" in err
+    assert not (run_copy / ".audit.lock.owner").exists()  # released
