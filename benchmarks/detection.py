@@ -4,6 +4,7 @@ and how fair a judge the canaries are.
     python benchmarks/detection.py [--dataset digits] [--kinds symmetric,pair,confusion,mixed]
                                    [--rates 0.1,0.2,0.4] [--seeds 1,2,3] [--set eps=0.1 ...]
                                    [--out benchmarks/results/detection.csv] [--summary PATH]
+                                   [--equal-compute none|repeats|epochs]
 
 Real image data beyond the bundled digits: ``npz:/work/shared/datasets/mnist10k.npz`` (10,000 MNIST
 digits, where present) and Fashion-MNIST from ``python benchmarks/fetch_fashion_mnist.py``.
@@ -16,6 +17,8 @@ For each noise kind, rate and seed it runs a full audit (``audit.run_audit``) an
   the same model family (the run's cross-validation stage: ``folds`` natural models), then
   ``cleanlab.filter.find_label_issues`` (``is_cleanlab_issue``) and its label-quality ranking
   (``cleanlab_score``); compute = that stage's wall time;
+* with ``--equal-compute``, the same workflow given the audit's wall time (``eq_*`` columns; see
+  :func:`equal_compute`), so that a win is not bought with time alone;
 * the judge: every signal's AUPRC on the canaries (``canary_auprc_<signal>``, from the manifest) and on
   the real noise (``real_auprc_<signal>``), their Spearman correlation across signals
   (``judge_spearman``), and the selection regret = the best candidate's real-noise AUPRC minus the
