@@ -97,3 +97,26 @@ def test_judge_reports_canary_real_agreement_and_regret():
     del sel["candidate_members"]  # an older manifest: candidates rebuilt from the canary order a, c, b
     again = _detection_benchmark().judge(train, sel)
     assert np.isclose(again["regret"], 1 - 0.35) and again["best_real_auprc"] == 1.0
+
+
+def test_equal_compute_baseline_at_one_repeat_is_the_runs_own_cleanlab(digits_run):
+    """``benchmarks/detection.py --equal-compute``: given only the baseline's own time it retrains the
+    same folds and reproduces the run's cleanlab scores and flags exactly; given more it repeats them."""
+    import json
+
+    import pandas as pd
+    from sklearn.metrics import average_precision_score
+
+    from audit.config import config_from_dict
+
+    out, man = digits_run
+    bench = _detection_benchmark()
+    cfg = config_from_dict(json.loads((out / "manifest.json").read_text())["config"])
+    eq = bench.equal_compute(cfg, out, man["stages"]["crossval"]["seconds"], "repeats")
+    ex = pd.read_parquet(out / "examples.parquet")
+    tr = ex[(ex.split == "train") & ~ex.held_out_as_canary]
+    truth = tr["is_injected_noise"].to_numpy(bool)
+    p, r = bench._pr(tr["is_cleanlab_issue"].to_numpy(bool), truth)
+    assert eq["eq_repeats"] == 1
+    assert eq["eq_cleanlab_auprc"] == average_precision_score(truth, tr["cleanlab_score"])
+    assert (eq["eq_cleanlab_precision"], eq["eq_cleanlab_recall"]) == (p, r)
