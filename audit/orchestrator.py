@@ -38,7 +38,7 @@ class RunDirLock:
     """One writer per run directory at a time (an audit, or ``audit verify``): a :mod:`filelock` lock,
     taken without waiting, and an owner file naming the holder for the error another process gets."""
 
-    def __init__(self, out: Path, what: str, hint: str, name: str | None = None):
+    def __init__(self, out: Path, what: str, hint: str = "", name: str | None = None):
         self.out, self.what, self.hint = Path(out), what, hint
         self.name = name or str(self.out)
         self._lock = FileLock(str(self.out / LOCK_NAME))
@@ -47,8 +47,9 @@ class RunDirLock:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
+            alternative = f" or {self.hint}" if self.hint else ""
             raise AuditInputError(f"{self.name}: another audit is writing this run directory "
-                                  f"({_owner(self.out / OWNER_NAME)}); wait for it or {self.hint}") from None
+                                  f"({_owner(self.out / OWNER_NAME)}); wait for it{alternative}") from None
         write_json(self.out / OWNER_NAME, {"pid": os.getpid(), "host": socket.gethostname(), "command": self.what,
                                            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         return self

@@ -194,7 +194,7 @@ def verify_run(run_dir: str | Path, *, seeds: int = 3, apply: str = "suggested",
     if epochs_scale is not None and epochs_scale <= 0:
         raise AuditInputError(f"--epochs-scale {epochs_scale}: must be > 0")
     RunDir(run_dir)  # a clear error for what is not a run directory, before any lock file is made
-    with RunDirLock(Path(run_dir), "verify", "run verify when it has finished"):
+    with RunDirLock(Path(run_dir), "verify"):
         return _verify_locked(run_dir, seeds, apply, epochs, epochs_scale, device, progress, log)
 
 

@@ -128,9 +128,9 @@ def equal_compute(cfg, run_dir: Path, budget_s: float, mode: str) -> dict:
     base_s = json.loads((run_dir / "manifest.json").read_text())["stages"]["crossval"]["seconds"]
     scale = budget_s / base_s
     if mode == "repeats":
-        cv = replace(cv, repeats=max(1, int(round(scale))))
+        cv = replace(cv, repeats=max(1, round(scale)))
     else:
-        cv = replace(cv, recipe=replace(cv.recipe, epochs=max(1, int(round(cv.recipe.epochs * scale)))))
+        cv = replace(cv, recipe=replace(cv.recipe, epochs=max(1, round(cv.recipe.epochs * scale))))
     t0 = time.perf_counter()
     res = crossval_stage(data, cv)
     seconds = time.perf_counter() - t0

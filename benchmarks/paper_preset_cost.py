@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from audit.config import PRESETS, RunConfig, resolve_defaults
+from audit.config import RunConfig, resolve_defaults
 from audit.device import resolve_device
 from audit.recipes import train_recipe
 from audit.train.engine import train_model
@@ -27,7 +27,7 @@ from audit.train.models import build_model
 
 def per_image_seconds(spec, x, y, device, batches: int) -> float:
     """Seconds per training image of ``spec`` (one epoch over ``batches`` batches, after a warm-up)."""
-    one = dict(epochs=1, constant_lr=True, tracin_checkpoints=1, eps_warmup=0.0)
+    one = {"epochs": 1, "constant_lr": True, "tracin_checkpoints": 1, "eps_warmup": 0.0}
     spec = type(spec)(**{**spec.__dict__, **one})
     bs = spec.batch_size
     train_model(build_model(spec.arch, tuple(x.shape[1:]), 10, spec.width), x[:bs], y[:bs], spec, device=device,

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-import audit.signals.table as table
 from audit.config import config_from_dict
 from audit.pipeline import run_audit
+from audit.signals import table
 from audit.signals.combine import candidates, choose_combination, rank01
 
 RULES = ("current", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3")
@@ -98,7 +98,7 @@ def replay(c: dict) -> dict:
                                {k: len(m) for k, (m, _) in cands.items()})
     out = {}
     for mult in (1.5, 2, 3):
-        alt = choose_combination(sig, isc, n_exclude=int(round(c["n_exclude"] * mult)), ineligible=inel, canary_weight=cw)
+        alt = choose_combination(sig, isc, n_exclude=round(c["n_exclude"] * mult), ineligible=inel, canary_weight=cw)
         members = alt["members"]
         score = np.mean([ranks[k] for k in members], axis=0)[real]
         out[f"exclude_x{mult:g}"] = best - average_precision_score(truth, score)

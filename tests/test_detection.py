@@ -49,7 +49,7 @@ def test_noise_is_found_better_than_by_cleanlab(detected):
     # the missed share (1 - AUPRC) at most 0.6 of cleanlab's, on every one of these rows
     assert 1 - auprc <= 0.6 * (1 - base), (kind, auprc, base)
     p, r = _pr(tr["is_label_issue"].to_numpy(bool), truth)
-    bp, br = _pr(tr["is_cleanlab_issue"].to_numpy(bool), truth)
+    bp, _ = _pr(tr["is_cleanlab_issue"].to_numpy(bool), truth)
     assert p >= 0.8 and r >= 0.8, (kind, p, r)
     assert p > bp, (kind, p, bp)  # fewer false alarms than cleanlab's find_label_issues
 
