@@ -172,10 +172,9 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
     dev, gpus, prog = str(device), (1.0 if device.type == "cuda" else 0.0), orch.progress
     tasks = []
     for name, (kind, config, _) in graph.items():
-        if kind == "train":
-            args, kw = (data, config["recipe"], config["eval"]), {"resume": orch.resume_path(name), "progress": prog}
-        elif kind == "train_aug":
-            args, kw = (data, config["recipe"]), {"resume": orch.resume_path(name), "progress": prog}
+        if kind in ("train", "train_aug"):  # --compile changes speed, not results: no part of the cache key
+            args = (data, config["recipe"], config["eval"]) if kind == "train" else (data, config["recipe"])
+            kw = {"resume": orch.resume_path(name), "progress": prog, "compile": cfg.compile}
         elif kind == "crossval":
             args, kw = (data, config["cv"]), {"progress": prog}
         else:

@@ -64,13 +64,15 @@ def state_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, t
 
 
 def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: str = "cpu",
-                resume: str | None = None, progress: bool = False) -> dict:
-    """Train one model (natural or robust) on train + canaries, then evaluate it."""
+                resume: str | None = None, progress: bool = False, compile: bool = False) -> dict:
+    """Train one model (natural or robust) on train + canaries, then evaluate it. ``compile``
+    (``--compile``) torch.compiles the training forward; it changes speed, not results."""
     dev = torch.device(device)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
     res = train_model(model, data.train_images, torch.as_tensor(data.train_labels), recipe,
-                      device=dev, checkpoint=resume, desc=f"train {recipe.method}", progress=progress)
+                      device=dev, checkpoint=resume, desc=f"train {recipe.method}", progress=progress,
+                      compile=compile)
     out = {"loss": res.loss.astype(np.float16), "margin": res.margin.astype(np.float16), "correct": res.correct,
            "lrs": res.lrs, "train_seconds": np.float64(res.seconds)}
     out.update(_state_arrays("state", res.model.state_dict()))
@@ -116,7 +118,7 @@ def apgd_stage(data: TrainData, ac: ApgdConfig, trained: dict, *, device: str = 
 
 
 def aug_stage(data: TrainData, recipe: TrainSpec, *, device: str = "cpu", resume: str | None = None,
-              progress: bool = False) -> dict:
+              progress: bool = False, compile: bool = False) -> dict:
     """The augmented model: natural training with ``recipe.augment``. Augmentation keeps it from
     memorizing noisy labels, so its area under the margin stays a clean noise signal to the end
     (``aum_aug``; Pleiss et al. 2020 train with augmentation too). Only its per-example dynamics and
@@ -126,7 +128,7 @@ def aug_stage(data: TrainData, recipe: TrainSpec, *, device: str = "cpu", resume
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
     res = train_model(model, data.train_images, torch.as_tensor(data.train_labels), recipe,
                       device=dev, checkpoint=resume, desc=f"train natural, {recipe.augment} augmented",
-                      progress=progress)
+                      progress=progress, compile=compile)
     acc = np.nan
     if len(data.test_labels):
         acc = (infer(res.model, data.test_images, dev)[0].argmax(1) == data.test_labels).mean()

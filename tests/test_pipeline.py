@@ -260,3 +260,23 @@ def test_paper_preset_resolves_the_papers_recipe_and_explicit_options_win():
     assert (mine.steps, mine.robust_epochs, mine.step_size) == (10, 5, 2.5 * 0.3 / 10)  # step size follows the steps
     cifar = resolve_defaults(RunConfig(preset="paper"), (3, 32, 32), 50000, on_gpu=False)
     assert (cifar.eps, cifar.steps, cifar.step_size) == (8 / 255, 10, 2 / 255)
+
+
+def test_compile_option_reaches_the_trainings_and_not_the_cache_key(tmp_path, monkeypatch):
+    """``--compile`` torch.compiles the natural and robust trainings' forward (not the folds'); it is
+    a speed option, so it keys no stage. torch.compile is replaced by a recorder that returns the
+    model itself (compiling is slow on CPU and does not change results)."""
+    from audit.config import RunConfig
+    from audit.pipeline import run_audit
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, *a, **k: compiled.append(type(model).__name__) or model)
+    tiny = dict(dataset="digits", noise=0.1, epochs=2, robust_epochs=1, cv_epochs=2, folds=2, steps=2, eval_steps=3,
+                eval_restarts=1, tracin_checkpoints=1, knn_k=5, threads=1)
+    plain = run_audit(RunConfig(**tiny), tmp_path / "plain", progress=False)
+    assert compiled == []
+    fast = run_audit(RunConfig(**tiny, compile=True), tmp_path / "compiled", progress=False)
+    assert len(compiled) == 2  # natural and pgd; the cross-validation folds train uncompiled
+    keys = {k: v.get("key") for k, v in fast["stages"].items()}
+    assert keys == {k: v.get("key") for k, v in plain["stages"].items()}
+    assert keys["train_natural"] and keys["train_pgd"] and keys["crossval"]
