@@ -71,6 +71,11 @@ def test_batch_option_out_of_range_fails_before_training(tmp_path, capsys):
     assert cli(["batch", str(f), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "epochs -3" in err and "[[run]] #1" in err and not (tmp_path / "out").exists()
+    f.write_text('[[run]]\nname = "a"\n')
+    for cap in ("0", "-1"):  # 0 once fell through to the default cap
+        assert cli(["batch", str(f), "--out", str(tmp_path / "out"), "--quiet", "--max-concurrent", cap]) == 2
+        assert f"--max-concurrent {cap}: must be ≥ 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_busy_run_directory_is_refused_naming_its_writer(tmp_path, capsys):

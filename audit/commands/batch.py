@@ -42,6 +42,8 @@ def overrides_from_args(args) -> dict:
 def main(args) -> int:
     from audit.batch import load_batch, run_batch
 
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise AuditInputError(f"--max-concurrent {args.max_concurrent}: must be ≥ 1")
     runs = load_batch(args.file, overrides_from_args(args))  # every check before any training
 
     def event(name: str, status: str, detail: str) -> None:
@@ -49,8 +51,6 @@ def main(args) -> int:
             print(f"[{status}] {name}: {detail}", file=sys.stderr, flush=True)
 
     cap = args.max_concurrent or (2 if any(r.config.engine == "ray" for r in runs) else 1)
-    if cap < 1:
-        raise AuditInputError(f"--max-concurrent {cap}: must be ≥ 1")
     df = run_batch(runs, args.out, progress=not args.quiet, source=str(args.file), on_event=event,
                    max_concurrent=cap)
     if args.report:
