@@ -33,7 +33,7 @@ from audit.recipes import (
     train_recipe,
 )
 from audit.rows import Rows
-from audit.signals.canaries import CanarySet, make_canaries
+from audit.signals.canaries import CanarySet, plant_canaries
 from audit.signals.table import TableContext, build_tables
 from audit.stages import (
     TrainData,
@@ -90,13 +90,9 @@ def build_train_data(ds: AuditDataset, cfg: RunConfig) -> tuple[TrainData, Canar
     images are copied."""
     tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
     dc = data_config(cfg)
-    c_img, c_lab, src = make_canaries(Rows.of(ds.images, tr), ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed)
-    keep = np.setdiff1d(np.arange(len(tr)), src)
-    cs = CanarySet(images=None, labels=np.concatenate([ds.labels[tr][keep], c_lab]).astype(np.int64),
-                   is_canary=np.r_[np.zeros(len(keep), bool), np.ones(len(src), bool)], real_rows=keep.astype(np.int64),
-                   source=src, clean_labels=ds.labels[tr][src].astype(np.int64))
+    cs = plant_canaries(Rows.of(ds.images, tr), ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed)
     data = TrainData(
-        train_images=Rows.of(ds.images, tr[keep]).concat(Rows.of(c_img)), train_labels=cs.labels,
+        train_images=cs.images, train_labels=cs.labels,
         test_images=Rows.of(ds.images, te), test_labels=ds.labels[te].astype(np.int64),
         is_canary=cs.is_canary,  # no canary has a twin in training, so the folds need no grouping
         num_classes=ds.num_classes)

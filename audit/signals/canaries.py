@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audit.rows import Rows
+
 
 def _unique_image_rows(images: np.ndarray) -> np.ndarray:
     """Rows whose image occurs exactly once in ``images`` (byte-exact; by a 128-bit hash of each
@@ -64,7 +66,7 @@ class CanarySet:
     canaries' labels before the flip (for :func:`audit.signals.combine.canary_weights`).
     """
 
-    images: np.ndarray
+    images: Rows  # a view of the rows that stay, then the canaries' copied images
     labels: np.ndarray
     is_canary: np.ndarray
     real_rows: np.ndarray
@@ -72,13 +74,16 @@ class CanarySet:
     clean_labels: np.ndarray
 
 
-def plant_canaries(images: np.ndarray, labels: np.ndarray, num_classes: int, rate: float, seed: int) -> CanarySet:
+def plant_canaries(images, labels: np.ndarray, num_classes: int, rate: float, seed: int) -> CanarySet:
     """The canaries of :func:`make_canaries` in place of their sources: no row of the result is a
-    correctly labelled copy of a canary, so cross-validation needs no grouping."""
+    correctly labelled copy of a canary, so cross-validation needs no grouping. ``images`` is an array,
+    a memmap or a :class:`audit.rows.Rows`; the result's images are a view (only the canaries' images
+    are copied)."""
     c_img, c_lab, src = make_canaries(images, labels, num_classes, rate, seed)
     keep = np.setdiff1d(np.arange(len(labels)), src)
+    base = images if isinstance(images, Rows) else Rows.of(images)
     return CanarySet(
-        images=np.concatenate([np.asarray(images)[keep], c_img]),
+        images=base.subset(keep).concat(Rows.of(c_img)),
         labels=np.concatenate([np.asarray(labels)[keep], c_lab]).astype(np.int64),
         is_canary=np.r_[np.zeros(len(keep), bool), np.ones(len(src), bool)],
         real_rows=keep.astype(np.int64), source=src, clean_labels=np.asarray(labels)[src].astype(np.int64))
