@@ -10,7 +10,7 @@ or as Ray tasks (:mod:`audit.engines`). Model weights leave a training stage as 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from audit.signals.influence import tracin
 from audit.train.attacks import PGD
 from audit.train.engine import TrainSpec, train_model
 from audit.train.evaluate import adversarial_correct, infer, steps_to_flip
+from audit.train.evaluate import eval_attack as evaluate_attack
 from audit.train.models import build_model
 
 NEIGHBORS = 10  # neighbours kept per example as evidence for the app and for `category`
@@ -49,8 +50,8 @@ class TrainData:
 
 
 def eval_attack(ev: EvalConfig) -> PGD:
-    return PGD(eps=ev.eps, step_size=2.5 * ev.eps / ev.steps, steps=ev.steps, norm=ev.norm,
-               random_start=True, restarts=ev.restarts)
+    """The run's PGD evaluation attack (:func:`audit.train.evaluate.eval_attack`)."""
+    return evaluate_attack("pgd", eps=ev.eps, norm=ev.norm, steps=ev.steps, restarts=ev.restarts, num_classes=0)
 
 
 def _state_arrays(prefix: str, state: dict) -> dict[str, np.ndarray]:
@@ -95,7 +96,7 @@ def evaluate(model: torch.nn.Module, data: TrainData, ev: EvalConfig, *, natural
     out = {"train_logits": tr_logits, "test_logits": te_logits, "adv_correct_test": adv,
            "train_features": tr_feat.astype(np.float16), "test_features": te_feat.astype(np.float16)}
     if natural:
-        flip = PGD(eps=ev.eps, step_size=2.5 * ev.eps / ev.steps, steps=ev.steps, norm=ev.norm, random_start=False)
+        flip = replace(eval_attack(ev), random_start=False, restarts=1)
         out["steps_to_flip"] = steps_to_flip(model, tr_img, torch.as_tensor(data.train_labels), flip, device)
     return out
 
