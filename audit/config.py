@@ -164,12 +164,9 @@ class RunConfig:
         d["models"] = list(self.models)
         return d
 
-    def hash(self, keys: tuple[str, ...] | None = None) -> str:
+    def hash(self) -> str:
         """A hash of the options that change results (``device``, ``threads``, ``engine``... do not)."""
-        d = {k: v for k, v in self.to_dict().items() if OPTIONS[k].metadata["results"]}
-        if keys is not None:
-            d = {k: d[k] for k in keys if k in d}
-        return stable_hash(d)
+        return stable_hash({k: v for k, v in self.to_dict().items() if OPTIONS[k].metadata["results"]})
 
 
 OPTIONS = {f.name: f for f in fields(RunConfig)}

@@ -105,7 +105,6 @@ def cross_validate(
     seed: int,
     device: torch.device,
     progress: bool = True,
-    groups: np.ndarray | None = None,
     subsets: int = 0,
 ) -> dict[str, np.ndarray]:
     """Train ``folds × repeats`` natural models on uint8 ``images`` (N, C, H, W), and ``subsets``
@@ -122,7 +121,7 @@ def cross_validate(
         ``test_probs`` (M, N_test, K) and ``masks`` (M, N) for train→test influence.
     """
     shape = tuple(images.shape[1:])
-    fold = fold_masks(labels, folds, repeats, seed, groups)
+    fold = fold_masks(labels, folds, repeats, seed)
     masks = np.concatenate([fold, half_masks(len(labels), subsets, seed)]) if subsets else fold
     n, k, m = len(labels), num_classes, len(masks)
     y = torch.as_tensor(labels, dtype=torch.long)
