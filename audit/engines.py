@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from audit.errors import AuditError
+from audit.errors import AuditError, describe_error
 
 # Fault injection for resilience tests: "STAGE:MARKER" kills the process running STAGE once (the first
 # time, creating MARKER); "STAGE:*" kills it every time.
@@ -113,9 +113,8 @@ class RayEngine:
             on_done(t, out, seconds)
         if failed:
             t, e = failed
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise AuditError(f"stage {t.name} failed on Ray after {self.max_retries} retries: "
-                             f"{type(e).__name__}: {first}") from e
+                             f"{describe_error(e)}") from e
 
 
 def make_engine(name: str, threads: int, address: str | None):

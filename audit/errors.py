@@ -32,3 +32,9 @@ class AuditInputError(AuditError):
         if more > 0:
             lines.append(f"  ... and {more} more")
         return "\n".join(lines)
+
+
+def describe_error(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters) for a one-line problem."""
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

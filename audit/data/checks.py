@@ -12,12 +12,6 @@ import numpy as np
 from audit.errors import AuditInputError
 
 
-def describe_error(e: BaseException) -> str:
-    """``Type: first line of the message`` (at most 300 characters) for a one-line problem."""
-    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
 class DatasetError(AuditInputError):
     """Bad dataset input (exit code 2). With a single problem, the message is that problem, on one line."""
 

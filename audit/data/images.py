@@ -39,8 +39,8 @@ from typing import Sequence
 import numpy as np
 
 from audit.data.checks import Problems
-from audit.data.checks import describe_error as _describe
 from audit.data.limits import MAX_IMAGE_PIXELS
+from audit.errors import describe_error as _describe
 
 RULE_VERSION = 1
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})

@@ -35,12 +35,11 @@ from audit.data.checks import (
     check_class_list,
     check_classes,
     check_split_values,
-    describe_error,
 )
 from audit.data.images import ImageRef, decode_images
 from audit.data.limits import MAX_CLASSES, label_too_large
 from audit.data.registry import LoadOptions, register
-from audit.errors import AuditInputError
+from audit.errors import AuditInputError, describe_error
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -40,10 +40,10 @@ from audit.data.checks import (
     check_loaded,
     check_split_values,
 )
-from audit.data.checks import describe_error as _describe
 from audit.data.limits import DEFLATE_MAX_RATIO, MAX_CLASSES, image_pixel_cap
 from audit.data.registry import SOURCES, LoadOptions, register
 from audit.errors import AuditError, AuditInputError
+from audit.errors import describe_error as _describe
 
 __all__ = ["SOURCES", "LoadOptions", "load_dataset", "register"]
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from audit.data.base import TEST, TRAIN, AuditDataset
-from audit.data.checks import Problems, check_class_list, describe_error
+from audit.data.checks import Problems, check_class_list
 from audit.data.limits import MAX_PICKLE_BYTES
 from audit.data.registry import LoadOptions, register
-from audit.errors import AuditInputError
+from audit.errors import AuditInputError, describe_error
 
 MNIST_CLASSES = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four",
                  "5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine")
