@@ -40,8 +40,8 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_
     negatives would reward a signal for *missing* real noise (its canaries then meet less
     competition). ``canary_weight`` (one per canary, mean 1) makes canaries that look like the real
     noise count more (see :func:`canary_weights`). Signals in ``ineligible`` are scored and reported
-    but never chosen: the canaries
-    cannot judge them fairly (see :data:`audit.signals.table.TWIN_BIASED`). Returns
+    but never chosen: the canaries cannot judge them fairly (``canary_judged=False`` in
+    :mod:`audit.signals.registry`). Returns
     ``{"score": (N,) in [0, 1], "chosen": name, "members": [...], "canary": {name: metrics},
     "candidates": {name: metrics}, "candidate_members": {name: [...]}}`` (see :func:`candidates`).
     """
