@@ -204,7 +204,11 @@ def test_a_field_a_stage_does_not_read_cannot_invalidate_it():
             if keys[stage] != keys0[stage]:
                 changed_somewhere.add(f.name)
         if not OPTIONS[f.name].metadata["results"]:
-            assert keys == keys0, f.name  # threads, compile, download... never invalidate anything
+            assert keys == keys0, f.name  # compile, download... never invalidate anything
+    # the options that change speed or placement, not results, key no stage (the loop skips some of them)
+    for kw in ({"threads": 4}, {"device": "cuda"}, {"engine": "ray"}, {"ray_address": "auto"},
+               {"max_image_pixels": 10}):
+        assert _stage_keys(replace(base, **kw)) == keys0, kw
     # what each stage reads, spelled out for the options people change most
     def moved(**kw):
         k = _stage_keys(replace(base, **kw))
