@@ -65,3 +65,27 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
     # one epoch keeps per-example records (loss, margin, correctness: 9 bytes each, 1.6 MB at 200k);
     # everything else is per batch: the 141 MB more images must not show up
     assert large - small < 24, (small, large)
+
+
+def test_a_view_is_gathered_onto_an_accelerator_once_only_when_it_fits():
+    """On a CPU a view stays a view (read batch by batch); on an accelerator it is copied over once,
+    with the same pixels in the same order, when it fits in RESIDENT_SHARE of the free memory, and
+    stays a view when it does not. (``meta`` stands in for the accelerator: same code path, no GPU.)"""
+    import torch
+
+    from audit.rows import Rows
+    from audit.train.engine import RESIDENT_SHARE, _place_images
+
+    src = np.arange(6 * 2 * 3 * 3, dtype=np.uint8).reshape(6, 2, 3, 3)
+    rows = Rows.of(src, np.array([4, 0, 5]))
+    size = 3 * 2 * 3 * 3
+    assert _place_images(rows, torch.device("cpu")) is rows
+    big = _place_images(rows, torch.device("meta"), free_bytes=int(size / RESIDENT_SHARE) - 1)
+    assert big is rows
+    fits = _place_images(rows, torch.device("meta"), free_bytes=int(size / RESIDENT_SHARE))
+    assert isinstance(fits, torch.Tensor) and fits.device.type == "meta"
+    assert tuple(fits.shape) == (3, 2, 3, 3) and fits.dtype == torch.uint8
+    # the gather itself (before the copy) holds exactly rows 4, 0, 5
+    from audit.rows import take
+
+    assert np.array_equal(take(rows, slice(None)).numpy(), src[[4, 0, 5]])

@@ -237,13 +237,34 @@ def _setup(model, images, labels, spec: TrainSpec, device, compile: bool):
     model = model.to(device)
     if device.type == "cuda" and len(images.shape) == 4:
         model = model.to(memory_format=torch.channels_last)
-    if isinstance(images, torch.Tensor):  # in memory: moved to the device once
-        images = images.to(device)
-    labels = labels.to(device)  # anything else (a memmap, audit.rows.Rows) is read batch by batch
+    images = _place_images(images, device)
+    labels = labels.to(device)
     net = torch.compile(model) if compile else model  # same parameters; state_dicts stay un-prefixed
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
                           nesterov=True)
     return model, net, opt, images, labels
+
+
+# Share of the accelerator's free memory that a dataset gathered onto it once may take.
+RESIDENT_SHARE = 0.25
+
+
+def _place_images(images, device, free_bytes: int | None = None):
+    """Where training reads its batches from. A torch tensor moves to ``device`` once. A memmap or an
+    :class:`audit.rows.Rows` view stays where it lies and is read batch by batch on a CPU (memory stays
+    bounded); on an accelerator it is gathered onto the device once when its uint8 pixels fit in
+    ``RESIDENT_SHARE`` of the free device memory (``free_bytes``, measured when None), since a host
+    gather and copy per batch would starve the GPU. Batches hold the same pixels either way."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device)
+    if device.type == "cpu":
+        return images
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+    size = int(np.prod(images.shape)) * np.dtype(images.dtype).itemsize
+    if size > RESIDENT_SHARE * free_bytes:
+        return images
+    return take(images, slice(None)).to(device)
 
 
 def _bar_interval() -> float:
