@@ -47,8 +47,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from audit.config import config_from_dict, resolve_defaults
 from audit.data import TRAIN
+from audit.io import atomic_write_bytes
 from audit.pipeline import build_train_data, prepare_dataset, run_audit
 from audit.recipes import crossval_config
+from audit.reproduce.common import ci95
 from audit.signals.combine import candidates, rank01
 from audit.stages import crossval_stage
 
@@ -153,10 +155,8 @@ def summarize(df: pd.DataFrame, keys=("dataset", "kind", "rate")) -> pd.DataFram
         row = dict(zip(keys, key)) | {"seeds": len(g)}
         for col in g.columns.drop([*keys, "seed"], errors="ignore"):
             if pd.api.types.is_numeric_dtype(g[col]):
-                v = g[col].dropna().to_numpy(float)
-                row[col] = v.mean() if len(v) else np.nan
-                row[f"{col}_ci95"] = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) \
-                    if len(v) > 1 else np.nan
+                row[col], half = ci95(g[col])
+                row[f"{col}_ci95"] = half if g[col].notna().sum() > 1 else np.nan
             else:
                 row[col] = "|".join(map(str, g[col]))
         rows.append(row)
@@ -195,9 +195,7 @@ def run_one(args, extra: dict, work: Path, kind: str, rate: float, seed: int) ->
 def _write_csv(df: pd.DataFrame, path: str) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(p)
+    atomic_write_bytes(p, df.to_csv(index=False).encode())
 
 
 def main():

@@ -12,7 +12,15 @@ with the canaries, the canary weights, the number of rows excluded as probable n
   paired difference, 200 stratified resamples) of the best's, then the higher AUPRC;
 * ``auroc``: the highest canary AUROC instead of AUPRC;
 * ``exclude_x1.5`` / ``x2`` / ``x3``: the current rule with 1.5-3× as many consensus-top real rows left
-  out of the canaries' negatives.
+  out of the canaries' negatives;
+* ``self_exclude``: each candidate's canary AUPRC against the real rows minus *its own* top n (n = the
+  rows the product flags), not the consensus's: the consensus's leftovers are real noise that a
+  candidate better than the consensus ranks above the canaries, which the current rule charges it for;
+* ``recall_at_n``: the (weighted) share of canaries each candidate ranks above its own n-th real row,
+  i.e. the canaries' recall at the flagging cut-off (ties to the higher ``self_exclude`` AUPRC).
+
+``--cache DIR`` keeps each run's captured inputs as an ``.npz`` (arrays only, nothing pickled), so a
+rerun replays new rules without re-training.
 
 Regret = the best candidate's AUPRC on the injected noise − the chosen one's (as in
 ``benchmarks/detection.py``). Writes one row per run and prints the mean, max and count ≤ 0.01 per rule.
@@ -34,7 +42,7 @@ from audit.pipeline import run_audit
 from audit.signals import table
 from audit.signals.combine import candidates, choose_combination, rank01
 
-RULES = ("current", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3")
+RULES = ("current", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3", "self_exclude", "recall_at_n")
 
 
 def capture_run(cfg, out: Path) -> dict:
@@ -55,6 +63,40 @@ def capture_run(cfg, out: Path) -> dict:
     df = pd.read_parquet(out / "examples.parquet")
     seen["truth"] = df[(df.split == "train") & ~df.held_out_as_canary]["is_injected_noise"].to_numpy(bool)
     return seen
+
+
+def save_capture(c: dict, path: Path) -> None:
+    names = sorted(c["signals"])
+    arrays = {f"signal.{k}": np.asarray(c["signals"][k], np.float64) for k in names}
+    arrays.update(is_canary=c["is_canary"], n_exclude=np.int64(c["n_exclude"]), truth=c["truth"],
+                  ineligible=np.array(list(c["ineligible"]), dtype="U64"),
+                  canary_weight=np.asarray(c["canary_weight"] if c["canary_weight"] is not None else [], np.float64))
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_capture(path: Path) -> dict:
+    z = np.load(path, allow_pickle=False)
+    sig = {k.removeprefix("signal."): z[k] for k in z.files if k.startswith("signal.")}
+    cw = z["canary_weight"]
+    return {"signals": sig, "is_canary": z["is_canary"], "n_exclude": int(z["n_exclude"]), "truth": z["truth"],
+            "ineligible": tuple(str(x) for x in z["ineligible"]), "canary_weight": cw if len(cw) else None}
+
+
+def _self_excluded(cands: dict, isc: np.ndarray, w: np.ndarray, n: int) -> tuple[dict, dict]:
+    """Per candidate: canary AUPRC against the real rows minus its own top ``n``, and the weighted share
+    of canaries above its own n-th real row."""
+    real = np.flatnonzero(~isc)
+    ap, rec = {}, {}
+    for name, (_, s) in cands.items():
+        top = real[np.argsort(-s[real], kind="stable")[:n]]
+        use = np.ones(len(isc), bool)
+        use[top] = False
+        ap[name] = float(average_precision_score(isc[use], s[use], sample_weight=w[use]))
+        cut = s[top[-1]] if n > 0 else np.inf
+        rec[name] = float(np.sum(w[isc] * (s[isc] > cut)) / np.sum(w[isc]))
+    return ap, rec
 
 
 def _one_se(scores: dict, truth: np.ndarray, weight: np.ndarray, simplicity: dict, n_boot=200) -> str:
@@ -96,6 +138,10 @@ def replay(c: dict) -> dict:
     cands = candidates(ranks, order)
     chosen["one_se"] = _one_se({k: s[use] for k, (_, s) in cands.items()}, isc[use], w[use],
                                {k: len(m) for k, (m, _) in cands.items()})
+    simp = {k: len(m) for k, (m, _) in cands.items()}
+    se_ap, se_rec = _self_excluded(cands, isc, w, c["n_exclude"])
+    chosen["self_exclude"] = max(se_ap, key=lambda k: (round(se_ap[k], 3), -simp[k]))
+    chosen["recall_at_n"] = max(se_rec, key=lambda k: (round(se_rec[k], 3), round(se_ap[k], 3), -simp[k]))
     out = {}
     for mult in (1.5, 2, 3):
         alt = choose_combination(sig, isc, n_exclude=round(c["n_exclude"] * mult), ineligible=inel, canary_weight=cw)
@@ -115,7 +161,11 @@ def main():
     ap.add_argument("--rates", default="0.1,0.2,0.4")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cache", default=None, help="folder of captured runs (.npz): reused, never re-trained")
     args = ap.parse_args()
+    cache = Path(args.cache) if args.cache else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="selection-"))
     rows = []
     for kind in args.kinds.split(","):
@@ -123,8 +173,14 @@ def main():
             for seed in map(int, args.seeds.split(",")):
                 cfg = config_from_dict({"dataset": args.dataset, "noise": rate, "noise_kind": kind, "seed": seed})
                 out = work / f"{kind}-{rate}-{seed}"
-                rows.append({"dataset": args.dataset, "kind": kind, "rate": rate, "seed": seed,
-                             **replay(capture_run(cfg, out))})
+                hit = cache / f"{Path(args.dataset).name}-{kind}-{rate}-{seed}.npz" if cache else None
+                if hit is not None and hit.exists():
+                    cap = load_capture(hit)
+                else:
+                    cap = capture_run(cfg, out)
+                    if hit is not None:
+                        save_capture(cap, hit)
+                rows.append({"dataset": args.dataset, "kind": kind, "rate": rate, "seed": seed, **replay(cap)})
                 print(rows[-1], flush=True)
                 shutil.rmtree(out, ignore_errors=True)
     df = pd.DataFrame(rows)
