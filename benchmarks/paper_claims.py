@@ -4,7 +4,7 @@
 
 Sanyal et al. 2021 (Section 4, MNIST with 15% of labels flipped): the natural model fits the flipped
 labels (it interpolates), and the training points the PGD-AT model gets wrong are nearly all flipped
-(994 of 997). From ``RUN/examples.parquet`` (training rows, canaries already left out) this prints:
+(994 of 997). From ``RUN/examples.parquet`` (the training rows the models saw with their own label: canaries and their held-out sources left out) this prints:
 
 - ``natural_fits_flipped``: share of the flipped rows whose given (wrong) label the natural model predicts;
 - ``robust_wrong_flipped``: share of the training rows the robust model gets wrong that are flipped (the
@@ -29,9 +29,10 @@ import pyarrow.parquet as pq
 
 def claims(run: str | Path, model: str = "pgd") -> dict:
     run = Path(run)
-    cols = ["split", "is_injected_noise", "correct_natural", f"correct_{model}"]
+    cols = ["split", "held_out_as_canary", "is_injected_noise", "correct_natural", f"correct_{model}"]
     df = pq.read_table(run / "examples.parquet", columns=cols).to_pandas()
-    tr = df[df["split"] == "train"]
+    # the rows the models trained on with their own label (a canary's source row was left out of training)
+    tr = df[(df["split"] == "train") & ~df["held_out_as_canary"].astype(bool)]
     flipped = tr["is_injected_noise"].astype(bool)
     nat_ok, rob_ok = tr["correct_natural"].astype(bool), tr[f"correct_{model}"].astype(bool)
     wrong = ~rob_ok
@@ -49,8 +50,8 @@ def claims(run: str | Path, model: str = "pgd") -> dict:
     out["recipe"] = {k: cfg.get(k) for k in ("preset", "width", "epochs", "robust_epochs", "steps", "step_size",
                                              "eps", "eval_steps", "eval_restarts", "canary_rate", "threads")}
     out["metrics"] = {k: v for k, v in man.get("metrics", {}).items()
-                      if any(s in k for s in ("accuracy", "acc")) and isinstance(v, (int, float))}
-    out["stage_seconds"] = man.get("timings", man.get("stage_seconds", {}))
+                      if ("accuracy" in k or k.startswith("noise_") or k == "natural_fits_noise") and isinstance(v, (int, float))}
+    out["stage_seconds"] = {k: v.get("seconds") for k, v in man.get("stages", {}).items()}
     return out
 
 
