@@ -120,3 +120,45 @@ def test_equal_compute_baseline_at_one_repeat_is_the_runs_own_cleanlab(digits_ru
     assert eq["eq_repeats"] == 1
     assert eq["eq_cleanlab_auprc"] == average_precision_score(truth, tr["cleanlab_score"])
     assert (eq["eq_cleanlab_precision"], eq["eq_cleanlab_recall"]) == (p, r)
+
+
+def _benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_self_excluded_canary_metrics_by_hand():
+    """``benchmarks/selection_rules.py``: each candidate is judged against the real rows minus its own
+    top n, and by the share of canaries above its own n-th real row."""
+    is_canary = np.array([False] * 8 + [True] * 2)
+    a = np.array([10, 9, 1, 2, 3, 4, 5, 6, 8, 0.5])  # own top 2 real: rows 0, 1 (cut 9)
+    b = np.array([10, 1, 2, 3, 4, 5, 6, 7, 9.5, 9.8])  # own top 2 real: rows 0, 7 (cut 7)
+    cands = {"a": (["a"], a), "b": (["b"], b)}
+    ap, rec = _benchmark("selection_rules")._self_excluded(cands, is_canary, np.ones(10), 2)
+    # a: canaries 8 and 0.5 among real 1..6: ranks 1 and 8, AP = (1/1 + 2/8) / 2
+    assert np.isclose(ap["a"], 0.625) and rec["a"] == 0.0
+    assert np.isclose(ap["b"], 1.0) and rec["b"] == 1.0
+
+
+def test_paper_claims_agree_with_the_run(digits_run):
+    """``benchmarks/paper_claims.py`` on the shared digits run: its shares are the hand counts over the
+    trained rows and agree with the manifest's own ``natural_fits_noise``."""
+    import pandas as pd
+
+    run, manifest = digits_run
+    out = _benchmark("paper_claims").claims(run)
+    df = pd.read_parquet(run / "examples.parquet")
+    tr = df[(df.split == "train") & ~df.held_out_as_canary]
+    wrong, flipped = ~tr.correct_pgd.astype(bool), tr.is_injected_noise.astype(bool)
+    assert out["train_rows"] == len(tr) and out["flipped"] == int(flipped.sum())
+    assert out["robust_wrong"] == int(wrong.sum()) and out["robust_wrong_and_flipped"] == int((wrong & flipped).sum())
+    assert np.isclose(out["robust_wrong_flipped"], (wrong & flipped).sum() / wrong.sum(), atol=1e-4)
+    assert np.isclose(out["natural_fits_flipped"], manifest["metrics"]["natural_fits_noise"], atol=1e-4)
+    # the paper's effect, on the fast recipe: PGD-AT's training errors are mostly the flipped labels
+    assert out["robust_wrong_flipped"] > 5 * flipped.mean()
