@@ -136,9 +136,8 @@ def replay(c: dict) -> dict:
         w[isc] = cw
     order = [k for k in sorted(ranks, key=lambda k: -np.nan_to_num(combo["canary"][k]["auprc"], nan=-1)) if k not in inel]
     cands = candidates(ranks, order)
-    chosen["one_se"] = _one_se({k: s[use] for k, (_, s) in cands.items()}, isc[use], w[use],
-                               {k: len(m) for k, (m, _) in cands.items()})
     simp = {k: len(m) for k, (m, _) in cands.items()}
+    chosen["one_se"] = _one_se({k: s[use] for k, (_, s) in cands.items()}, isc[use], w[use], simp)
     se_ap, se_rec = _self_excluded(cands, isc, w, c["n_exclude"])
     chosen["self_exclude"] = max(se_ap, key=lambda k: (round(se_ap[k], 3), -simp[k]))
     chosen["recall_at_n"] = max(se_rec, key=lambda k: (round(se_rec[k], 3), round(se_ap[k], 3), -simp[k]))

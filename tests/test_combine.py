@@ -68,12 +68,13 @@ def test_candidates_are_singles_and_mean_ranks_of_the_best_by_canary():
     assert set(out["candidates"]) == set(out["candidate_members"])
 
 
-def _detection_benchmark():
+def _benchmark(name: str):
+    """``benchmarks/NAME.py`` as a module (the benchmarks are scripts, not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "detection.py"
-    spec = importlib.util.spec_from_file_location("detection_benchmark", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -90,12 +91,12 @@ def test_judge_reports_canary_real_agreement_and_regret():
     })
     sel = {"canary_scores": {"a": {"auprc": 0.9}, "b": {"auprc": 0.5}, "c": {"auprc": 0.7}}, "chosen": "c",
            "candidate_members": {"a": ["a"], "b": ["b"], "c": ["c"]}}
-    out = _detection_benchmark().judge(train, sel)
+    out = _benchmark("detection").judge(train, sel)
     assert np.isclose(out["real_auprc_b"], 0.6) and np.isclose(out["real_auprc_c"], 0.35)
     assert np.isclose(out["judge_spearman"], 0.5)  # canary ranks (3, 1, 2) against real ranks (3, 2, 1)
     assert out["best_candidate"] == "a" and np.isclose(out["regret"], 1 - 0.35)
     del sel["candidate_members"]  # an older manifest: candidates rebuilt from the canary order a, c, b
-    again = _detection_benchmark().judge(train, sel)
+    again = _benchmark("detection").judge(train, sel)
     assert np.isclose(again["regret"], 1 - 0.35) and again["best_real_auprc"] == 1.0
 
 
@@ -110,7 +111,7 @@ def test_equal_compute_baseline_at_one_repeat_is_the_runs_own_cleanlab(digits_ru
     from audit.config import config_from_dict
 
     out, man = digits_run
-    bench = _detection_benchmark()
+    bench = _benchmark("detection")
     cfg = config_from_dict(json.loads((out / "manifest.json").read_text())["config"])
     eq = bench.equal_compute(cfg, out, man["stages"]["crossval"]["seconds"], "repeats")
     ex = pd.read_parquet(out / "examples.parquet")
@@ -120,17 +121,6 @@ def test_equal_compute_baseline_at_one_repeat_is_the_runs_own_cleanlab(digits_ru
     assert eq["eq_repeats"] == 1
     assert eq["eq_cleanlab_auprc"] == average_precision_score(truth, tr["cleanlab_score"])
     assert (eq["eq_cleanlab_precision"], eq["eq_cleanlab_recall"]) == (p, r)
-
-
-def _benchmark(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_self_excluded_canary_metrics_by_hand():
@@ -160,5 +150,7 @@ def test_paper_claims_agree_with_the_run(digits_run):
     assert out["robust_wrong"] == int(wrong.sum()) and out["robust_wrong_and_flipped"] == int((wrong & flipped).sum())
     assert np.isclose(out["robust_wrong_flipped"], (wrong & flipped).sum() / wrong.sum(), atol=1e-4)
     assert np.isclose(out["natural_fits_flipped"], manifest["metrics"]["natural_fits_noise"], atol=1e-4)
+    per_epoch = np.load(run / "dynamics.npz")["correct_pgd"].mean(1)
+    assert np.allclose(out["robust_train_accuracy_by_epoch"], per_epoch, atol=5e-4) and len(per_epoch) > 1
     # the paper's effect, on the fast recipe: PGD-AT's training errors are mostly the flipped labels
     assert out["robust_wrong_flipped"] > 5 * flipped.mean()
