@@ -8,6 +8,7 @@ All attacks work on float images in [0, 1]; ``eps`` and ``step_size`` are in tho
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,21 @@ def _step(grad: torch.Tensor, step: float, norm: str) -> torch.Tensor:
     g = grad.flatten(1)
     g = g / g.norm(dim=1).clamp_min(1e-12)[:, None]
     return step * g.view_as(grad)
+
+
+@contextmanager
+def _varying_shapes():
+    """cuDNN autotuning off while batches shrink: with ``cudnn.benchmark`` on (``audit.device`` sets it
+    for training's fixed batch shape), every new batch size is timed afresh, and an attack whose batch
+    loses its broken examples at each step met a new size at almost every step (on an H200 that made
+    the paper preset's evaluation several times slower than its training). CPU results are unchanged;
+    on a GPU only cuDNN's choice of algorithm differs."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 class Attack(ABC):
@@ -108,7 +124,7 @@ class PGD(Attack):
         out = torch.full((x.shape[0],), self.steps + 1, dtype=torch.long, device=x.device)
         active = torch.arange(x.shape[0], device=x.device)
         delta = (x + delta).clamp(0, 1) - x
-        with torch.enable_grad():
+        with torch.enable_grad(), _varying_shapes():
             for t in range(self.steps + 1):
                 delta.requires_grad_(True)
                 logits = model(x + delta)
@@ -230,7 +246,7 @@ class APGDEnsemble(Attack):
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
         """Adversarial examples: ``x`` where no attack succeeded; updates ``hit`` in place."""
         x_adv = x.clone()
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), _varying_shapes():
             for att in self._apgd(model):
                 active = torch.nonzero(~hit).flatten()
                 if not len(active):
