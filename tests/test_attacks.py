@@ -121,3 +121,36 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_pgd_training_survives_it(digits_m
     assert torch.equal(rng, torch.get_rng_state())  # torchattacks' reseeding does not leak
     assert acc["natural"][1] < 0.45 < 0.55 < acc["pgd"][1]  # PGD training stays robust under APGD
     assert acc["natural"][1] < acc["natural"][0] and acc["pgd"][1] < acc["pgd"][0]  # APGD finds what PGD missed
+
+
+def test_shrinking_attack_batches_run_without_cudnn_autotuning_and_restore_it():
+    """The flip-time loop drops broken examples at each step, so its batch size changes every step;
+    cuDNN autotuning (on for training on a GPU) would re-time each new size. It is off inside the loop
+    and back to what it was afterwards, also when the model raises."""
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self, fail=False):
+            super().__init__()
+            self.net, self.fail = _model(), fail
+
+        def forward(self, x):
+            seen.append((len(x), torch.backends.cudnn.benchmark))
+            if self.fail:
+                raise RuntimeError("boom")
+            return self.net(x)
+
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 4, 4), torch.randint(0, 3, (64,))
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True
+        PGD(eps=0.5, step_size=0.1, steps=10).steps_to_flip(Spy(), x, y)
+        assert len({n for n, _ in seen}) > 2  # the batch did shrink
+        assert not any(flag for _, flag in seen)
+        assert torch.backends.cudnn.benchmark is True
+        with pytest.raises(RuntimeError):
+            PGD(eps=0.5, step_size=0.1, steps=10).fooled(Spy(fail=True), x, y)
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
