@@ -21,6 +21,7 @@ class DataConfig:
 
     canary_rate: float
     seed: int
+    canary_labels: str = "uniform"
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def apgd_config(cfg: RunConfig) -> ApgdConfig:
 
 
 def data_config(cfg: RunConfig) -> DataConfig:
-    return DataConfig(canary_rate=cfg.canary_rate, seed=cfg.seed)
+    return DataConfig(canary_rate=cfg.canary_rate, seed=cfg.seed, canary_labels=cfg.canary_labels)
 
 
 def crossval_config(cfg: RunConfig) -> CrossValConfig:
