@@ -229,16 +229,16 @@ def test_no_training_image_augments_into_a_canary(digits):
     assert not any(c.tobytes() in seen for c in cs.images[cs.is_canary])
 
 
-def test_cv_groups_are_never_split_across_folds():
+def test_folds_hold_each_row_out_once_per_repeat_stratified():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 200)
-    groups = np.r_[np.arange(180), rng.integers(0, 180, 20)]  # 20 rows share a group with an earlier row
-    masks = fold_masks(labels, folds=4, repeats=2, seed=0, groups=groups)
+    masks = fold_masks(labels, folds=4, repeats=2, seed=0)
     assert masks.shape == (8, 200)
-    for g in np.unique(groups):
-        rows = masks[:, groups == g]
-        assert (rows == rows[:, :1]).all()  # in or out together, in every model
     assert ((~masks).sum(0) == 2).all()  # each row held out once per repeat
+    for m in masks:  # stratified: every class's held-out share within one row of a quarter
+        for c in range(4):
+            assert abs((~m & (labels == c)).sum() - (labels == c).sum() / 4) <= 1
+    assert not np.array_equal(masks[0], masks[4])  # the repeat draws new folds
 
 
 def test_subset_models_make_the_standard_errors_finite_and_leave_the_folds_alone():

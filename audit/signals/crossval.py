@@ -15,12 +15,7 @@ import sys
 
 import numpy as np
 import torch
-from sklearn.model_selection import (
-    GroupKFold,
-    KFold,
-    StratifiedGroupKFold,
-    StratifiedKFold,
-)
+from sklearn.model_selection import KFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from audit.rows import subset
@@ -30,24 +25,18 @@ from audit.train.evaluate import infer
 from audit.train.models import build_model
 
 
-def fold_masks(labels: np.ndarray, folds: int, repeats: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+def fold_masks(labels: np.ndarray, folds: int, repeats: int, seed: int) -> np.ndarray:
     """Membership of each fold model's training set: bool (repeats × folds, N); True = trained on.
-
-    ``groups`` (N,) keeps rows of one group in the same fold: held out together, trained on together
-    (for near-duplicates; canaries need none, see :mod:`audit.signals.canaries`)."""
+    Stratified by label where every class has at least ``folds`` rows. (Canaries need no grouping with
+    their sources: the sources leave training, see :mod:`audit.signals.canaries`.)"""
     n = len(labels)
     masks = []
     for r in range(repeats):
         counts = np.bincount(labels)
         stratify = counts[counts > 0].min() >= folds
         rs = seed + 1000 * r
-        if groups is not None:
-            splitter = (StratifiedGroupKFold if stratify else GroupKFold)(n_splits=folds, shuffle=True, random_state=rs)
-            splits = splitter.split(np.zeros(n), labels, groups)
-        else:
-            splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=rs)
-            splits = splitter.split(np.zeros(n), labels if stratify else None)
-        for tr, _ in splits:
+        splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=rs)
+        for tr, _ in splitter.split(np.zeros(n), labels if stratify else None):
             m = np.zeros(n, bool)
             m[tr] = True
             masks.append(m)
