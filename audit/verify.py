@@ -68,12 +68,9 @@ def _bad(run_dir: Path, why: str) -> AuditInputError:
     return AuditInputError(f"{run_dir}: {why}")
 
 
-def read_run(run_dir: str | Path) -> tuple[dict, RunConfig, pd.DataFrame]:
-    """manifest.json, its resolved config, examples.parquet, through the checked run-directory reader
-    (:class:`audit.rundir.RunDir`); one-line errors (exit 2) on a bad directory."""
-    from audit.rundir import RunDir
-
-    run = RunDir(run_dir)
+def read_run(run) -> tuple[dict, RunConfig, pd.DataFrame]:
+    """manifest.json, its resolved config, examples.parquet of an opened :class:`audit.rundir.RunDir`
+    (the checked run-directory reader); one-line errors (exit 2) on a bad directory."""
     examples = run.examples()
     missing = [c for c in NEEDED_COLUMNS if c not in examples.columns]
     if missing:
@@ -88,8 +85,9 @@ def load_run_data(run_dir: str | Path) -> RunData:
     from audit.rundir import RunDir
 
     run_dir = Path(run_dir)
-    manifest, cfg, examples = read_run(run_dir)
-    ds = RunDir(run_dir).dataset()
+    run = RunDir(run_dir)
+    manifest, cfg, examples = read_run(run)
+    ds = run.dataset()
     tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
     train = examples.set_index("example_id").loc[ds.example_ids[tr].astype(str)].reset_index()
     return RunData(run_dir, cfg, manifest, train, torch.from_numpy(np.asarray(ds.images[tr])),
