@@ -156,9 +156,6 @@ class RunConfig:
     pairs_per_test: int = opt(5, "training images kept per test error in pairs.parquet", lo=1, hi=1000)
     canary_rate: float = opt(0.03, "share of planted mislabelled copies that judge the signals", lo=0, hi=0.5,
                              hi_open=True)
-    canary_labels: str = opt("uniform", "the canaries' wrong labels: uniform = any other class; matched = drawn "
-                             "from this dataset's own error structure, estimated from nearest neighbours in "
-                             "pixel space before training", choices=("uniform", "matched"))
     tracin_checkpoints: int = opt(4, "checkpoints of the natural model that TracIn sums over", lo=1, hi=1000)
     compile: bool = opt(False, "torch.compile the training forward (GPU, long runs)", results=False)
 

@@ -90,8 +90,7 @@ def build_train_data(ds: AuditDataset, cfg: RunConfig) -> tuple[TrainData, Canar
     images are copied."""
     tr, te = ds.split_indices(TRAIN), ds.split_indices(TEST)
     dc = data_config(cfg)
-    cs = plant_canaries(Rows.of(ds.images, tr), ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed,
-                        labels_from=dc.canary_labels)
+    cs = plant_canaries(Rows.of(ds.images, tr), ds.labels[tr], ds.num_classes, dc.canary_rate, dc.seed)
     data = TrainData(
         train_images=cs.images, train_labels=cs.labels,
         test_images=Rows.of(ds.images, te), test_labels=ds.labels[te].astype(np.int64),

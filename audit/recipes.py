@@ -21,7 +21,6 @@ class DataConfig:
 
     canary_rate: float
     seed: int
-    canary_labels: str = "uniform"
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ def apgd_config(cfg: RunConfig) -> ApgdConfig:
 
 
 def data_config(cfg: RunConfig) -> DataConfig:
-    return DataConfig(canary_rate=cfg.canary_rate, seed=cfg.seed, canary_labels=cfg.canary_labels)
+    return DataConfig(canary_rate=cfg.canary_rate, seed=cfg.seed)
 
 
 def crossval_config(cfg: RunConfig) -> CrossValConfig:

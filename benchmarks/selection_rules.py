@@ -1,8 +1,7 @@
 """Alternative rules for choosing ``issue_score`` by the canaries, scored by their regret on the real noise.
 
     python benchmarks/selection_rules.py [--dataset digits] [--kinds symmetric,pair,confusion]
-        [--rates 0.1,0.2,0.4] [--seeds 0] [--set canary_labels=matched ...]
-        [--out benchmarks/results/selection_rules_dev.csv]
+        [--rates 0.1,0.2,0.4] [--seeds 0] [--out benchmarks/results/selection_rules_dev.csv]
 
 Runs one audit per setting and seed, keeps the selector's inputs (every signal over the training rows
 with the canaries, the canary weights, the number of rows excluded as probable noise) and replays
@@ -162,13 +161,7 @@ def main():
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cache", default=None, help="folder of captured runs (.npz): reused, never re-trained")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a run option for every setting (RunConfig field), e.g. canary_labels=matched")
     args = ap.parse_args()
-    from detection import _parse_sets  # benchmarks/ is on sys.path when a script there runs
-
-    extra = _parse_sets(args.set)
-    tag = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
     cache = Path(args.cache) if args.cache else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
@@ -177,17 +170,16 @@ def main():
     for kind in args.kinds.split(","):
         for rate in map(float, args.rates.split(",")):
             for seed in map(int, args.seeds.split(",")):
-                cfg = config_from_dict({"dataset": args.dataset, "noise": rate, "noise_kind": kind, "seed": seed,
-                                        **extra})
+                cfg = config_from_dict({"dataset": args.dataset, "noise": rate, "noise_kind": kind, "seed": seed})
                 out = work / f"{kind}-{rate}-{seed}"
-                hit = cache / f"{Path(args.dataset).name}-{kind}-{rate}-{seed}{tag}.npz" if cache else None
+                hit = cache / f"{Path(args.dataset).name}-{kind}-{rate}-{seed}.npz" if cache else None
                 if hit is not None and hit.exists():
                     cap = load_capture(hit)
                 else:
                     cap = capture_run(cfg, out)
                     if hit is not None:
                         save_capture(cap, hit)
-                rows.append({"dataset": args.dataset, "kind": kind, "rate": rate, "seed": seed, **extra, **replay(cap)})
+                rows.append({"dataset": args.dataset, "kind": kind, "rate": rate, "seed": seed, **replay(cap)})
                 print(rows[-1], flush=True)
                 shutil.rmtree(out, ignore_errors=True)
     df = pd.DataFrame(rows)

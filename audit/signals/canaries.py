@@ -7,12 +7,6 @@ correctly labelled twin), and no model can recover its true label from a copy of
 whatever its augmentation (shifts, flips) does. Images that occur more than once in the training set
 are never made canaries (their duplicate would be such a twin).
 
-Which wrong label: ``uniform`` draws it uniformly from the other classes; ``matched`` draws it from an
-estimate of this dataset's own noise, made before any model trains (:func:`estimate_flips`: cleanlab's
-confident joint from leave-one-out nearest neighbours in pixel space), so that canaries are flipped the
-way the real errors are (a class confused with one other, say) and judge the signals on that kind of
-error.
-
 The price: the canaries' own given labels are not audited in this run (only their out-of-sample
 predictions, from the cross-validation folds that held them out, are about them). A rerun with another
 seed draws other canaries.
@@ -40,59 +34,16 @@ def _unique_image_rows(images: np.ndarray) -> np.ndarray:
     return np.flatnonzero(counts[inverse.ravel()] == 1)
 
 
-CANARY_LABELS = ("uniform", "matched")
-
-
-def estimate_flips(images, labels: np.ndarray, num_classes: int, seed: int, max_rows: int = 10000,
-                   k: int = 10, prior: float = 1.0) -> np.ndarray:
-    """How label errors in this dataset move between classes, estimated before any model trains.
-
-    Returns F (K, K): ``F[j, i]`` = P(given label i | true class j, the label is wrong); zero diagonal,
-    rows sum to 1. Out-of-sample class probabilities come from the ``k`` nearest other images in pixel
-    space (cosine, on at most ``max_rows`` rows drawn with ``seed``), cleanlab's confident joint turns
-    them into counts of (given, true) pairs, and ``prior`` pseudo-counts per off-diagonal cell keep a
-    class with no evidence of errors at uniform. A model-free estimate on purpose: no network has
-    trained yet, and the signals being judged must not grade their own canaries."""
-    from cleanlab.count import compute_confident_joint
-
-    from audit.neighbors import knn
-
-    labels = np.asarray(labels, np.int64)
-    n, kk = len(labels), num_classes
-    flips = np.full((kk, kk), prior)
-    if n > 2 * kk and n > k + 1:
-        rng = np.random.default_rng(seed + 7)
-        sub = np.sort(rng.choice(n, min(n, max_rows), replace=False))
-        x = np.asarray(images[sub], dtype=np.float32).reshape(len(sub), -1) / 255.0
-        x -= x.mean(0)  # cosine on centred pixels: blank borders make every pair of images look alike
-        _, idx = knn(x, x, k + 1)
-        y = labels[sub]
-        votes = np.zeros((len(sub), kk))
-        for col in range(k + 1):
-            other = idx[:, col] != np.arange(len(sub))  # leave each image out of its own vote
-            np.add.at(votes, (np.flatnonzero(other), y[idx[other, col]]), 1.0)
-        probs = (votes + 1.0 / kk) / (votes.sum(1, keepdims=True) + 1.0)
-        present = np.bincount(y, minlength=kk) > 0
-        if present.all():  # cleanlab needs every class among the given labels
-            flips += compute_confident_joint(y, probs).T  # [given, true] -> [true, given]
-    np.fill_diagonal(flips, 0.0)
-    return flips / flips.sum(1, keepdims=True)
-
-
-def make_canaries(images: np.ndarray, labels: np.ndarray, num_classes: int, rate: float, seed: int,
-                  flips: np.ndarray | None = None):
-    """images uint8 (N, C, H, W), labels (N,) -> (canary images (M, C, H, W), labels (M,), source rows (M,),
-    proposal (M,)).
+def make_canaries(images: np.ndarray, labels: np.ndarray, num_classes: int, rate: float, seed: int):
+    """images uint8 (N, C, H, W), labels (N,) -> (canary images (M, C, H, W), labels (M,), source rows (M,)).
 
     M = round(rate × N), at least 10 when rate > 0 (never more than N // 4 nor the number of images
-    that occur once). Each canary image is an exact copy of ``images[source]`` with a label other than
-    ``labels[source]``: uniformly drawn, or drawn from row ``labels[source]`` of ``flips``
-    (:func:`estimate_flips`). ``proposal`` is the probability with which each canary's label was drawn.
-    The caller must take the source rows out of the training set (:func:`plant_canaries` does), else
-    each canary has its correctly labelled original as a twin.
+    that occur once). Each canary image is an exact copy of ``images[source]`` with a uniformly drawn
+    label other than ``labels[source]``. The caller must take the source rows out of the training
+    set (:func:`plant_canaries` does), else each canary has its correctly labelled original as a twin.
     """
     n = len(labels)
-    none = images[:0].copy(), labels[:0].copy(), np.zeros(0, np.int64), np.zeros(0)
+    none = images[:0].copy(), labels[:0].copy(), np.zeros(0, np.int64)
     if rate <= 0 or n < 20 or num_classes < 2:
         return none
     pool = _unique_image_rows(images)
@@ -101,14 +52,8 @@ def make_canaries(images: np.ndarray, labels: np.ndarray, num_classes: int, rate
         return none
     rng = np.random.default_rng(seed + 99991)
     src = np.sort(rng.choice(pool, size=m, replace=False))
-    if flips is None:
-        new = (labels[src] + rng.integers(1, num_classes, size=m)) % num_classes
-        proposal = np.full(m, 1.0 / (num_classes - 1))
-    else:
-        cdf = np.cumsum(flips[labels[src]], axis=1)
-        new = np.minimum((rng.random(m)[:, None] * cdf[:, -1:] >= cdf).sum(1), num_classes - 1)
-        proposal = flips[labels[src], new]
-    return np.asarray(images[src]).copy(), new.astype(np.int64), src.astype(np.int64), proposal
+    new = (labels[src] + rng.integers(1, num_classes, size=m)) % num_classes
+    return np.asarray(images[src]).copy(), new.astype(np.int64), src.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -118,8 +63,7 @@ class CanarySet:
     ``images`` (N, C, H, W) and ``labels`` (N,) with N = len(real_rows) + len(source); ``is_canary``
     (N,) is True on the last M rows; ``real_rows`` and ``source`` index the rows passed in (the
     outputs describe ``real_rows``; ``source`` rows are the canaries); ``clean_labels`` (M,) are the
-    canaries' labels before the flip and ``proposal`` (M,) the probability each flip was drawn with
-    (both for :func:`audit.signals.combine.canary_weights`).
+    canaries' labels before the flip (for :func:`audit.signals.combine.canary_weights`).
     """
 
     images: Rows  # a view of the rows that stay, then the canaries' copied images
@@ -128,24 +72,18 @@ class CanarySet:
     real_rows: np.ndarray
     source: np.ndarray
     clean_labels: np.ndarray
-    proposal: np.ndarray
 
 
-def plant_canaries(images, labels: np.ndarray, num_classes: int, rate: float, seed: int,
-                   labels_from: str = "uniform") -> CanarySet:
+def plant_canaries(images, labels: np.ndarray, num_classes: int, rate: float, seed: int) -> CanarySet:
     """The canaries of :func:`make_canaries` in place of their sources: no row of the result is a
     correctly labelled copy of a canary, so cross-validation needs no grouping. ``images`` is an array,
     a memmap or a :class:`audit.rows.Rows`; the result's images are a view (only the canaries' images
-    are copied). ``labels_from``: ``uniform`` or ``matched`` wrong labels (module docstring)."""
-    if labels_from not in CANARY_LABELS:
-        raise ValueError(f"unknown canary labels {labels_from!r} (known: {', '.join(CANARY_LABELS)})")
-    flips = estimate_flips(images, labels, num_classes, seed) if labels_from == "matched" and rate > 0 else None
-    c_img, c_lab, src, proposal = make_canaries(images, labels, num_classes, rate, seed, flips)
+    are copied)."""
+    c_img, c_lab, src = make_canaries(images, labels, num_classes, rate, seed)
     keep = np.setdiff1d(np.arange(len(labels)), src)
     base = images if isinstance(images, Rows) else Rows.of(images)
     return CanarySet(
         images=base.subset(keep).concat(Rows.of(c_img)),
         labels=np.concatenate([np.asarray(labels)[keep], c_lab]).astype(np.int64),
         is_canary=np.r_[np.zeros(len(keep), bool), np.ones(len(src), bool)],
-        real_rows=keep.astype(np.int64), source=src, clean_labels=np.asarray(labels)[src].astype(np.int64),
-        proposal=proposal)
+        real_rows=keep.astype(np.int64), source=src, clean_labels=np.asarray(labels)[src].astype(np.int64))

@@ -81,8 +81,7 @@ def candidates(ranks: dict[str, np.ndarray], order: list[str]) -> dict[str, tupl
     return out
 
 
-def canary_weights(noise_joint: np.ndarray, given: np.ndarray, source: np.ndarray, floor: float = 0.25,
-                   proposal: np.ndarray | None = None) -> np.ndarray:
+def canary_weights(noise_joint: np.ndarray, given: np.ndarray, source: np.ndarray, floor: float = 0.25) -> np.ndarray:
     """Weights (mean 1) that make the canaries look like the real noise.
 
     Canaries get uniformly random wrong labels, but real noise is often structured (a class confused
@@ -91,17 +90,12 @@ def canary_weights(noise_joint: np.ndarray, given: np.ndarray, source: np.ndarra
     (0.60). ``noise_joint`` is cleanlab's estimate of P(given label = i, true label = j) on the real
     rows; a canary relabelled from class ``source`` to ``given`` is weighted by that transition's share
     of the estimated noise, plus ``floor`` × the average so that no canary drops out entirely.
-    ``proposal`` (per canary): the probability its wrong label was drawn with, when not uniform
-    (``--canary-labels matched``); the share is divided by it (importance weights), so canaries drawn
-    already in proportion to the estimated noise weigh about the same.
     """
     off = np.asarray(noise_joint, np.float64).copy()
     np.fill_diagonal(off, 0.0)
     if off.sum() <= 0 or len(given) == 0:
         return np.ones(len(given))
     raw = off[given, source]
-    if proposal is not None:
-        raw = raw / np.maximum(np.asarray(proposal, np.float64), 1e-12)
     raw = raw / max(raw.mean(), 1e-12)
     w = raw + floor
     return w / w.mean()

@@ -160,7 +160,7 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
     n_issues = n_label_issues(y[real], cv["oos_probs"][real], [trained[m]["train_logits"][real].argmax(1) for m in robust])
     k, n_tr = run.ds.num_classes, int(real.sum())
     joint = estimate_joint(y[real], cv["oos_probs"][real]) if n_tr > k else np.ones((k, k))
-    c_w = canary_weights(joint, y[run.is_canary], run.canaries.clean_labels, proposal=run.canaries.proposal)
+    c_w = canary_weights(joint, y[run.is_canary], run.canaries.clean_labels)
     combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=not_judged, canary_weight=c_w)
     score = rank01(combo["score"][real])
     flags = np.zeros(n_tr, bool)
