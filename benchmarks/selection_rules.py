@@ -1,7 +1,8 @@
 """Alternative rules for choosing ``issue_score`` by the canaries, scored by their regret on the real noise.
 
     python benchmarks/selection_rules.py [--dataset digits] [--kinds symmetric,pair,confusion]
-        [--rates 0.1,0.2,0.4] [--seeds 0] [--out benchmarks/results/selection_rules_dev.csv]
+        [--rates 0.1,0.2,0.4] [--seeds 0] [--set canary_rate=0.05 ...]
+        [--out benchmarks/results/selection_rules_dev.csv]
 
 Runs one audit per setting and seed, keeps the selector's inputs (every signal over the training rows
 with the canaries, the canary weights, the number of rows excluded as probable noise) and replays
@@ -20,7 +21,8 @@ with the canaries, the canary weights, the number of rows excluded as probable n
   i.e. the canaries' recall at the flagging cut-off (ties to the higher ``self_exclude`` AUPRC).
 
 ``--cache DIR`` keeps each run's captured inputs as an ``.npz`` (arrays only, nothing pickled), so a
-rerun replays new rules without re-training.
+rerun replays new rules without re-training. ``--explain FILE.npz`` prints one captured run's candidates:
+canary AUPRC as the selector scores it, canary AUPRC against all real rows, and AUPRC on the real noise.
 
 Regret = the best candidate's AUPRC on the injected noise − the chosen one's (as in
 ``benchmarks/detection.py``). Writes one row per run and prints the mean, max and count ≤ 0.01 per rule.
@@ -153,6 +155,25 @@ def replay(c: dict) -> dict:
     return out
 
 
+def explain(path: Path) -> pd.DataFrame:
+    """One captured run's candidates: what the selector saw and what the real noise says."""
+    c = load_capture(path)
+    sig, isc = c["signals"], c["is_canary"]
+    combo = choose_combination(sig, isc, n_exclude=c["n_exclude"], ineligible=c["ineligible"],
+                               canary_weight=c["canary_weight"])
+    ranks = {k: rank01(v) for k, v in sig.items()}
+    rows = []
+    for name, members in combo["candidate_members"].items():
+        s = np.mean([ranks[k] for k in members], axis=0)
+        rows.append({"candidate": name, "canary_auprc": combo["candidates"][name]["auprc"],
+                     "canary_auprc_all_real": average_precision_score(isc, s),
+                     "real_auprc": average_precision_score(c["truth"], s[~isc]),
+                     "chosen": name == combo["chosen"], "members": "+".join(members)})
+    print(f"{path.name}: {int(isc.sum())} canaries, {int(c['truth'].sum())} real flips of {int((~isc).sum())} "
+          f"rows, {c['n_exclude']} excluded")
+    return pd.DataFrame(rows)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="digits")
@@ -161,7 +182,17 @@ def main():
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cache", default=None, help="folder of captured runs (.npz): reused, never re-trained")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a run option for every setting (RunConfig field), e.g. canary_rate=0.05")
+    ap.add_argument("--explain", default=None, metavar="FILE.npz", help="print one captured run's candidates")
     args = ap.parse_args()
+    if args.explain:
+        print(explain(Path(args.explain)).round(3).to_string(index=False))
+        return
+    from detection import _parse_sets  # benchmarks/ is on sys.path when a script there runs
+
+    extra = _parse_sets(args.set)
+    tag = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
     cache = Path(args.cache) if args.cache else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
@@ -170,16 +201,17 @@ def main():
     for kind in args.kinds.split(","):
         for rate in map(float, args.rates.split(",")):
             for seed in map(int, args.seeds.split(",")):
-                cfg = config_from_dict({"dataset": args.dataset, "noise": rate, "noise_kind": kind, "seed": seed})
+                cfg = config_from_dict({"dataset": args.dataset, "noise": rate, "noise_kind": kind, "seed": seed,
+                                        **extra})
                 out = work / f"{kind}-{rate}-{seed}"
-                hit = cache / f"{Path(args.dataset).name}-{kind}-{rate}-{seed}.npz" if cache else None
+                hit = cache / f"{Path(args.dataset).name}-{kind}-{rate}-{seed}{tag}.npz" if cache else None
                 if hit is not None and hit.exists():
                     cap = load_capture(hit)
                 else:
                     cap = capture_run(cfg, out)
                     if hit is not None:
                         save_capture(cap, hit)
-                rows.append({"dataset": args.dataset, "kind": kind, "rate": rate, "seed": seed, **replay(cap)})
+                rows.append({"dataset": args.dataset, "kind": kind, "rate": rate, "seed": seed, **extra, **replay(cap)})
                 print(rows[-1], flush=True)
                 shutil.rmtree(out, ignore_errors=True)
     df = pd.DataFrame(rows)

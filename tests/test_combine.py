@@ -136,6 +136,30 @@ def test_self_excluded_canary_metrics_by_hand():
     assert np.isclose(ap["b"], 1.0) and rec["b"] == 1.0
 
 
+def test_selection_rules_capture_round_trips_and_explains(tmp_path):
+    """A captured run saved as arrays loads back equal, and ``--explain`` reports each candidate's
+    canary AUPRC as the selector scored it next to its AUPRC on the real noise."""
+    from sklearn.metrics import average_precision_score
+
+    sr = _benchmark("selection_rules")
+    rng = np.random.default_rng(0)
+    n, m = 200, 20
+    is_canary = np.r_[np.zeros(n, bool), np.ones(m, bool)]
+    truth = rng.random(n) < 0.2
+    bad = np.r_[truth, np.ones(m, bool)]
+    sig = {"good": bad + rng.normal(0, 0.3, n + m), "weak": bad + rng.normal(0, 2.0, n + m)}
+    cap = {"signals": sig, "is_canary": is_canary, "n_exclude": 30, "ineligible": (), "canary_weight": None,
+           "truth": truth}
+    sr.save_capture(cap, tmp_path / "run.npz")
+    back = sr.load_capture(tmp_path / "run.npz")
+    assert back["n_exclude"] == 30 and back["canary_weight"] is None and np.array_equal(back["truth"], truth)
+    assert all(np.array_equal(back["signals"][k], sig[k]) for k in sig)
+    df = sr.explain(tmp_path / "run.npz").set_index("candidate")
+    assert set(df.index) == {"good", "weak", "mean_top2"} and df["chosen"].sum() == 1
+    assert np.isclose(df.loc["good", "real_auprc"], average_precision_score(truth, sig["good"][:n]))
+    assert df.loc["good", "canary_auprc"] > df.loc["weak", "canary_auprc"]
+
+
 def test_paper_claims_agree_with_the_run(digits_run):
     """``benchmarks/paper_claims.py`` on the shared digits run: its shares are the hand counts over the
     trained rows and agree with the manifest's own ``natural_fits_noise``."""
