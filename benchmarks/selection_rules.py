@@ -18,7 +18,11 @@ with the canaries, the canary weights, the number of rows excluded as probable n
   rows the product flags), not the consensus's: the consensus's leftovers are real noise that a
   candidate better than the consensus ranks above the canaries, which the current rule charges it for;
 * ``recall_at_n``: the (weighted) share of canaries each candidate ranks above its own n-th real row,
-  i.e. the canaries' recall at the flagging cut-off (ties to the higher ``self_exclude`` AUPRC).
+  i.e. the canaries' recall at the flagging cut-off (ties to the higher ``self_exclude`` AUPRC);
+* ``soft_exclude``: each real row counts as a negative with weight 1 − (share of the candidates that put
+  it in their own top n): rows every candidate flags drop out (probably real noise), rows none flags
+  count fully, and a row only some flag counts partly, so no candidate is charged in full for real
+  noise that it finds and the others miss, nor let off its own false alarms.
 
 ``--cache DIR`` keeps each run's captured inputs as an ``.npz`` (arrays only, nothing pickled), so a
 rerun replays new rules without re-training. ``--explain FILE.npz`` prints one captured run's candidates:
@@ -44,7 +48,8 @@ from audit.pipeline import run_audit
 from audit.signals import table
 from audit.signals.combine import candidates, choose_combination, rank01
 
-RULES = ("current", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3", "self_exclude", "recall_at_n")
+RULES = ("current", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3", "self_exclude", "recall_at_n",
+         "soft_exclude")
 
 
 def capture_run(cfg, out: Path) -> dict:
@@ -101,6 +106,15 @@ def _self_excluded(cands: dict, isc: np.ndarray, w: np.ndarray, n: int) -> tuple
     return ap, rec
 
 
+def _soft_weights(cands: dict, isc: np.ndarray, n: int) -> np.ndarray:
+    """Per row: 1 − the share of candidates with the row in their own top ``n`` real rows (canaries: 1)."""
+    real = np.flatnonzero(~isc)
+    votes = np.zeros(len(isc))
+    for _, s in cands.values():
+        votes[real[np.argsort(-s[real], kind="stable")[:n]]] += 1
+    return np.where(isc, 1.0, 1.0 - votes / max(1, len(cands)))
+
+
 def _one_se(scores: dict, truth: np.ndarray, weight: np.ndarray, simplicity: dict, n_boot=200) -> str:
     base = {k: average_precision_score(truth, v, sample_weight=weight) for k, v in scores.items()}
     top = max(base, key=lambda k: (round(base[k], 3), -simplicity[k]))
@@ -143,6 +157,10 @@ def replay(c: dict) -> dict:
     se_ap, se_rec = _self_excluded(cands, isc, w, c["n_exclude"])
     chosen["self_exclude"] = max(se_ap, key=lambda k: (round(se_ap[k], 3), -simp[k]))
     chosen["recall_at_n"] = max(se_rec, key=lambda k: (round(se_rec[k], 3), round(se_ap[k], 3), -simp[k]))
+    sw = _soft_weights(cands, isc, c["n_exclude"]) * w
+    keep = sw > 0
+    soft = {k: average_precision_score(isc[keep], s[keep], sample_weight=sw[keep]) for k, (_, s) in cands.items()}
+    chosen["soft_exclude"] = max(soft, key=lambda k: (round(soft[k], 3), -simp[k]))
     out = {}
     for mult in (1.5, 2, 3):
         alt = choose_combination(sig, isc, n_exclude=round(c["n_exclude"] * mult), ineligible=inel, canary_weight=cw)

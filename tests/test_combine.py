@@ -136,6 +136,15 @@ def test_self_excluded_canary_metrics_by_hand():
     assert np.isclose(ap["b"], 1.0) and rec["b"] == 1.0
 
 
+def test_soft_exclusion_weights_by_hand():
+    """``soft_exclude``: a real row's weight is 1 − the share of candidates with it in their own top n."""
+    is_canary = np.array([False] * 4 + [True])
+    a = np.array([4, 3, 2, 1, 9.0])  # top 2 real: rows 0, 1
+    b = np.array([4, 1, 3, 2, 9.0])  # top 2 real: rows 0, 2
+    w = _benchmark("selection_rules")._soft_weights({"a": (["a"], a), "b": (["b"], b)}, is_canary, 2)
+    assert np.allclose(w, [0.0, 0.5, 0.5, 1.0, 1.0])
+
+
 def test_selection_rules_capture_round_trips_and_explains(tmp_path):
     """A captured run saved as arrays loads back equal, and ``--explain`` reports each candidate's
     canary AUPRC as the selector scored it next to its AUPRC on the real noise."""
