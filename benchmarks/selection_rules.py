@@ -8,7 +8,10 @@ Runs one audit per setting and seed, keeps the selector's inputs (every signal o
 with the canaries, the canary weights, the number of rows excluded as probable noise) and replays
 :func:`audit.signals.combine.choose_combination` under each rule:
 
-* ``current``: the product's rule (highest canary AUPRC, rounded to 3 decimals, ties to the simpler);
+* ``current``: the product's rule (:func:`audit.signals.combine.choose_combination`). Since commit
+  "adopt ranksum" that is ``ranksum`` below; in the CSVs written before it, ``current`` is ``consensus``;
+* ``consensus``: the rule before that (highest canary AUPRC against the real rows minus the consensus's
+  top n, rounded to 3 decimals, ties to the simpler);
 * ``one_se``: the simplest candidate whose canary AUPRC is within one bootstrap standard error (of the
   paired difference, 200 stratified resamples) of the best's, then the higher AUPRC;
 * ``auroc``: the highest canary AUROC instead of AUPRC;
@@ -22,7 +25,9 @@ with the canaries, the canary weights, the number of rows excluded as probable n
 * ``soft_exclude``: each real row counts as a negative with weight 1 − (share of the candidates that put
   it in their own top n): rows every candidate flags drop out (probably real noise), rows none flags
   count fully, and a row only some flag counts partly, so no candidate is charged in full for real
-  noise that it finds and the others miss, nor let off its own false alarms.
+  noise that it finds and the others miss, nor let off its own false alarms;
+* ``ranksum``: the candidate with the lowest sum of its ranks under ``current``, ``self_exclude`` and
+  ``soft_exclude`` canary AUPRC (ties to the simpler); chosen on development seeds 0 and 7-15.
 
 ``--cache DIR`` keeps each run's captured inputs as an ``.npz`` (arrays only, nothing pickled), so a
 rerun replays new rules without re-training. ``--explain FILE.npz`` prints one captured run's candidates:
@@ -41,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score
 
 from audit.config import config_from_dict
@@ -48,8 +54,8 @@ from audit.pipeline import run_audit
 from audit.signals import table
 from audit.signals.combine import candidates, choose_combination, rank01
 
-RULES = ("current", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3", "self_exclude", "recall_at_n",
-         "soft_exclude")
+RULES = ("current", "consensus", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3", "self_exclude", "recall_at_n",
+         "soft_exclude", "ranksum")
 
 
 def capture_run(cfg, out: Path) -> dict:
@@ -141,6 +147,7 @@ def replay(c: dict) -> dict:
     best = max(real_ap.values())
     chosen = {"current": combo["chosen"]}
     sc = combo["candidates"]
+    chosen["consensus"] = max(sc, key=lambda k: (round(np.nan_to_num(sc[k]["auprc"], nan=-1), 3), -len(mem[k])))
     chosen["auroc"] = max(sc, key=lambda k: (round(np.nan_to_num(sc[k]["auroc"], nan=-1), 3), -len(mem[k])))
     # the negatives and weights choose_combination used
     use = np.ones(len(isc), bool)
@@ -161,6 +168,10 @@ def replay(c: dict) -> dict:
     keep = sw > 0
     soft = {k: average_precision_score(isc[keep], s[keep], sample_weight=sw[keep]) for k, (_, s) in cands.items()}
     chosen["soft_exclude"] = max(soft, key=lambda k: (round(soft[k], 3), -simp[k]))
+    names = list(cands)
+    total = sum(rankdata([-m[k] for k in names], method="average")
+                for m in ({k: sc[k]["auprc"] for k in names}, se_ap, soft))
+    chosen["ranksum"] = min(names, key=lambda k: (total[names.index(k)], simp[k]))
     out = {}
     for mult in (1.5, 2, 3):
         alt = choose_combination(sig, isc, n_exclude=round(c["n_exclude"] * mult), ineligible=inel, canary_weight=cw)

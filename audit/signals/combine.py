@@ -2,9 +2,10 @@
 
 Every signal is oriented so that higher = more likely mislabelled and turned into a rank percentile
 in [0, 1]. Candidate scores are each signal alone and the mean rank of the best 2, 3 and 4 signals
-(ordered by how well they rank the canaries). The candidate with the highest canary AUPRC wins; ties go
-to the simpler one. ``is_label_issue`` flags the top n examples (see
-:func:`audit.signals.table.n_label_issues`).
+(ordered by how well they rank the canaries). Each candidate's canary AUPRC is measured three ways,
+differing in which real rows count as negatives (see :func:`choose_combination`); the candidate with the
+lowest sum of its ranks under the three wins, ties to the simpler one. ``is_label_issue`` flags the top
+n examples (see :func:`audit.signals.table.n_label_issues`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,12 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_
     Canaries are scored against the real rows minus the ``n_exclude`` that the consensus of all
     signals (their mean rank) puts on top: those are probably real label noise, and counting them as
     negatives would reward a signal for *missing* real noise (its canaries then meet less
-    competition). ``canary_weight`` (one per canary, mean 1) makes canaries that look like the real
+    competition). That consensus view charges a candidate better than the consensus for the real
+    noise only it finds, so each candidate is also scored against the real rows minus *its own* top
+    ``n_exclude`` (``self_auprc``) and with each real row weighted by 1 − the share of candidates that
+    put it in their own top ``n_exclude`` (``soft_auprc``). The candidate with the lowest sum of its
+    ranks under the three AUPRCs is chosen (ties to the simpler), a rule chosen on development seeds and
+    confirmed on fresh ones (README, "selection rules"). ``canary_weight`` (one per canary, mean 1) makes canaries that look like the real
     noise count more (see :func:`canary_weights`). Signals in ``ineligible`` are scored and reported
     but never chosen: the canaries cannot judge them fairly (``canary_judged=False`` in
     :mod:`audit.signals.registry`). Returns
@@ -64,10 +70,36 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_
     cands = candidates(ranks, order)
     scored = {name: detection_metrics(s[use], is_canary[use], w[use]) for name, (_, s) in cands.items()}
     simplicity = {name: len(members) for name, (members, _) in cands.items()}
-    best = max(scored, key=lambda k: (round(np.nan_to_num(scored[k]["auprc"], nan=-1), 3), -simplicity[k]))
+    names = list(cands)
+    for name, auprc in zip(names, _self_and_soft_auprc(cands, is_canary, w, n_exclude)):
+        scored[name].update(self_auprc=auprc[0], soft_auprc=auprc[1])
+    total = sum(rankdata([-np.nan_to_num(scored[k][m], nan=-1) for k in names], method="average")
+                for m in ("auprc", "self_auprc", "soft_auprc"))
+    for name, t in zip(names, total):
+        scored[name]["rank_sum"] = float(t)
+    best = min(names, key=lambda k: (scored[k]["rank_sum"], simplicity[k]))
     members, s = cands[best]
     return {"score": rank01(s), "chosen": best, "members": members, "canary": per_signal,
             "candidates": scored, "candidate_members": {k: m for k, (m, _) in cands.items()}}
+
+
+def _self_and_soft_auprc(cands: dict, is_canary: np.ndarray, w: np.ndarray, n: int) -> list[tuple[float, float]]:
+    """Per candidate (in order): canary AUPRC against the real rows minus its own top ``n``, and with
+    each real row weighted by 1 − the share of candidates that put it in their own top ``n``."""
+    real = np.flatnonzero(~is_canary)
+    tops = {name: real[np.argsort(-s[real], kind="stable")[:n]] for name, (_, s) in cands.items()}
+    votes = np.zeros(len(is_canary))
+    for top in tops.values():
+        votes[top] += 1
+    soft = np.where(is_canary, 1.0, 1.0 - votes / max(1, len(cands))) * w
+    keep = soft > 0
+    out = []
+    for name, (_, s) in cands.items():
+        use = np.ones(len(is_canary), bool)
+        use[tops[name]] = False
+        out.append((detection_metrics(s[use], is_canary[use], w[use])["auprc"],
+                    detection_metrics(s[keep], is_canary[keep], soft[keep])["auprc"]))
+    return out
 
 
 def candidates(ranks: dict[str, np.ndarray], order: list[str]) -> dict[str, tuple[list[str], np.ndarray]]:

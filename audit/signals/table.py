@@ -450,8 +450,9 @@ def _selection_record(run: TableContext, sc: Scores) -> dict:
     combo, c_w = sc.combo, sc.canary_weight
     canary = {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo["canary"].items()}
     return {"signal_selection": {
-        "rule": "highest canary AUPRC (negatives: real rows outside the consensus top n) among single "
-                "signals and mean ranks of the best 2-4, canaries weighted by cleanlab's estimated noise "
+        "rule": "lowest rank sum over three canary AUPRCs (negatives: real rows outside the consensus top n; "
+                "outside the candidate's own top n; every real row weighted by 1 - the share of candidates "
+                "flagging it) among single signals and mean ranks of the best 2-4, canaries weighted by cleanlab's estimated noise "
                 "transitions, leaving out the signals the canaries cannot judge (" + ", ".join(sc.not_judged) + "); "
                 "is_label_issue = top n by issue_score, n = min(cleanlab confident-joint estimate, robust training errors)",
         "chosen": combo["chosen"], "members": combo["members"], "canary_scores": canary,
