@@ -127,7 +127,11 @@ def equal_compute(cfg, run_dir: Path, budget_s: float, mode: str) -> dict:
     df = pd.read_parquet(run_dir / "examples.parquet")
     every = df[df.split == "train"]
     held = every["held_out_as_canary"].to_numpy(bool)
-    base_s = json.loads((run_dir / "manifest.json").read_text())["stages"]["crossval"]["seconds"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    base_s = manifest["stages"]["crossval"]["seconds"]
+    import torch
+
+    torch.set_num_threads(max(1, int(manifest["threads"])))  # the run's threads: same floats, same folds
     scale = budget_s / base_s
     if mode == "repeats":
         cv = replace(cv, repeats=max(1, round(scale)))
