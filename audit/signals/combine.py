@@ -44,10 +44,10 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_
     ``n_exclude`` (``self_auprc``) and with each real row weighted by 1 − the share of candidates that
     put it in their own top ``n_exclude`` (``soft_auprc``). The candidate with the lowest sum of its
     ranks under the three AUPRCs is chosen (ties to the simpler), a rule chosen on development seeds and
-    confirmed on fresh ones (README, "selection rules"). ``canary_weight`` (one per canary, mean 1) makes canaries that look like the real
-    noise count more (see :func:`canary_weights`). Signals in ``ineligible`` are scored and reported
-    but never chosen: the canaries cannot judge them fairly (``canary_judged=False`` in
-    :mod:`audit.signals.registry`). Returns
+    confirmed on fresh ones (README, "selection rules"). ``canary_weight`` (one per canary, mean 1)
+    makes canaries that look like the real noise count more (see :func:`canary_weights`). Signals in
+    ``ineligible`` are scored and reported but never chosen: the canaries cannot judge them fairly
+    (``canary_judged=False`` in :mod:`audit.signals.registry`). Returns
     ``{"score": (N,) in [0, 1], "chosen": name, "members": [...], "canary": {name: metrics},
     "candidates": {name: metrics}, "candidate_members": {name: [...]}}`` (see :func:`candidates`).
     """

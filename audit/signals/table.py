@@ -452,9 +452,10 @@ def _selection_record(run: TableContext, sc: Scores) -> dict:
     return {"signal_selection": {
         "rule": "lowest rank sum over three canary AUPRCs (negatives: real rows outside the consensus top n; "
                 "outside the candidate's own top n; every real row weighted by 1 - the share of candidates "
-                "flagging it) among single signals and mean ranks of the best 2-4, canaries weighted by cleanlab's estimated noise "
-                "transitions, leaving out the signals the canaries cannot judge (" + ", ".join(sc.not_judged) + "); "
-                "is_label_issue = top n by issue_score, n = min(cleanlab confident-joint estimate, robust training errors)",
+                "flagging it) among single signals and mean ranks of the best 2-4, canaries weighted by "
+                "cleanlab's estimated noise transitions, leaving out the signals the canaries cannot judge ("
+                + ", ".join(sc.not_judged) + "); is_label_issue = top n by issue_score, "
+                "n = min(cleanlab confident-joint estimate, robust training errors)",
         "chosen": combo["chosen"], "members": combo["members"], "canary_scores": canary,
         "not_eligible": [k for k in sc.not_judged if k in canary],
         "candidate_members": combo.get("candidate_members", {}),
