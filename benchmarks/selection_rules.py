@@ -9,7 +9,8 @@ with the canaries, the canary weights, the number of rows excluded as probable n
 :func:`audit.signals.combine.choose_combination` under each rule:
 
 * ``current``: the product's rule (:func:`audit.signals.combine.choose_combination`). Since commit
-  "adopt ranksum" that is ``ranksum`` below; in the CSVs written before it, ``current`` is ``consensus``;
+  e22d3ed (the rank-sum rule adopted) that is ``ranksum`` below; in the CSVs written before it,
+  ``current`` is ``consensus``;
 * ``consensus``: the rule before that (highest canary AUPRC against the real rows minus the consensus's
   top n, rounded to 3 decimals, ties to the simpler);
 * ``one_se``: the simplest candidate whose canary AUPRC is within one bootstrap standard error (of the
@@ -54,8 +55,8 @@ from audit.pipeline import run_audit
 from audit.signals import table
 from audit.signals.combine import candidates, choose_combination, rank01
 
-RULES = ("current", "consensus", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3", "self_exclude", "recall_at_n",
-         "soft_exclude", "ranksum")
+RULES = ("current", "consensus", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3", "self_exclude",
+         "recall_at_n", "soft_exclude", "ranksum")
 
 
 def capture_run(cfg, out: Path) -> dict:
