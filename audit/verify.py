@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ from audit.errors import AuditInputError
 from audit.io import atomic_write_bytes, read_json, write_json
 from audit.recipes import eval_config, train_recipe
 from audit.stages import eval_attack
+
+if TYPE_CHECKING:
+    from audit.rundir import RunDir
 
 VERIFY_VERSION = 1
 APPLY = ("suggested", "decisions")
@@ -68,7 +72,7 @@ def _bad(run_dir: Path, why: str) -> AuditInputError:
     return AuditInputError(f"{run_dir}: {why}")
 
 
-def read_run(run) -> tuple[dict, RunConfig, pd.DataFrame]:
+def read_run(run: RunDir) -> tuple[dict, RunConfig, pd.DataFrame]:
     """manifest.json, its resolved config, examples.parquet of an opened :class:`audit.rundir.RunDir`
     (the checked run-directory reader); one-line errors (exit 2) on a bad directory."""
     examples = run.examples()

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -129,8 +130,6 @@ def equal_compute(cfg, run_dir: Path, budget_s: float, mode: str) -> dict:
     held = every["held_out_as_canary"].to_numpy(bool)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     base_s = manifest["stages"]["crossval"]["seconds"]
-    import torch
-
     torch.set_num_threads(max(1, int(manifest["threads"])))  # the run's threads: same floats, same folds
     scale = budget_s / base_s
     if mode == "repeats":
