@@ -25,6 +25,42 @@ def test_best_canary_ranking_wins_and_ties_go_to_the_simpler():
     assert np.allclose(out["score"], rank01(sig["perfect"]))
 
 
+def test_rank_sum_rule_by_hand():
+    """The product's rule: the lowest sum of ranks under three canary AUPRCs (negatives: real rows
+    outside the consensus top n, outside the candidate's own top n, and every real row weighted by
+    1 − the share of candidates flagging it). Here the old rule (highest consensus-excluded AUPRC)
+    would pick mean_top3; the rank sum picks mean_top2."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(1)
+    n, m, n_ex = 120, 8, 24
+    is_canary = np.r_[np.zeros(n, bool), np.ones(m, bool)]
+    noisy = np.r_[rng.random(n) < 0.2, np.ones(m, bool)]
+    sig = {k: noisy * s + rng.normal(0, 1, n + m) for k, s in (("a", 1.5), ("b", 1.2), ("c", 1.0))}
+    out = choose_combination(sig, is_canary, n_exclude=n_ex)
+    c = out["candidates"]
+    assert max(c, key=lambda k: c[k]["auprc"]) == "mean_top3"  # what the consensus rule chose
+    # ranks (1 = best) under auprc / self_auprc / soft_auprc, read off the reported values:
+    # mean_top2 2+1+1, mean_top3 1+3+2, b 3+4+3, a 4+2+4, c 5+5+5
+    assert {k: v["rank_sum"] for k, v in c.items()} == {"mean_top2": 4, "mean_top3": 6, "b": 10, "a": 10, "c": 15}
+    assert out["chosen"] == "mean_top2" and out["members"] == ["b", "a"]
+    # self_auprc of "a" from scratch: drop its own top n real rows, then plain AUPRC
+    real = np.flatnonzero(~is_canary)
+    keep = np.ones(n + m, bool)
+    keep[real[np.argsort(-sig["a"][real])[:n_ex]]] = False
+    assert np.isclose(c["a"]["self_auprc"], average_precision_score(is_canary[keep], sig["a"][keep]))
+    # soft_auprc of "a": each real row weighted by 1 − (candidates with it in their own top n) / 5
+    ranks = {k: rank01(v) for k, v in sig.items()}
+    scores = {"a": ranks["a"], "b": ranks["b"], "c": ranks["c"], "mean_top2": (ranks["b"] + ranks["a"]) / 2,
+              "mean_top3": (ranks["b"] + ranks["a"] + ranks["c"]) / 3}
+    votes = np.zeros(n + m)
+    for s in scores.values():
+        votes[real[np.argsort(-s[real], kind="stable")[:n_ex]]] += 1
+    w = np.where(is_canary, 1.0, 1 - votes / 5)
+    assert np.isclose(c["a"]["soft_auprc"], average_precision_score(is_canary[w > 0], sig["a"][w > 0],
+                                                                    sample_weight=w[w > 0]))
+
+
 def test_ineligible_signals_are_scored_but_never_chosen():
     is_canary, sig = _signals()
     out = choose_combination(sig, is_canary, ineligible=("perfect",))
