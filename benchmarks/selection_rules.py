@@ -9,8 +9,11 @@ with the canaries, the canary weights, the number of rows excluded as probable n
 :func:`audit.signals.combine.choose_combination` under each rule:
 
 * ``current``: the product's rule (:func:`audit.signals.combine.choose_combination`). Since commit
-  e22d3ed (the rank-sum rule adopted) that is ``ranksum`` below; in the CSVs written before it,
-  ``current`` is ``consensus``;
+  e22d3ed that is the rank-sum rule: the candidate with the lowest sum of its ranks under the
+  ``consensus``, ``self_exclude`` and ``soft_exclude`` canary AUPRCs (ties to the simpler), chosen on
+  development seeds 0 and 7-15. In the CSVs written before it, ``current`` is ``consensus``; the CSVs
+  of its development and test runs also have a ``ranksum`` column, its replay before the product
+  computed it (the two agreed on all 81 runs);
 * ``consensus``: the rule before that (highest canary AUPRC against the real rows minus the consensus's
   top n, rounded to 3 decimals, ties to the simpler);
 * ``one_se``: the simplest candidate whose canary AUPRC is within one bootstrap standard error (of the
@@ -26,9 +29,10 @@ with the canaries, the canary weights, the number of rows excluded as probable n
 * ``soft_exclude``: each real row counts as a negative with weight 1 − (share of the candidates that put
   it in their own top n): rows every candidate flags drop out (probably real noise), rows none flags
   count fully, and a row only some flag counts partly, so no candidate is charged in full for real
-  noise that it finds and the others miss, nor let off its own false alarms;
-* ``ranksum``: the candidate with the lowest sum of its ranks under ``current``, ``self_exclude`` and
-  ``soft_exclude`` canary AUPRC (ties to the simpler); chosen on development seeds 0 and 7-15.
+  noise that it finds and the others miss, nor let off its own false alarms.
+
+``self_exclude`` and ``soft_exclude`` read the AUPRCs the product reports for each candidate
+(``self_auprc``, ``soft_auprc``).
 
 ``--cache DIR`` keeps each run's captured inputs as an ``.npz`` (arrays only, nothing pickled), so a
 rerun replays new rules without re-training. ``--explain FILE.npz`` prints one captured run's candidates:
@@ -47,7 +51,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score
 
 from audit.config import config_from_dict
@@ -56,7 +59,7 @@ from audit.signals import table
 from audit.signals.combine import candidates, choose_combination, rank01
 
 RULES = ("current", "consensus", "one_se", "auroc", "exclude_x1.5", "exclude_x2", "exclude_x3", "self_exclude",
-         "recall_at_n", "soft_exclude", "ranksum")
+         "recall_at_n", "soft_exclude")
 
 
 def capture_run(cfg, out: Path) -> dict:
@@ -98,28 +101,15 @@ def load_capture(path: Path) -> dict:
             "ineligible": tuple(str(x) for x in z["ineligible"]), "canary_weight": cw if len(cw) else None}
 
 
-def _self_excluded(cands: dict, isc: np.ndarray, w: np.ndarray, n: int) -> tuple[dict, dict]:
-    """Per candidate: canary AUPRC against the real rows minus its own top ``n``, and the weighted share
-    of canaries above its own n-th real row."""
+def _recall_at_n(cands: dict, isc: np.ndarray, w: np.ndarray, n: int) -> dict:
+    """Per candidate: the weighted share of canaries above its own n-th real row."""
     real = np.flatnonzero(~isc)
-    ap, rec = {}, {}
+    rec = {}
     for name, (_, s) in cands.items():
         top = real[np.argsort(-s[real], kind="stable")[:n]]
-        use = np.ones(len(isc), bool)
-        use[top] = False
-        ap[name] = float(average_precision_score(isc[use], s[use], sample_weight=w[use]))
         cut = s[top[-1]] if n > 0 else np.inf
         rec[name] = float(np.sum(w[isc] * (s[isc] > cut)) / np.sum(w[isc]))
-    return ap, rec
-
-
-def _soft_weights(cands: dict, isc: np.ndarray, n: int) -> np.ndarray:
-    """Per row: 1 − the share of candidates with the row in their own top ``n`` real rows (canaries: 1)."""
-    real = np.flatnonzero(~isc)
-    votes = np.zeros(len(isc))
-    for _, s in cands.values():
-        votes[real[np.argsort(-s[real], kind="stable")[:n]]] += 1
-    return np.where(isc, 1.0, 1.0 - votes / max(1, len(cands)))
+    return rec
 
 
 def _one_se(scores: dict, truth: np.ndarray, weight: np.ndarray, simplicity: dict, n_boot=200) -> str:
@@ -162,17 +152,11 @@ def replay(c: dict) -> dict:
     cands = candidates(ranks, order)
     simp = {k: len(m) for k, (m, _) in cands.items()}
     chosen["one_se"] = _one_se({k: s[use] for k, (_, s) in cands.items()}, isc[use], w[use], simp)
-    se_ap, se_rec = _self_excluded(cands, isc, w, c["n_exclude"])
+    se_ap = {k: sc[k]["self_auprc"] for k in cands}
+    se_rec = _recall_at_n(cands, isc, w, c["n_exclude"])
     chosen["self_exclude"] = max(se_ap, key=lambda k: (round(se_ap[k], 3), -simp[k]))
     chosen["recall_at_n"] = max(se_rec, key=lambda k: (round(se_rec[k], 3), round(se_ap[k], 3), -simp[k]))
-    sw = _soft_weights(cands, isc, c["n_exclude"]) * w
-    keep = sw > 0
-    soft = {k: average_precision_score(isc[keep], s[keep], sample_weight=sw[keep]) for k, (_, s) in cands.items()}
-    chosen["soft_exclude"] = max(soft, key=lambda k: (round(soft[k], 3), -simp[k]))
-    names = list(cands)
-    total = sum(rankdata([-m[k] for k in names], method="average")
-                for m in ({k: sc[k]["auprc"] for k in names}, se_ap, soft))
-    chosen["ranksum"] = min(names, key=lambda k: (total[names.index(k)], simp[k]))
+    chosen["soft_exclude"] = max(cands, key=lambda k: (round(sc[k]["soft_auprc"], 3), -simp[k]))
     out = {}
     for mult in (1.5, 2, 3):
         alt = choose_combination(sig, isc, n_exclude=round(c["n_exclude"] * mult), ineligible=inel, canary_weight=cw)

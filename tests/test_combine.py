@@ -160,24 +160,26 @@ def test_equal_compute_baseline_at_one_repeat_is_the_runs_own_cleanlab(digits_ru
 
 
 def test_self_excluded_canary_metrics_by_hand():
-    """``benchmarks/selection_rules.py``: each candidate is judged against the real rows minus its own
-    top n, and by the share of canaries above its own n-th real row."""
+    """Each candidate judged against the real rows minus its own top n (the product's ``self_auprc``),
+    and by the share of canaries above its own n-th real row (``benchmarks/selection_rules.py``)."""
     is_canary = np.array([False] * 8 + [True] * 2)
     a = np.array([10, 9, 1, 2, 3, 4, 5, 6, 8, 0.5])  # own top 2 real: rows 0, 1 (cut 9)
     b = np.array([10, 1, 2, 3, 4, 5, 6, 7, 9.5, 9.8])  # own top 2 real: rows 0, 7 (cut 7)
-    cands = {"a": (["a"], a), "b": (["b"], b)}
-    ap, rec = _benchmark("selection_rules")._self_excluded(cands, is_canary, np.ones(10), 2)
+    c = choose_combination({"a": a, "b": b}, is_canary, n_exclude=2)["candidates"]
     # a: canaries 8 and 0.5 among real 1..6: ranks 1 and 8, AP = (1/1 + 2/8) / 2
-    assert np.isclose(ap["a"], 0.625) and rec["a"] == 0.0
-    assert np.isclose(ap["b"], 1.0) and rec["b"] == 1.0
+    assert np.isclose(c["a"]["self_auprc"], 0.625) and np.isclose(c["b"]["self_auprc"], 1.0)
+    rec = _benchmark("selection_rules")._recall_at_n({"a": (["a"], a), "b": (["b"], b)}, is_canary, np.ones(10), 2)
+    assert rec == {"a": 0.0, "b": 1.0}
 
 
 def test_soft_exclusion_weights_by_hand():
-    """``soft_exclude``: a real row's weight is 1 − the share of candidates with it in their own top n."""
+    """``soft_auprc``'s weights: a real row's weight is 1 − the share of candidates with it in their own top n."""
+    from audit.signals.combine import soft_weights
+
     is_canary = np.array([False] * 4 + [True])
     a = np.array([4, 3, 2, 1, 9.0])  # top 2 real: rows 0, 1
     b = np.array([4, 1, 3, 2, 9.0])  # top 2 real: rows 0, 2
-    w = _benchmark("selection_rules")._soft_weights({"a": (["a"], a), "b": (["b"], b)}, is_canary, 2)
+    w = soft_weights({"a": (["a"], a), "b": (["b"], b)}, is_canary, 2)
     assert np.allclose(w, [0.0, 0.5, 0.5, 1.0, 1.0])
 
 

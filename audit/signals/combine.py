@@ -83,15 +83,25 @@ def choose_combination(signals: dict[str, np.ndarray], is_canary: np.ndarray, n_
             "candidates": scored, "candidate_members": {k: m for k, (m, _) in cands.items()}}
 
 
+def _own_tops(cands: dict, is_canary: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Per candidate: the indices of its own top ``n`` real (non-canary) rows."""
+    real = np.flatnonzero(~is_canary)
+    return {name: real[np.argsort(-s[real], kind="stable")[:n]] for name, (_, s) in cands.items()}
+
+
+def soft_weights(cands: dict, is_canary: np.ndarray, n: int) -> np.ndarray:
+    """Per row: 1 − the share of candidates with the row in their own top ``n`` real rows (canaries: 1)."""
+    votes = np.zeros(len(is_canary))
+    for top in _own_tops(cands, is_canary, n).values():
+        votes[top] += 1
+    return np.where(is_canary, 1.0, 1.0 - votes / max(1, len(cands)))
+
+
 def _self_and_soft_auprc(cands: dict, is_canary: np.ndarray, w: np.ndarray, n: int) -> list[tuple[float, float]]:
     """Per candidate (in order): canary AUPRC against the real rows minus its own top ``n``, and with
-    each real row weighted by 1 − the share of candidates that put it in their own top ``n``."""
-    real = np.flatnonzero(~is_canary)
-    tops = {name: real[np.argsort(-s[real], kind="stable")[:n]] for name, (_, s) in cands.items()}
-    votes = np.zeros(len(is_canary))
-    for top in tops.values():
-        votes[top] += 1
-    soft = np.where(is_canary, 1.0, 1.0 - votes / max(1, len(cands))) * w
+    each real row weighted by :func:`soft_weights`."""
+    tops = _own_tops(cands, is_canary, n)
+    soft = soft_weights(cands, is_canary, n) * w
     keep = soft > 0
     out = []
     for name, (_, s) in cands.items():
