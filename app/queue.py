@@ -46,6 +46,11 @@ def signal_names(df: pd.DataFrame) -> list[str]:
     return [c[3:-6] for c in df.columns if c.startswith("is_") and c.endswith("_issue") and c != "is_label_issue"]
 
 
+def nothing_flagged(df: pd.DataFrame, split: str) -> bool:
+    """Whether no row of ``split`` is flagged (the queue then lists the top-ranked rows instead)."""
+    return not bool(df.loc[df["split"] == split, "is_label_issue"].to_numpy(bool).any())
+
+
 def review_queue(df: pd.DataFrame, decided_ids: pd.Index | np.ndarray | list, f: Filters) -> np.ndarray:
     """Row positions of ``df`` that pass ``f``, sorted (default: ``issue_score`` high to low, ties by
     ``example_id``). ``decided_ids``: example ids with an effective decision. With ``f.sample`` a
@@ -53,7 +58,9 @@ def review_queue(df: pd.DataFrame, decided_ids: pd.Index | np.ndarray | list, f:
     if SAMPLES.get(f.sample) is not None:
         return _sample_rows(df, decided_ids, f)
     m = np.array(df["split"].to_numpy() == f.split, dtype=bool)
-    if f.flagged_only:
+    if f.flagged_only and nothing_flagged(df, f.split):
+        pass  # never a silent zero: with nothing flagged the queue is the top-ranked examples
+    elif f.flagged_only:
         m &= df["is_label_issue"].to_numpy(bool)
     if f.categories and "category" in df.columns:
         m &= df["category"].isin(f.categories).to_numpy()

@@ -9,8 +9,10 @@ tables are assembled without I/O (:mod:`audit.signals.table`) and written here.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -118,22 +120,25 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
     n_train = int((ds.split == TRAIN).sum())
     if n_train < 2 * cfg.folds:
         raise AuditInputError(f"--dataset {cfg.dataset}: {n_train} training examples, need at least {2 * cfg.folds}")
+    given = cfg
     cfg = validate_config(resolve_defaults(cfg, ds.shape, n_train, device.type == "cuda"))
     data, canaries = build_train_data(ds, cfg)
     fingerprint = ds.fingerprint()
     with Orchestrator(out, fingerprint, progress=progress) as orch:
+        cfg, recipe = _calibrated(orch, given, cfg, data, device)
         _drop_stale_outputs(out, cfg, fingerprint)
-        base = _manifest_base(cfg, ds, data, device, fingerprint)
+        base = {**_manifest_base(cfg, ds, data, device, fingerprint), "recipe": recipe}
+        orch.log(plan_line(cfg, data, recipe))
         orch.write_manifest(base, "running")
         numpy_seed(cfg.seed)
         try:
-            trained, cv, infl = _run_stages(orch, cfg, data, device, threads, base)
+            trained, cv, infl, health = _run_stages(orch, cfg, data, device, threads, base)
         except BaseException:
             orch.write_manifest(base, "failed")
             raise
         t0 = time.perf_counter()
         ctx = TableContext(models=tuple(cfg.models), ds=ds, data=data, canaries=canaries,
-                           fingerprint=fingerprint, config_hash=cfg.hash())
+                           fingerprint=fingerprint, config_hash=cfg.hash(), unhealthy=health["failed"])
         tables = build_tables(ctx, trained, cv, infl)
         write_parquet(out / "examples.parquet", tables.examples, tables.meta)
         write_parquet(out / "pairs.parquet", tables.pairs, tables.meta)
@@ -141,8 +146,55 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
         orch.stages["write"] = {"status": "done", "seconds": round(time.perf_counter() - t0, 3)}
         metrics = {**tables.metrics, "wall_seconds": round(time.perf_counter() - t_start, 2),
                    "compute_seconds": orch.compute_seconds()}
-        extra = {**tables.extra, "neighbors": json.loads(str(infl.get("neighbors_info", "{}")))}
+        extra = {**tables.extra, "neighbors": json.loads(str(infl.get("neighbors_info", "{}"))),
+                 "health": health, "warnings": health["warnings"] + tables.extra.get("flagging", {}).get("warnings", [])}
         return orch.write_manifest(base, "complete", metrics, extra)
+
+
+def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: TrainData,
+                device: torch.device) -> tuple[RunConfig, dict]:
+    """The attack radius from the data (:mod:`audit.train.calibrate`) unless ``--eps`` or ``--preset``
+    sets it or no robust model trains; a cached stage like the others. Returns the config with its eps
+    (and a step size that follows it unless ``--step-size`` was given) and the manifest's ``recipe``."""
+    from audit.train.calibrate import calibrate_eps
+
+    robust = [m for m in cfg.models if m != "natural"]
+    if given.eps is not None or given.preset or not robust:
+        source = "option" if given.eps is not None else "preset" if given.preset else "default (no robust model)"
+        return cfg, {"eps": {"value": cfg.eps, "source": source}}
+    nat, rob = train_recipe(cfg, "natural"), train_recipe(cfg, robust[0])
+    config = {"natural": nat, "robust": replace(rob, eps=1.0, step_size=rob.step_size / rob.eps), "data": data_config(cfg)}
+    orch.key("calibrate", "calibrate", config)
+    arrays = orch.cached("calibrate")
+    if arrays is None:
+        orch.start("calibrate")
+        t0 = time.perf_counter()
+        real = np.flatnonzero(~data.is_canary)
+        res = calibrate_eps(data.train_images.subset(real) if hasattr(data.train_images, "subset")
+                            else data.train_images[real], data.train_labels[real], data.num_classes, nat, rob,
+                            device=device, progress=orch.progress)
+        arrays = orch.store("calibrate", {"result": np.array(json.dumps(res))}, time.perf_counter() - t0)
+    res = json.loads(str(arrays["result"]))
+    upd = {"eps": res["eps"]}
+    if given.lr is None and res.get("natural_lr", cfg.lr) < cfg.lr:
+        upd["lr"] = res["natural_lr"]
+    if given.step_size is None:
+        upd["step_size"] = cfg.step_size * res["eps"] / cfg.eps
+    return validate_config(replace(cfg, **upd)), {"eps": {"value": res["eps"], "source": "calibrated", **res}}
+
+
+def plan_line(cfg: RunConfig, data: TrainData, recipe: dict) -> str:
+    """One line before training: the models, their epochs, the radius and why."""
+    eps = recipe["eps"]
+    why = eps.get("reason") or eps["source"]
+    robust = [m for m in cfg.models if m != "natural"]
+    parts = [f"{cfg.arch} x{cfg.width:g} on {len(data.train_labels):,} training images", f"natural {cfg.epochs} epochs"]
+    if robust:
+        parts.append(f"{'/'.join(robust)} {cfg.robust_epochs} epochs at eps {cfg.eps:.4g} ({why})")
+    if cfg.augment != "none":
+        parts.append(f"augmented {cfg.aug_epochs} epochs")
+    parts.append(f"cross-validation {cfg.folds}x{cfg.repeats} folds of {cfg.cv_epochs} epochs")
+    return "plan: " + "; ".join(parts)
 
 
 def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]]:
@@ -159,24 +211,39 @@ def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]
     return out
 
 
+def _train_task(orch: Orchestrator, name: str, kind: str, config: dict, data: TrainData, cfg: RunConfig,
+                dev: str, gpus: float) -> Task:
+    """The engine task of one training stage (a model, the augmented model or the cross-validation)."""
+    prog = orch.progress
+    if kind in ("train", "train_aug"):  # --compile changes speed, not results: no part of the cache key
+        args = (data, config["recipe"], config["eval"]) if kind == "train" else (data, config["recipe"])
+        kw = {"resume": orch.resume_path(name), "progress": prog, "compile": cfg.compile}
+    else:
+        args, kw = (data, config["cv"]), {"progress": prog}
+    return Task(name, STAGE_FUNCTIONS[kind], args, {"device": dev, **kw}, gpus)
+
+
+def _role(name: str) -> str:
+    """``train_pgd`` / ``train_pgd_try2`` -> ``pgd``; ``crossval`` / ``crossval_try2`` -> ``crossval``."""
+    return name.removeprefix("train_").split("_try")[0]
+
+
 def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: torch.device, threads: int,
-                base: dict) -> tuple[dict, dict, dict]:
-    """Key every stage, load the cached ones, run the rest (trainings through the engine)."""
+                base: dict) -> tuple[dict, dict, dict, dict]:
+    """Key every stage, load the cached ones, run the rest (trainings through the engine), check each
+    trained model (:mod:`audit.health`) and retrain the ones that fail, at most ``MAX_RETRIES`` times.
+    Returns (trained arrays per role, cross-validation arrays, influence arrays, the health record)."""
+    from audit import health
+
     graph = stage_configs(cfg)
+    dev, gpus = str(device), (1.0 if device.type == "cuda" else 0.0)
+    final = {}  # role -> the stage name of its current attempt
     for name, (kind, config, upstream) in graph.items():
-        orch.key(name, kind, config, upstream)
-    dev, gpus, prog = str(device), (1.0 if device.type == "cuda" else 0.0), orch.progress
-    tasks = []
-    for name, (kind, config, _) in graph.items():
-        if kind in ("train", "train_aug"):  # --compile changes speed, not results: no part of the cache key
-            args = (data, config["recipe"], config["eval"]) if kind == "train" else (data, config["recipe"])
-            kw = {"resume": orch.resume_path(name), "progress": prog, "compile": cfg.compile}
-        elif kind == "crossval":
-            args, kw = (data, config["cv"]), {"progress": prog}
-        else:
-            continue
-        tasks.append(Task(name, STAGE_FUNCTIONS[kind], args, {"device": dev, **kw}, gpus))
-    results = {t.name: _cached(orch, t.name) for t in tasks}
+        if kind in ("train", "train_aug", "crossval"):
+            orch.key(name, kind, config, upstream)
+            final[_role(name)] = name
+    configs = {name: graph[name] for name in final.values()}
+    results: dict[str, dict | None] = {}
 
     def started(t: Task) -> None:
         orch.start(t.name)
@@ -187,35 +254,106 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
         results[t.name] = arrays
         orch.write_manifest(base, "running")
 
+    def run_round(names: list[str]) -> None:
+        tasks = [_train_task(orch, n, configs[n][0], configs[n][1], data, cfg, dev, gpus) for n in names]
+        for t in tasks:
+            results[t.name] = _cached(orch, t.name)
+        make_engine(cfg.engine, threads, cfg.ray_address).run_all(
+            [t for t in tasks if results[t.name] is None], done, started)
+
+    attempts: dict[str, list[dict]] = {role: [] for role in final}
     try:
-        make_engine(cfg.engine, threads, cfg.ray_address).run_all([t for t in tasks if results[t.name] is None],
-                                                                  done, started)
-        trained = {t.name.removeprefix("train_"): results[t.name] for t in tasks if t.name.startswith("train_")}
-        infl = _cached(orch, "influence")
+        run_round(list(final.values()))
+        for attempt in range(1, health.MAX_RETRIES + 2):
+            trained = {r: results[n] for r, n in final.items() if r != "crossval"}
+            checks = health.check_models(trained, results[final["crossval"]], data.train_labels, data.test_labels)
+            failed = health.failures(checks)
+            retry = []
+            for role, names in failed.items():
+                name = final[role]
+                kind, config, upstream = configs[name]
+                recipe = config["cv"].recipe if kind == "crossval" else config["recipe"]
+                new, why = health.retry_recipe(recipe, names, attempt)
+                attempts[role].append({"stage": name, "failed": names, "retry": why or None})
+                if new is None:
+                    continue
+                retry_name = f"{'crossval' if kind == 'crossval' else 'train_' + role}_try{attempt + 1}"
+                new_config = ({**config, "cv": replace(config["cv"], recipe=new)} if kind == "crossval"
+                              else {**config, "recipe": new})
+                configs[retry_name] = (kind, new_config, upstream)
+                orch.key(retry_name, kind, new_config, upstream)
+                orch.log(f"{role}: failed {', '.join(names)}; retrying ({why})")
+                final[role] = retry_name
+                retry.append(retry_name)
+            if not retry:
+                break
+            run_round(retry)
+        for role, name in final.items():
+            if not attempts[role] or attempts[role][-1]["stage"] != name:
+                attempts[role].append({"stage": name, "failed": [], "retry": None})
+        _promote_checkpoints(orch, final)
+        trained = {r: results[n] for r, n in final.items() if r != "crossval"}
+        cv = results[final["crossval"]]
+        checks = health.check_models(trained, cv, data.train_labels, data.test_labels)
+        record = _health_record(checks, attempts, final)
+        pc_name = "influence"
+        _, pconf, _ = graph[pc_name]
+        orch.key(pc_name, "influence", pconf, tuple(final[m] for m in cfg.models) + (final["crossval"],))
+        infl = _cached(orch, pc_name)
         if infl is None:
-            pc = graph["influence"][1]["pairs"]
+            pc = pconf["pairs"]
             robust = {m: trained[m] for m in pc.robust_models}
-            task = Task("influence", influence_stage, (data, pc, trained["natural"], robust, results["crossval"]),
-                        {"device": dev})
+            task = Task(pc_name, influence_stage, (data, pc, trained["natural"], robust, cv), {"device": dev})
             make_engine("local", threads, None).run_all([task], done, started)
-            infl = results["influence"]
-        _run_apgd(orch, graph, data, trained, dev, threads, done, started)
+            infl = results[pc_name]
+        _run_apgd(orch, graph, data, trained, final, dev, threads, done, started)
     except BaseException:
         for st in orch.stages.values():
             if st.get("status") == "running":
                 st["status"] = "failed"
         raise
-    return {k: train_arrays(v) for k, v in trained.items()}, results["crossval"], infl
+    return {k: train_arrays(v) for k, v in trained.items()}, cv, infl, record
 
 
-def _run_apgd(orch: Orchestrator, graph: dict, data: TrainData, trained: dict, dev: str, threads: int,
-              done, started) -> None:
+def _promote_checkpoints(orch: Orchestrator, final: dict[str, str]) -> None:
+    """A retried model's final weights become ``checkpoints/<model>.pt`` (what :func:`audit.load_model`
+    and the APGD stage read); the failed attempts keep theirs under their own stage names."""
+    import shutil
+
+    for role, name in final.items():
+        src = orch.ckpt / f"{name.removeprefix('train_')}.pt"
+        if name.startswith("train_") and "_try" in name and src.exists():
+            dst = orch.ckpt / f"{role}.pt"
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+
+
+def _health_record(checks: list, attempts: dict, final: dict) -> dict:
+    """The manifest's ``health``: every check of the final models, each model's attempts, the models that
+    still fail, and one warning line per failure."""
+    from audit import health
+
+    failed = health.failures(checks)
+    warnings = []
+    for role, names in failed.items():
+        texts = "; ".join(c.text for c in checks if c.model == role and c.ok is False)
+        tries = len(attempts.get(role, []))
+        warnings.append(f"{role} model failed {', '.join(names)} after {tries} "
+                        f"training{'s' if tries != 1 else ''} ({texts}); its signals were left out of issue_score")
+    return {"ok": not failed, "checks": [c.as_dict() for c in checks], "attempts": attempts,
+            "final_stages": dict(final), "failed": failed, "warnings": warnings}
+
+
+def _run_apgd(orch: Orchestrator, graph: dict, data: TrainData, trained: dict, final: dict, dev: str,
+              threads: int, done, started) -> None:
     """``--eval-attack apgd``: one evaluation per model, reading its checkpoint; results join ``trained``."""
     tasks = []
     for name, (kind, config, upstream) in graph.items():
         if kind != "apgd":
             continue
         model = name.removeprefix("apgd_")
+        orch.key(name, kind, config, (final[model],))
         cached = orch.cached(name)
         if cached is not None:
             trained[model]["apgd_correct_test"] = cached["apgd_correct_test"]
@@ -236,7 +374,7 @@ STAGE_FUNCTIONS = {"train": train_stage, "train_aug": aug_stage, "crossval": cro
 
 def _cached(orch: Orchestrator, name: str) -> dict | None:
     arrays = orch.cached(name)
-    if arrays is not None and name == "train_natural":
+    if arrays is not None and _role(name) == "natural":
         try:
             arrays = orch.with_weights(name, arrays)
         except (OSError, KeyError, RuntimeError):  # its TracIn checkpoints are gone: train again

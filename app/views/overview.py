@@ -141,6 +141,23 @@ def verify_ui(run: ui.Run) -> None:
         st.caption(ui.md(line))
 
 
+def health_ui(run: ui.Run) -> None:
+    """What the run's own checks found (audit.health): a warning per model that failed them and per
+    fallback taken when flagging, a line per model that was retrained."""
+    man = run.manifest
+    warnings = man.get("warnings") if isinstance(man.get("warnings"), list) else []
+    for w in warnings:
+        if isinstance(w, str):
+            st.warning(ui.md(w[:2000]), icon=":material/warning:")
+    attempts = (man.get("health") or {}).get("attempts") if isinstance(man.get("health"), dict) else None
+    if isinstance(attempts, dict):
+        for role, tries in attempts.items():
+            if isinstance(tries, list) and len(tries) > 1:
+                why = "; then ".join(str(t.get("retry")) for t in tries if isinstance(t, dict) and t.get("retry"))
+                st.caption(ui.md(f"{ui.MODEL_NAME.get(role, role)}: retrained {len(tries) - 1}x after failed "
+                                 f"health checks ({why[:500]})"))
+
+
 def main() -> None:
     run = ui.current_run()
     df = data.examples(run.dir)
@@ -149,6 +166,7 @@ def main() -> None:
     decided = int(train_ids.loc[train_ids["is_label_issue"], "example_id"].isin(latest["example_id"]).sum())
     st.header("Overview", anchor=False)
     st.caption(ui.md(run_summary(run)))
+    health_ui(run)
     headline_ui(run, df, decided)
     if decided < int(df.loc[df["split"] == "train", "is_label_issue"].sum()):
         st.page_link("views/review.py", label="Review the flagged examples", icon=":material/arrow_forward:")

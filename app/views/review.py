@@ -20,6 +20,7 @@ from app.queue import (
     STATUSES,
     Filters,
     next_after,
+    nothing_flagged,
     page_of,
     previous_before,
     review_queue,
@@ -124,6 +125,9 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
         page_size = c2.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
         st.caption("Keys: **K** keep · **A** accept suggestion · **0–9** relabel · **X** remove · **S** skip · "
                    "**U** undo · **←/→** browse")
+    if flagged_only and nothing_flagged(df, split or "train"):
+        st.info("Nothing is flagged in this split, so the queue lists the top-ranked examples by issue_score "
+                "(the Overview says why so few were flagged).", icon=":material/info:")
     f = Filters(split=split or "train", flagged_only=flagged_only, categories=tuple(cats or ()),
                 classes=tuple(classes or ()), signals=tuple(signals or ()), score=tuple(score),
                 status=status or "to review", sort=sort, sample=sample or "flagged queue")

@@ -68,6 +68,13 @@ def summary_lines(man: dict, out: str) -> list[str]:
         lines.append(f"{model:>8} model: test accuracy {m[f'{model}_test_accuracy']:.3f}, under attack "
                      f"{m[f'{model}_test_adv_accuracy']:.3f}" + (f" (APGD {apgd:.3f})" if apgd is not None else "")
                      + f", train accuracy {m[f'{model}_train_accuracy']:.3f}")
+    health = man.get("health") or {}
+    if health.get("ok") is False or man.get("warnings"):
+        lines += [f"warning: {w}" for w in man.get("warnings", [])]
+    retried = {r: a for r, a in (health.get("attempts") or {}).items() if len(a) > 1}
+    for role, tries in retried.items():
+        why = "; then ".join(t["retry"] for t in tries if t.get("retry"))
+        lines.append(f"{role} model retrained {len(tries) - 1}x after failed checks ({why})")
     if "noise_auprc" in m:
         lines.append(f"injected noise found: AUROC {m['noise_auroc']:.3f}, AUPRC {m['noise_auprc']:.3f}, "
                      f"precision {m['noise_precision']:.2f}, recall {m['noise_recall']:.2f}")

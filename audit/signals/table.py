@@ -20,7 +20,7 @@ Signals (training rows; each oriented so higher = more likely mislabelled; regis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,12 @@ class TableContext:
     canaries: object  # audit.signals.canaries.CanarySet
     fingerprint: str
     config_hash: str
+    unhealthy: dict = field(default_factory=dict)  # model -> its failed health checks (audit.health)
+
+    @property
+    def robust(self) -> list[str]:
+        """The robust models whose evidence counts: those that passed their health checks."""
+        return [m for m in self.models if m != "natural" and m not in self.unhealthy]
 
     @property
     def is_canary(self) -> np.ndarray:
@@ -106,15 +112,43 @@ def n_label_issues(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: list
     """How many training examples to flag: cleanlab's confident-joint estimate on out-of-sample
     probabilities, capped by the fewest training examples a robust model leaves misclassified (the
     paper: robust models refuse to fit mislabelled examples, so their training errors bound the
-    noise from above as well; each estimate alone overshoots on its own kind of hard example)."""
+    noise from above as well; each estimate alone overshoots on its own kind of hard example).
+    :func:`flag_count` adds the fallbacks when that bound is implausible."""
+    return flag_count(labels, oos_probs, robust_preds)["n"]
+
+
+# A robust bound below this share of the out-of-sample estimate is implausible: the robust model fit
+# labels the out-of-sample models doubt (it memorized), so its few errors bound nothing.
+PLAUSIBLE_BOUND = 0.25
+
+
+def flag_count(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: dict | list,
+               unhealthy: tuple[str, ...] = ()) -> dict:
+    """How many training rows to flag, by which rule, and why, in words.
+
+    ``min``: min(cleanlab's confident-joint estimate, each healthy robust model's training errors).
+    ``out_of_sample``: the estimate alone, when no robust model passed its checks or the robust bound is
+    below ``PLAUSIBLE_BOUND`` × the estimate. ``canaries`` (decided later, in :func:`score_training`): both
+    are zero. Returns ``{"n", "rule", "out_of_sample", "robust_errors", "reason"}``."""
     from cleanlab.count import num_label_issues
 
-    if len(labels) <= oos_probs.shape[1]:
-        return 0
-    n = int(num_label_issues(labels, oos_probs))
-    for pred in robust_preds:
-        n = min(n, int((pred != labels).sum()))
-    return n
+    preds = robust_preds if isinstance(robust_preds, dict) else {f"robust{i}": p for i, p in enumerate(robust_preds)}
+    n_oos = int(num_label_issues(labels, oos_probs)) if len(labels) > oos_probs.shape[1] else 0
+    errors = {m: int((p != labels).sum()) for m, p in preds.items()}
+    out = {"n": n_oos, "rule": "out_of_sample", "out_of_sample": n_oos, "robust_errors": errors, "reason": ""}
+    if errors:
+        bound = min(errors.values())
+        if bound >= PLAUSIBLE_BOUND * n_oos:
+            out.update(n=min(n_oos, bound), rule="min")
+        else:
+            worst = min(errors, key=errors.get)
+            out["reason"] = (f"the {worst} model leaves only {bound} training labels wrong against an out-of-sample "
+                             f"estimate of {n_oos}: it fit labels the out-of-sample models doubt, so its errors "
+                             f"cannot bound the noise; flagged by the out-of-sample estimate")
+    elif unhealthy:
+        out["reason"] = (f"no robust model passed its checks ({', '.join(unhealthy)}); "
+                         f"flagged by the out-of-sample estimate alone")
+    return out
 
 
 def _category_reasons(cat, given, alt, ev, votes_alt, mem, names) -> list[str]:
@@ -146,27 +180,52 @@ class Scores:
     n_issues: int
     combo: dict
     canary_weight: np.ndarray
+    flagging: dict = field(default_factory=dict)  # the flag-count rule and why (flag_count)
 
 
 def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Scores:
     """Every registered signal, the canary-chosen combination and the top-n flags."""
     from cleanlab.count import estimate_joint
 
+    from audit.health import excluded_signals
+
     real, y = ~run.is_canary, run.train_labels
     robust = [m for m in run.models if m != "natural"]
     sig, not_judged = compute_signals(SignalInputs(labels=y, natural=trained["natural"],
                                                    robust={m: trained[m] for m in robust},
                                                    aug=trained.get("aug"), cv=cv, infl=infl))
-    n_issues = n_label_issues(y[real], cv["oos_probs"][real], [trained[m]["train_logits"][real].argmax(1) for m in robust])
+    excluded = tuple(excluded_signals(run.unhealthy, sig))
+    rule = flag_count(y[real], cv["oos_probs"][real], {m: trained[m]["train_logits"][real].argmax(1) for m in run.robust},
+                      unhealthy=tuple(m for m in robust if m in run.unhealthy))
+    n_issues = rule["n"]
     k, n_tr = run.ds.num_classes, int(real.sum())
     joint = estimate_joint(y[real], cv["oos_probs"][real]) if n_tr > k else np.ones((k, k))
     c_w = canary_weights(joint, y[run.is_canary], run.canaries.clean_labels)
-    combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=not_judged, canary_weight=c_w)
+    combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=not_judged + excluded,
+                               canary_weight=c_w)
     score = rank01(combo["score"][real])
+    if n_issues == 0 and run.is_canary.any() and n_tr:
+        # Never a silent zero: both estimates found nothing, so the planted canaries set the threshold:
+        # flag the real rows that score above half of the canaries (known mislabelled copies).
+        cut = np.median(combo["score"][run.is_canary])
+        n_issues = int((combo["score"][real] > cut).sum())
+        rule.update(n=n_issues, rule="canaries",
+                    reason=f"the out-of-sample estimate and the robust models' errors found no label issues; "
+                           f"flagged the {n_issues} rows scoring above half of the {int(run.is_canary.sum())} "
+                           f"planted canaries (known mislabelled copies)")
     flags = np.zeros(n_tr, bool)
     if n_issues:
         flags[np.argsort(-score, kind="stable")[:n_issues]] = True
-    return Scores(sig, not_judged, score, flags, n_issues, combo, c_w)
+    warnings = []
+    if rule["reason"]:
+        warnings.append(f"flagging: {rule['reason']}")
+    if not flags.any():
+        warnings.append("nothing flagged: " + ("no planted canaries to set a threshold (too few training rows); "
+                                               if not run.is_canary.any() else "")
+                        + "the review queue shows the top-ranked examples; try more --epochs or another --seed")
+    rule["warnings"] = warnings
+    rule["excluded_signals"] = list(excluded)
+    return Scores(sig, not_judged + excluded, score, flags, n_issues, combo, c_w, rule)
 
 
 @dataclass
@@ -188,7 +247,7 @@ class Evidence:
 def gather_evidence(run: TableContext, trained: dict, cv: dict, infl: dict, sc: Scores) -> Evidence:
     real, k = ~run.is_canary, run.ds.num_classes
     y_tr, y_te = run.train_labels, run.test_labels
-    robust = [m for m in run.models if m != "natural"]
+    robust = run.robust  # healthy robust models only
     rob_tr = [softmax(trained[m]["train_logits"][real]) for m in robust]
     test_cv = cv["test_probs"].mean(0)
     rob_te = [softmax(trained[m]["test_logits"]) for m in robust]
@@ -349,7 +408,7 @@ def _with_canary_sources(df: pd.DataFrame, run: TableContext, trained: dict, cv:
     if not len(rows):
         return df
     given = ds.labels[rows].astype(np.int64)
-    robust = [m for m in run.models if m != "natural"]
+    robust = run.robust  # healthy robust models only
     oos = cv["oos_probs"][can]
     probs = np.mean([oos] + [softmax(trained[m]["train_logits"][can]) for m in robust], axis=0)
     alt = probs.argmax(1)
@@ -449,7 +508,8 @@ def _metrics(df: pd.DataFrame, run: TableContext, trained: dict, sc: Scores, n_p
 def _selection_record(run: TableContext, sc: Scores) -> dict:
     combo, c_w = sc.combo, sc.canary_weight
     canary = {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo["canary"].items()}
-    return {"signal_selection": {
+    flag = {k: v for k, v in sc.flagging.items() if k != "excluded_signals"}
+    return {"flagging": flag, "signal_selection": {
         "rule": "lowest rank sum over three canary AUPRCs (negatives: real rows outside the consensus top n; "
                 "outside the candidate's own top n; every real row weighted by 1 - the share of candidates "
                 "flagging it) among single signals and mean ranks of the best 2-4, canaries weighted by "
@@ -461,6 +521,7 @@ def _selection_record(run: TableContext, sc: Scores) -> dict:
         "candidate_members": combo.get("candidate_members", {}),
         "candidates": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo.get("candidates", {}).items()},
         "num_canaries": int(run.is_canary.sum()), "num_label_issues": sc.n_issues,
+        "excluded_unhealthy": sc.flagging.get("excluded_signals", []),
         "canary_weight_range": [round(float(c_w.min()), 3), round(float(c_w.max()), 3)] if len(c_w) else []}}
 
 

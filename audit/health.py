@@ -1,0 +1,183 @@
+"""A run checks its own models before their signals are used (DESIGN.md, "A run checks itself").
+
+Four checks, each a plain function of the stages' arrays, with its bound written beside it:
+
+=================  ===================================================================================
+``beats_chance``   every model (natural, robust, augmented, the cross-validation models): held-out
+                   test accuracy ≥ chance + ``CHANCE_MARGIN`` × (1 − chance), chance = the share of the
+                   commonest test label (0.325 for ten balanced classes)
+``fits``           the natural model (the memorizer): accuracy on the given training labels ≥ ``FIT_MIN``
+``robust``         a robust model: adversarial test accuracy ≥ the natural model's + ``ROBUST_GAIN``
+``no_memorizing``  a robust model: it fits at most ``MEMORIZE_MAX`` of the training rows whose given label
+                   the out-of-sample models doubt (predict another class); needs ≥ ``MIN_DOUBTED`` of them.
+                   The natural model fits nearly all of them; a robust model that does too refuses nothing
+                   and its training errors bound nothing
+=================  ===================================================================================
+
+A failed check leads to a stated retry of that model (:func:`retry_recipe`), at most ``MAX_RETRIES``
+times; a model that still fails is named in the summary, the manifest (``health``) and the app, and its
+signals leave the candidates for ``issue_score`` (:func:`excluded_signals`). A check that cannot run (no
+test rows, too few doubted rows) says so and counts as passed.
+
+The bounds were set by reasoning about what each failure looks like (a collapsed model sits at chance; a
+memorizing robust model fits ~100% of the doubted rows where a working one fits well under half), then
+checked on the development suite (``benchmarks/devsuite.py``, seed 0), not fitted to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+CHANCE_MARGIN = 0.25
+FIT_MIN = 0.9
+ROBUST_GAIN = 0.1
+MEMORIZE_MAX = 0.5
+MIN_DOUBTED = 10
+MAX_RETRIES = 2
+ROBUST = ("pgd", "trades", "fgsm")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of one model: ``ok`` (``None`` when it could not run), the measured value and its bound."""
+
+    model: str
+    name: str
+    ok: bool | None
+    value: float
+    bound: float
+    text: str
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "check": self.name, "ok": self.ok, "value": _r(self.value),
+                "bound": _r(self.bound), "text": self.text}
+
+
+def _r(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+
+def chance_level(test_labels: np.ndarray) -> float:
+    """The accuracy of always answering the commonest test label."""
+    if not len(test_labels):
+        return float("nan")
+    return float(np.bincount(test_labels).max() / len(test_labels))
+
+
+def _beats_chance(model: str, acc: float, chance: float) -> Check:
+    bound = chance + CHANCE_MARGIN * (1 - chance)
+    if not np.isfinite(acc):
+        return Check(model, "beats_chance", None, acc, bound, "no test rows: could not check against chance")
+    ok = acc >= bound
+    return Check(model, "beats_chance", ok, acc, bound,
+                 f"test accuracy {acc:.3f} {'≥' if ok else '<'} {bound:.3f} (chance {chance:.3f} plus a margin)")
+
+
+def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_labels: np.ndarray) -> list[Check]:
+    """Every check of every trained model. ``trained``: role -> stage arrays (``natural``, robust methods,
+    ``aug``); ``cv``: the cross-validation stage's arrays or ``None``. Labels are those the models
+    trained and are tested on (training rows with canaries)."""
+    chance = chance_level(test_labels)
+    out: list[Check] = []
+    has_test = len(test_labels) > 0
+
+    def test_acc(logits) -> float:
+        return float((logits.argmax(1) == test_labels).mean()) if has_test else float("nan")
+
+    nat = trained.get("natural")
+    for role, arr in trained.items():
+        if role == "aug":
+            out.append(_beats_chance("aug", float(arr["test_accuracy"]) if has_test else float("nan"), chance))
+            continue
+        out.append(_beats_chance(role, test_acc(arr["test_logits"]), chance))
+        train_acc = float((arr["train_logits"].argmax(1) == train_labels).mean())
+        if role == "natural":
+            out.append(Check(role, "fits", train_acc >= FIT_MIN, train_acc, FIT_MIN,
+                             f"fits {train_acc:.1%} of the given training labels "
+                             f"({'≥' if train_acc >= FIT_MIN else '<'} {FIT_MIN:.0%}: it must memorize to be the contrast)"))
+            continue
+        if nat is not None and has_test:
+            adv, adv_nat = float(arr["adv_correct_test"].mean()), float(nat["adv_correct_test"].mean())
+            bound = adv_nat + ROBUST_GAIN
+            ok = adv >= bound
+            out.append(Check(role, "robust", ok, adv, bound,
+                             f"accuracy under attack {adv:.3f} {'≥' if ok else '<'} {bound:.3f} "
+                             f"(the natural model's {adv_nat:.3f} plus {ROBUST_GAIN})"))
+        else:
+            out.append(Check(role, "robust", None, float("nan"), float("nan"), "no test rows: robustness not checked"))
+        if cv is not None:
+            doubted = cv["oos_probs"].argmax(1) != train_labels
+            if doubted.sum() >= MIN_DOUBTED:
+                fit = float((arr["train_logits"].argmax(1)[doubted] == train_labels[doubted]).mean())
+                ok = fit <= MEMORIZE_MAX
+                out.append(Check(role, "no_memorizing", ok, fit, MEMORIZE_MAX,
+                                 f"fits {fit:.0%} of the {int(doubted.sum())} training labels the out-of-sample "
+                                 f"models doubt ({'≤' if ok else '>'} {MEMORIZE_MAX:.0%})"))
+            else:
+                out.append(Check(role, "no_memorizing", None, float("nan"), MEMORIZE_MAX,
+                                 f"only {int(doubted.sum())} doubted training labels: memorization not checked"))
+    if cv is not None and "test_probs" in cv:
+        acc = float((cv["test_probs"].mean(0).argmax(1) == test_labels).mean()) if has_test else float("nan")
+        out.append(_beats_chance("crossval", acc, chance))
+    return out
+
+
+def failures(checks: list[Check]) -> dict[str, list[str]]:
+    """model -> names of its failed checks (models that pass are absent)."""
+    out: dict[str, list[str]] = {}
+    for c in checks:
+        if c.ok is False:
+            out.setdefault(c.model, []).append(c.name)
+    return out
+
+
+def retry_recipe(recipe, failed: list[str], attempt: int):
+    """The recipe of the next attempt at a model whose checks ``failed``, and why, in words; ``None``
+    when no adjustment is left. ``recipe``: a :class:`audit.train.engine.TrainSpec`; ``attempt``: 1 for
+    the first retry.
+
+    * ``beats_chance`` (the model did not learn): half the learning rate; a robust model also ramps its
+      radius up over at least half its epochs, and on the second retry trains at half the radius.
+    * ``fits`` (the natural model did not memorize): twice the epochs.
+    * ``no_memorizing`` (a robust model fit the doubted labels): 1.5× the training radius and 0.6× the
+      epochs: a stronger attack over a shorter training leaves it less room to fit single examples.
+    * ``robust`` (no more robust than the natural model): twice the epochs, 1.5x the attack steps.
+    """
+    if attempt > MAX_RETRIES:
+        return None, ""
+    if "beats_chance" in failed:
+        upd, why = {"lr": recipe.lr / 2}, f"learning rate {recipe.lr:g} -> {recipe.lr / 2:g}"
+        if recipe.method in ROBUST:
+            upd["eps_warmup"] = max(0.5, recipe.eps_warmup)
+            why += f", eps ramp over {upd['eps_warmup']:.0%} of the epochs"
+            if attempt >= 2:
+                upd["eps"], upd["step_size"] = recipe.eps / 2, recipe.step_size / 2
+                why += f", training eps {recipe.eps:.4g} -> {recipe.eps / 2:.4g}"
+        return replace(recipe, **upd), why
+    if "fits" in failed:
+        return replace(recipe, epochs=recipe.epochs * 2), f"epochs {recipe.epochs} -> {recipe.epochs * 2}"
+    if "no_memorizing" in failed:
+        eps, epochs = recipe.eps * 1.5, max(1, int(round(recipe.epochs * 0.6)))
+        return (replace(recipe, eps=eps, step_size=recipe.step_size * 1.5, epochs=epochs),
+                f"training eps {recipe.eps:.4g} -> {eps:.4g}, epochs {recipe.epochs} -> {epochs}")
+    if "robust" in failed:
+        steps = max(recipe.steps + 1, int(round(recipe.steps * 1.5)))
+        return (replace(recipe, epochs=recipe.epochs * 2, steps=steps, step_size=recipe.step_size * recipe.steps / steps),
+                f"epochs {recipe.epochs} -> {recipe.epochs * 2}, attack steps {recipe.steps} -> {steps}")
+    return None, ""
+
+
+def model_signals(model: str, signal_names) -> list[str]:
+    """The signals that come from one model's arrays (see :mod:`audit.signals.registry`)."""
+    own = {"natural": ("aum_natural", "aum_early", "self_influence", "steps_to_flip"),
+           "aug": ("aum_aug",), "crossval": ("cleanlab", "cv_aum", "memorization")}
+    if model in own:
+        return [s for s in signal_names if s in own[model]]
+    return [s for s in signal_names if s in (f"robust_margin_{model}", f"robust_aum_{model}")]
+
+
+def excluded_signals(failed: dict[str, list[str]], signal_names) -> list[str]:
+    """Signals of models that failed a check after their retries: scored and kept, never chosen."""
+    return [s for m in failed for s in model_signals(m, signal_names)]

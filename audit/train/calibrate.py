@@ -1,0 +1,98 @@
+"""The attack radius from the data, not from its name: a short calibration before the robust models train.
+
+Robust training at too large a radius does not learn the classes at all (on Fashion-MNIST, eps 0.3 ℓ∞,
+MNIST's radius, left PGD-AT at chance), and its signals then rank label noise below random. So when
+``--eps`` is not given (and no ``--preset``), a ladder of radii is tried from the literature's radius for
+the kind of image downwards (:data:`LADDERS`): on a stratified subset of the training rows (at most
+``MAX_ROWS``, three quarters to fit and one quarter held out), a natural model and PGD-AT at each radius
+train with the run's own recipe for a fixed number of steps (``STEPS``), and the largest radius whose
+robust model keeps at least ``KEEP`` of the natural model's above-chance accuracy on the held-out rows
+(against the given labels), and beats chance by the health checks' margin, is chosen: the radius at which adversarial training still learns the clean
+majority. When none does, the smallest is taken and the run says so. A natural reference that does not beat chance
+trains again at half the learning rate (twice at most); when it needed that, the run's natural model
+starts at the lower rate too (``natural_lr``), instead of failing its own health check first.
+
+The choice, every radius tried and its accuracies are written to the manifest (``recipe.eps``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from audit.rows import subset
+from audit.train.engine import TrainSpec, train_model
+from audit.train.evaluate import infer
+from audit.health import CHANCE_MARGIN
+from audit.train.models import build_model
+
+MAX_ROWS = 1200
+STEPS = 240
+KEEP = 0.8
+# Radii tried, largest first, in [0, 1] pixel units per architecture (the literature's radius first:
+# Madry et al. 2018 MNIST 0.3, CIFAR-10 8/255; the tiny 8×8 digits' tuned 0.1).
+LADDERS = {"linf": {"mlp": (0.1, 0.05, 0.025), "mnist_cnn": (0.3, 0.2, 0.1, 0.05),
+                    "resnet18": (8 / 255, 4 / 255, 2 / 255)},
+           "l2": {"mlp": (0.5, 0.25), "mnist_cnn": (2.0, 1.0, 0.5), "resnet18": (0.5, 0.25)}}
+
+
+def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed + 4242)
+    n = min(len(labels), MAX_ROWS)
+    pick = np.sort(rng.choice(len(labels), n, replace=False))
+    held = np.zeros(n, bool)
+    for c in np.unique(labels[pick]):
+        idx = np.flatnonzero(labels[pick] == c)
+        held[rng.permutation(idx)[:max(1, len(idx) // 4)]] = True
+    return pick[~held], pick[held]
+
+
+def calibrate_eps(images, labels: np.ndarray, num_classes: int, natural: TrainSpec, robust: TrainSpec, *,
+                  device: torch.device, progress: bool = False) -> dict:
+    """The largest radius of the ladder at which PGD-AT still learns (see the module docstring).
+
+    ``images``: uint8 (N, C, H, W) training rows (any :mod:`audit.rows` form); ``natural`` and
+    ``robust``: the run's recipes (their epochs are replaced by a fixed step budget). Returns
+    ``{"eps", "tried": [{"eps", "robust_accuracy"}], "natural_accuracy", "chance", "rows", "reason"}``."""
+    fit, held = _split(labels, robust.seed)
+    x_fit, y_fit, x_held, y_held = subset(images, fit), labels[fit], subset(images, held), labels[held]
+    shape = tuple(images.shape[1:])
+    chance = float(np.bincount(y_held).max() / len(y_held))
+    steps_per_epoch = max(1, -(-len(fit) // robust.batch_size))
+    epochs = max(2, -(-STEPS // steps_per_epoch))
+
+    def held_acc(spec: TrainSpec) -> float:
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.arch, shape, num_classes, spec.width)
+        res = train_model(model, x_fit, torch.as_tensor(y_fit), spec, device=device, progress=progress,
+                          desc=f"calibrate eps {spec.eps:.4g}" if spec.method != "natural" else "calibrate")
+        return float((infer(res.model, x_held, device)[0].argmax(1) == y_held).mean())
+
+    nat_epochs = max(2, -(-STEPS // max(1, -(-len(fit) // natural.batch_size))))
+    nat_spec = TrainSpec(**{**natural.__dict__, "epochs": nat_epochs, "tracin_checkpoints": 1})
+    floor = chance + CHANCE_MARGIN * (1 - chance)  # the health check's bound (audit.health)
+    for _ in range(3):  # a reference that did not learn is no reference: halve its learning rate
+        nat = held_acc(nat_spec)
+        if nat >= floor:
+            break
+        nat_spec = TrainSpec(**{**nat_spec.__dict__, "lr": nat_spec.lr / 2})
+    need = max(floor, chance + KEEP * max(0.0, nat - chance))
+    ladder = LADDERS[robust.norm][robust.arch]
+    tried = []
+    for eps in ladder:
+        spec = TrainSpec(**{**robust.__dict__, "method": "pgd", "epochs": epochs, "eps": eps,
+                            "step_size": robust.step_size * eps / robust.eps, "tracin_checkpoints": 1})
+        acc = held_acc(spec)
+        tried.append({"eps": eps, "robust_accuracy": round(acc, 4)})
+        if acc >= need:
+            reason = (f"eps {eps:.4g}: PGD-AT on {len(fit)} rows kept {acc:.3f} held-out accuracy against the "
+                      f"natural model's {nat:.3f} (needed {need:.3f}: {KEEP:.0%} of its gain over chance {chance:.3f})")
+            break
+    else:
+        eps = ladder[-1]
+        shown = ", ".join("%.4g: %.3f" % (t["eps"], t["robust_accuracy"]) for t in tried)
+        reason = (f"eps {eps:.4g}, the smallest tried: PGD-AT kept under {KEEP:.0%} of the natural model's "
+                  f"accuracy gain at every radius ({shown}; natural {nat:.3f})")
+    return {"eps": float(eps), "tried": tried, "natural_accuracy": round(nat, 4), "natural_lr": nat_spec.lr,
+            "chance": round(chance, 4),
+            "rows": int(len(fit)), "held_out": int(len(held)), "reason": reason}

@@ -1,0 +1,220 @@
+"""A run checks its own models: each health check fails on a model made to fail, the retry or the
+exclusion follows, a memorizing robust model still leads to flags with a stated reason, and the attack
+radius follows the data, never the dataset's name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit import health
+from audit.config import RunConfig, resolve_defaults
+from audit.signals.table import flag_count
+from audit.train.engine import TrainSpec
+
+K = 10
+
+
+def _logits(pred: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(pred), K), np.float32)
+    out[np.arange(len(pred)), pred] = 5.0
+    return out
+
+
+def _fake_run(seed: int = 0, n: int = 400, n_test: int = 200):
+    """Labels, a good natural model (fits every given label, 90% on test), cross-validation arrays that
+    doubt 20% of the training labels, and a robust model that refuses those 20%."""
+    rng = np.random.default_rng(seed)
+    y, y_te = rng.integers(0, K, n), rng.integers(0, K, n_test)
+    doubted = rng.random(n) < 0.2
+    oos_pred = np.where(doubted, (y + 1) % K, y)
+    te_pred = np.where(rng.random(n_test) < 0.9, y_te, (y_te + 3) % K)
+    nat = {"train_logits": _logits(y), "test_logits": _logits(te_pred),
+           "adv_correct_test": rng.random(n_test) < 0.05}
+    rob = {"train_logits": _logits(oos_pred), "test_logits": _logits(te_pred),
+           "adv_correct_test": rng.random(n_test) < 0.7}
+    oos = np.full((n, K), 0.01)
+    oos[np.arange(n), oos_pred] = 0.91
+    cv = {"oos_probs": oos, "test_probs": _logits(te_pred)[None]}
+    return y, y_te, nat, rob, cv
+
+
+def _failed(checks):
+    return health.failures(checks)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_healthy_models_pass_every_check(seed):
+    y, y_te, nat, rob, cv = _fake_run(seed)
+    checks = health.check_models({"natural": nat, "pgd": rob}, cv, y, y_te)
+    assert _failed(checks) == {}
+    assert {(c.model, c.name) for c in checks} == {("natural", "beats_chance"), ("natural", "fits"),
+                                                  ("pgd", "beats_chance"), ("pgd", "robust"),
+                                                  ("pgd", "no_memorizing"), ("crossval", "beats_chance")}
+
+
+def test_each_check_fails_on_a_model_made_to_fail():
+    y, y_te, nat, rob, cv = _fake_run()
+    collapsed = {**rob, "test_logits": _logits(np.zeros(len(y_te), int))}  # always class 0: chance
+    assert _failed(health.check_models({"natural": nat, "pgd": collapsed}, cv, y, y_te)) == {"pgd": ["beats_chance"]}
+    memorizer = {**rob, "train_logits": _logits(y)}  # fits every given label, the doubted ones too
+    assert _failed(health.check_models({"natural": nat, "pgd": memorizer}, cv, y, y_te)) == {"pgd": ["no_memorizing"]}
+    fragile = {**rob, "adv_correct_test": nat["adv_correct_test"]}  # no more robust than the natural model
+    assert _failed(health.check_models({"natural": nat, "pgd": fragile}, cv, y, y_te)) == {"pgd": ["robust"]}
+    underfit = {**nat, "train_logits": _logits(np.where(np.arange(len(y)) % 4 == 0, (y + 1) % K, y))}  # fits 75%
+    assert _failed(health.check_models({"natural": underfit, "pgd": rob}, cv, y, y_te)) == {"natural": ["fits"]}
+    bad_cv = {**cv, "test_probs": _logits(np.full(len(y_te), 3))[None]}
+    assert _failed(health.check_models({"natural": nat, "pgd": rob}, bad_cv, y, y_te)) == {"crossval": ["beats_chance"]}
+    aug = {"test_accuracy": np.float64(0.11)}
+    assert _failed(health.check_models({"natural": nat, "aug": aug}, cv, y, y_te)) == {"aug": ["beats_chance"]}
+
+
+def test_checks_that_cannot_run_say_so_and_pass():
+    y, _, nat, rob, cv = _fake_run()
+    no_test = np.zeros(0, int)
+    nat0 = {**nat, "test_logits": np.zeros((0, K)), "adv_correct_test": np.zeros(0, bool)}
+    rob0 = {**rob, "test_logits": np.zeros((0, K)), "adv_correct_test": np.zeros(0, bool)}
+    checks = health.check_models({"natural": nat0, "pgd": rob0}, {**cv, "test_probs": np.zeros((1, 0, K))}, y, no_test)
+    assert _failed(checks) == {}
+    assert all("no test rows" in c.text for c in checks if c.ok is None and c.name != "no_memorizing")
+    trusting = {**cv, "oos_probs": _logits(y)}  # the out-of-sample models doubt nothing
+    mem = [c for c in health.check_models({"natural": nat, "pgd": rob}, trusting, y, no_test) if c.name == "no_memorizing"]
+    assert mem[0].ok is None and "not checked" in mem[0].text
+
+
+def test_chance_is_the_commonest_test_label():
+    assert health.chance_level(np.array([0, 0, 0, 1])) == 0.75
+    y, _, nat, rob, cv = _fake_run()
+    y_te = np.zeros(200, int)  # one class only: always answering it is chance, and the bound is 1.0
+    c = health.check_models({"natural": {**nat, "test_logits": _logits(np.zeros(200, int))}}, None, y, y_te)
+    assert [x.bound for x in c if x.name == "beats_chance"] == [1.0]
+
+
+def test_retry_recipes_follow_the_failure_and_are_bounded():
+    spec = TrainSpec(method="pgd", lr=0.1, eps=0.3, step_size=0.375, steps=2, epochs=10, eps_warmup=0.4)
+    new, why = health.retry_recipe(spec, ["beats_chance", "robust"], 1)
+    assert (new.lr, new.eps_warmup, new.eps) == (0.05, 0.5, 0.3) and "learning rate" in why
+    new2, why2 = health.retry_recipe(new, ["beats_chance"], 2)
+    assert new2.eps == pytest.approx(0.15) and new2.step_size == pytest.approx(0.1875) and "eps" in why2
+    mem, why = health.retry_recipe(spec, ["no_memorizing"], 1)
+    assert mem.eps == pytest.approx(0.45) and mem.epochs == 6 and mem.step_size == pytest.approx(0.5625)
+    fit, _ = health.retry_recipe(TrainSpec(epochs=15), ["fits"], 1)
+    assert fit.epochs == 30
+    rob, _ = health.retry_recipe(spec, ["robust"], 1)
+    assert rob.epochs == 20 and rob.steps == 3 and rob.step_size * rob.steps == pytest.approx(spec.step_size * spec.steps)
+    assert health.retry_recipe(spec, ["beats_chance"], health.MAX_RETRIES + 1) == (None, "")
+
+
+def test_failed_models_signals_leave_the_choice():
+    names = ["cleanlab", "aum_early", "self_influence", "robust_margin_pgd", "robust_aum_pgd", "robust_margin_trades",
+             "aum_aug", "cv_aum"]
+    assert health.excluded_signals({"pgd": ["no_memorizing"]}, names) == ["robust_margin_pgd", "robust_aum_pgd"]
+    assert health.excluded_signals({"natural": ["fits"], "aug": ["beats_chance"]}, names) == \
+        ["aum_early", "self_influence", "aum_aug"]
+    assert health.excluded_signals({"crossval": ["beats_chance"]}, names) == ["cleanlab", "cv_aum"]
+
+
+def test_flag_count_never_trusts_an_implausible_robust_bound():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, K, 1000)
+    flip = rng.random(1000) < 0.15
+    probs = np.full((1000, K), 0.02)
+    probs[np.arange(1000), np.where(flip, (y + 1) % K, y)] = 0.82
+    honest = np.where(flip, (y + 1) % K, y)
+    r = flag_count(y, probs, {"pgd": honest})
+    assert r["rule"] == "min" and r["n"] == min(r["out_of_sample"], int(flip.sum())) and r["n"] > 100
+    r = flag_count(y, probs, {"pgd": y})  # a memorizer leaves nothing wrong
+    assert r["rule"] == "out_of_sample" and r["n"] == r["out_of_sample"] > 100
+    assert "pgd model leaves only 0" in r["reason"] and "cannot bound" in r["reason"]
+    r = flag_count(y, probs, {}, unhealthy=("pgd",))
+    assert r["rule"] == "out_of_sample" and "no robust model passed its checks (pgd)" in r["reason"]
+
+
+def test_eps_never_depends_on_the_specs_prefix():
+    for shape in ((1, 28, 28), (1, 20, 20), (3, 32, 32), (1, 8, 8)):
+        by_name = {resolve_defaults(RunConfig(dataset=spec), shape, 5000, False).eps
+                   for spec in ("fashion-mnist:/d", "npz:/d/x.npz", "mnist:/d", "folder:/d")}
+        assert len(by_name) == 1, shape
+
+
+def test_small_sets_get_more_epochs_and_explicit_epochs_win():
+    big = resolve_defaults(RunConfig(), (1, 28, 28), 7500, False)  # MNIST-10k: tuned, unscaled
+    small = resolve_defaults(RunConfig(), (1, 28, 28), 500, False)
+    assert (small.epochs, small.robust_epochs, small.cv_epochs) == (4 * big.epochs, 4 * big.robust_epochs, 4 * big.cv_epochs)
+    assert resolve_defaults(RunConfig(epochs=7), (1, 28, 28), 500, False).epochs == 7
+    digits = resolve_defaults(RunConfig(), (1, 8, 8), 1347, False)
+    assert digits.epochs == 100  # the tiny recipe's own size: unchanged
+
+
+def _stripes(n: int, amplitude: float, seed: int, side: int = 16, noise: float = 0.03):
+    """Ten classes of grey images: class c is a stripe pattern of frequency c+1 at ``amplitude`` around mid
+    grey, plus pixel noise. An l-inf attack larger than the amplitude can erase the pattern."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % K
+    t = np.linspace(0, 2 * np.pi, side)
+    pats = np.stack([np.sin((c + 1) * t)[None, :].repeat(side, 0) for c in range(K)])
+    x = 0.5 + amplitude * pats[y] + rng.normal(0, noise, (n, side, side))
+    return (np.clip(x, 0, 1) * 255).astype(np.uint8)[:, None], y
+
+
+def test_calibrated_eps_differs_for_grey_sets_with_different_statistics():
+    import torch
+
+    from audit.recipes import train_recipe
+    from audit.train.calibrate import calibrate_eps
+
+    chosen = {}
+    for name, amp in (("bold", 0.45), ("faint", 0.04)):  # 16x16: the tiny recipe, radii 0.1, 0.05, 0.025
+        x, y = _stripes(600, amp, 0, noise=0.01)
+        cfg = resolve_defaults(RunConfig(dataset="npz:/same/name.npz"), x.shape[1:], len(y), False)
+        res = calibrate_eps(torch.from_numpy(x), y, K, train_recipe(cfg, "natural"), train_recipe(cfg, "pgd"),
+                            device=torch.device("cpu"))
+        chosen[name] = res
+        assert res["natural_accuracy"] > 0.4, res  # the reference learned (chance 0.1)
+    assert chosen["bold"]["eps"] == 0.1, chosen["bold"]
+    assert chosen["faint"]["eps"] == 0.025, chosen["faint"]
+    assert len(chosen["faint"]["tried"]) >= 3 and "eps" in chosen["faint"]["reason"]
+
+
+def test_a_collapsed_natural_model_is_retried_named_and_left_out(tmp_path):
+    """A natural model that cannot learn (a learning rate of 1e-6 for 2 epochs) fails its checks on every
+    try: the run retrains it twice, then completes naming it, and none of its signals is chosen."""
+    import json
+
+    from audit.pipeline import run_audit
+
+    man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, lr=1e-6, epochs=2, eps=0.1, robust_epochs=20),
+                    tmp_path / "run", progress=False)
+    h = man["health"]
+    assert h["failed"]["natural"][0] == "beats_chance" and h["ok"] is False
+    assert [a["stage"] for a in h["attempts"]["natural"]] == ["train_natural", "train_natural_try2", "train_natural_try3"]
+    assert "learning rate 1e-06 -> 5e-07" in h["attempts"]["natural"][0]["retry"]
+    assert any(w.startswith("natural model failed beats_chance after 3 trainings") for w in man["warnings"])
+    sel = man["signal_selection"]
+    natural_signals = {"aum_natural", "aum_early", "self_influence", "steps_to_flip"}
+    assert not natural_signals & set(sel["members"]) and natural_signals <= set(sel["not_eligible"])
+    assert man["metrics"]["noise_auroc"] > 0.95  # the healthy models still find the noise
+    assert (tmp_path / "run" / "checkpoints" / "natural.pt").exists()
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["health"] == h
+    from audit.commands.run import summary_lines
+
+    text = "\n".join(summary_lines(man, "RUN"))
+    assert "warning: natural model failed beats_chance" in text and "natural model retrained 2x" in text
+
+
+def test_a_memorizing_robust_model_still_flags_with_a_stated_reason(tmp_path):
+    """At a radius of 1e-4 PGD-AT is natural training: it fits every label and is not robust. Its checks
+    fail on every try, its errors do not cap the flags, and the run says why it flagged what it did."""
+    from audit.pipeline import run_audit
+
+    man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, eps=1e-4, robust_epochs=20),
+                    tmp_path / "run", progress=False)
+    h, f = man["health"], man["flagging"]
+    assert set(h["failed"]["pgd"]) >= {"no_memorizing", "robust"}
+    assert len(h["attempts"]["pgd"]) == 3 and "training eps" in h["attempts"]["pgd"][0]["retry"]
+    assert f["rule"] == "out_of_sample" and "no robust model passed its checks (pgd)" in f["reason"]
+    m = man["metrics"]
+    assert m["num_flagged_train"] == f["out_of_sample"] > 100
+    assert m["noise_recall"] > 0.8 and m["noise_precision"] > 0.6
+    assert any(w.startswith("flagging: no robust model passed") for w in man["warnings"])
+    assert not {"robust_margin_pgd", "robust_aum_pgd"} & set(man["signal_selection"]["members"])
