@@ -34,7 +34,7 @@ from audit.recipes import (
     pair_config,
     train_recipe,
 )
-from audit.rows import Rows
+from audit.rows import Rows, subset
 from audit.signals.canaries import CanarySet, plant_canaries
 from audit.signals.table import TableContext, build_tables
 from audit.stages import (
@@ -75,6 +75,8 @@ def prepare_dataset(cfg: RunConfig) -> AuditDataset:
     # the fingerprint of the data as it lies on disk, before any injected noise: what a reader of the
     # run directory checks before it reads images (the run's ``fingerprint`` covers the noisy labels)
     ds.extra["source_fingerprint"] = ds.fingerprint()
+    if cfg.image_size:
+        ds = ds.resized(cfg.image_size)
     if cfg.noise > 0:
         confusion = None
         if cfg.noise_kind == "confusion":
@@ -128,7 +130,8 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
         cfg, recipe = _calibrated(orch, given, cfg, data, device)
         _drop_stale_outputs(out, cfg, fingerprint)
         base = {**_manifest_base(cfg, ds, data, device, fingerprint), "recipe": recipe}
-        orch.log(plan_line(cfg, data, recipe))
+        if progress:
+            orch.log(plan_line(cfg, data, recipe, estimate_seconds(cfg, data, device)))
         orch.write_manifest(base, "running")
         numpy_seed(cfg.seed)
         try:
@@ -156,22 +159,22 @@ def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: Trai
     """The attack radius from the data (:mod:`audit.train.calibrate`) unless ``--eps`` or ``--preset``
     sets it or no robust model trains; a cached stage like the others. Returns the config with its eps
     (and a step size that follows it unless ``--step-size`` was given) and the manifest's ``recipe``."""
-    from audit.train.calibrate import calibrate_eps
+    from audit.train.calibrate import calibrate_eps, rule_for
 
     robust = [m for m in cfg.models if m != "natural"]
     if given.eps is not None or given.preset or not robust:
         source = "option" if given.eps is not None else "preset" if given.preset else "default (no robust model)"
         return cfg, {"eps": {"value": cfg.eps, "source": source}}
     nat, rob = train_recipe(cfg, "natural"), train_recipe(cfg, robust[0])
-    config = {"natural": nat, "robust": replace(rob, eps=1.0, step_size=rob.step_size / rob.eps), "data": data_config(cfg)}
+    config = {"natural": nat, "robust": replace(rob, eps=1.0, step_size=rob.step_size / rob.eps), "data": data_config(cfg),
+              "rule": rule_for(rob.norm, rob.arch)}
     orch.key("calibrate", "calibrate", config)
     arrays = orch.cached("calibrate")
     if arrays is None:
         orch.start("calibrate")
         t0 = time.perf_counter()
         real = np.flatnonzero(~data.is_canary)
-        res = calibrate_eps(data.train_images.subset(real) if hasattr(data.train_images, "subset")
-                            else data.train_images[real], data.train_labels[real], data.num_classes, nat, rob,
+        res = calibrate_eps(subset(data.train_images, real), data.train_labels[real], data.num_classes, nat, rob,
                             device=device, progress=orch.progress)
         arrays = orch.store("calibrate", {"result": np.array(json.dumps(res))}, time.perf_counter() - t0)
     res = json.loads(str(arrays["result"]))
@@ -183,8 +186,39 @@ def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: Trai
     return validate_config(replace(cfg, **upd)), {"eps": {"value": res["eps"], "source": "calibrated", **res}}
 
 
-def plan_line(cfg: RunConfig, data: TrainData, recipe: dict) -> str:
-    """One line before training: the models, their epochs, the radius and why."""
+def estimate_seconds(cfg: RunConfig, data: TrainData, device: torch.device) -> float:
+    """A rough forecast of the trainings' time: three timed training steps of the natural model on this
+    machine (after one untimed), times the forward-backward passes every training of the plan makes
+    (a PGD step costs about one; the folds train on (K-1)/K of the rows). Retries are not foreseen."""
+    from audit.train.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg.arch, data.shape, data.num_classes, cfg.width).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    b = min(cfg.batch_size, len(data.train_labels))
+    x = torch.from_numpy(np.ascontiguousarray(data.train_images[np.arange(b)])).to(device).float() / 255
+    y = torch.as_tensor(data.train_labels[:b]).to(device)
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    per_image = float(np.median(times[1:])) / b
+    n = len(data.train_labels)
+    robust = [m for m in cfg.models if m != "natural"]
+    passes = n * cfg.epochs + sum(n * cfg.robust_epochs * (cfg.steps + 1) for _ in robust)
+    passes += cfg.folds * cfg.repeats * n * (cfg.folds - 1) / cfg.folds * cfg.cv_epochs
+    if cfg.augment != "none":
+        passes += n * cfg.aug_epochs * (cfg.aug_width / cfg.width)
+    return passes * per_image
+
+
+def plan_line(cfg: RunConfig, data: TrainData, recipe: dict, seconds: float | None = None) -> str:
+    """One line before training: the models, their epochs, the radius and why, and the forecast time."""
     eps = recipe["eps"]
     why = eps.get("reason") or eps["source"]
     robust = [m for m in cfg.models if m != "natural"]
@@ -194,6 +228,9 @@ def plan_line(cfg: RunConfig, data: TrainData, recipe: dict) -> str:
     if cfg.augment != "none":
         parts.append(f"augmented {cfg.aug_epochs} epochs")
     parts.append(f"cross-validation {cfg.folds}x{cfg.repeats} folds of {cfg.cv_epochs} epochs")
+    if seconds is not None:
+        parts.append(f"about {seconds / 60:.0f} min of training" if seconds >= 90 else
+                     f"about {seconds:.0f} s of training")
     return "plan: " + "; ".join(parts)
 
 

@@ -363,6 +363,9 @@ class RunDir:
         if "clean_label" in ex.columns:
             clean = labels.copy()
             clean[pos] = ex["clean_label"].to_numpy(np.int64)
+        size = self.config.get("image_size")
+        if isinstance(size, int) and not isinstance(size, bool) and 4 <= size <= 4096:
+            ds = ds.resized(size)  # the pixels the run trained on (--image-size)
         return ds.with_labels(labels, clean)
 
     def _columns(self) -> list[str]:

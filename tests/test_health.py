@@ -137,10 +137,14 @@ def test_eps_never_depends_on_the_specs_prefix():
         assert len(by_name) == 1, shape
 
 
-def test_small_sets_get_more_epochs_and_explicit_epochs_win():
+def test_small_sets_get_more_steps_and_explicit_options_win():
     big = resolve_defaults(RunConfig(), (1, 28, 28), 7500, False)  # MNIST-10k: tuned, unscaled
     small = resolve_defaults(RunConfig(), (1, 28, 28), 500, False)
     assert (small.epochs, small.robust_epochs, small.cv_epochs) == (4 * big.epochs, 4 * big.robust_epochs, 4 * big.cv_epochs)
+    # smaller batches too: 500 rows at batch 32 make 16 steps an epoch, the learning rate by sqrt(32 / 64)
+    assert (small.batch_size, small.robust_batch_size, small.cv_batch_size) == (32, 32, 32)
+    assert small.lr == pytest.approx(big.lr * 0.5 ** 0.5) and small.robust_lr == pytest.approx(big.robust_lr / 2)
+    assert (big.batch_size, big.robust_batch_size, big.lr) == (64, 128, 0.1)
     assert resolve_defaults(RunConfig(epochs=7), (1, 28, 28), 500, False).epochs == 7
     digits = resolve_defaults(RunConfig(), (1, 8, 8), 1347, False)
     assert digits.epochs == 100  # the tiny recipe's own size: unchanged
@@ -218,3 +222,40 @@ def test_a_memorizing_robust_model_still_flags_with_a_stated_reason(tmp_path):
     assert m["noise_recall"] > 0.8 and m["noise_precision"] > 0.6
     assert any(w.startswith("flagging: no robust model passed") for w in man["warnings"])
     assert not {"robust_margin_pgd", "robust_aum_pgd"} & set(man["signal_selection"]["members"])
+
+
+def test_image_size_trains_at_a_lower_resolution_and_the_run_reads_it_back(tmp_path):
+    """``--image-size 12`` audits the 8x8 digits at 12x12 (any size works; the bundled set is small): the
+    models see 12x12 images, the manifest says so, and the run directory returns the pixels it trained on."""
+    from audit.pipeline import run_audit
+    from audit.rundir import RunDir
+
+    tiny = dict(dataset="digits", noise=0.1, seed=0, epochs=3, robust_epochs=2, cv_epochs=3, folds=2, eps=0.1,
+                steps=2, eval_steps=3, tracin_checkpoints=1, knn_k=5, image_size=12)
+    man = run_audit(RunConfig(**tiny), tmp_path / "run", progress=False)
+    assert man["dataset"]["shape"] == [1, 12, 12] and man["config"]["image_size"] == 12
+    ds = RunDir(tmp_path / "run").dataset()
+    assert ds.images.shape[1:] == (1, 12, 12) and ds.extra["resized_from"] == [8, 8]
+    from audit.data import load_dataset
+
+    src = load_dataset("digits")
+    big = src.resized(16)
+    assert big.images.shape[1:] == (1, 16, 16) and big.fingerprint() != src.fingerprint()
+    assert abs(float(big.images.mean()) - float(src.images.mean())) < 2.0  # brightness kept
+    assert src.resized(8) is src
+
+
+def test_when_both_estimates_find_nothing_the_canaries_set_the_threshold(tmp_path, monkeypatch):
+    """Never a silent zero: with the out-of-sample estimate and the robust bound both at zero (forced
+    here), the rows scoring above half of the planted canaries are flagged, and the run says so."""
+    from audit.pipeline import run_audit
+    from audit.signals import table
+
+    real = table.flag_count
+    monkeypatch.setattr(table, "flag_count", lambda *a, **k: {**real(*a, **k), "n": 0, "rule": "min"})
+    man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, eps=0.1), tmp_path / "run", progress=False)
+    f, m = man["flagging"], man["metrics"]
+    assert f["rule"] == "canaries" and "above half of the" in f["reason"]
+    assert m["num_flagged_train"] == f["n"] > 30 and m["noise_precision"] > 0.7
+    assert any(w.startswith("flagging: the out-of-sample estimate and the robust models' errors found no")
+               for w in man["warnings"])

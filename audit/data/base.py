@@ -100,6 +100,27 @@ class AuditDataset:
             extra=dict(self.extra),
         )
 
+    def resized(self, size: int, chunk: int = 4096) -> "AuditDataset":
+        """A copy with every image resized to ``size`` × ``size`` (``--image-size``): area-weighted
+        (antialiased bilinear) when shrinking, bilinear when growing; uint8 as before. The source's
+        fingerprint (``extra``) is kept; the copy's own fingerprint covers the resized pixels."""
+        import torch
+        import torch.nn.functional as F
+
+        n, c, h, w = self.images.shape
+        if (h, w) == (size, size):
+            return self
+        out = np.empty((n, c, size, size), np.uint8)
+        for i in range(0, n, chunk):
+            x = torch.from_numpy(np.ascontiguousarray(self.images[i:i + chunk])).float()
+            y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=size < max(h, w))
+            out[i:i + chunk] = y.round().clamp(0, 255).to(torch.uint8).numpy()
+        extra = {**self.extra, "resized_from": [int(h), int(w)]}
+        return AuditDataset(images=out, labels=self.labels, split=self.split, example_ids=self.example_ids,
+                            index=self.index, class_names=self.class_names, name=self.name, spec=self.spec,
+                            paths=self.paths, clean_labels=self.clean_labels, extra=extra)
+
 
 def stratified_split(labels: np.ndarray, test_fraction: float = 0.25, seed: int = 0) -> np.ndarray:
     """Deterministic stratified train/test split: a string array of ``train``/``test`` (N,).

@@ -17,6 +17,8 @@ The choice, every radius tried and its accuracies are written to the manifest (`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -34,6 +36,21 @@ KEEP = 0.8
 LADDERS = {"linf": {"mlp": (0.1, 0.05, 0.025), "mnist_cnn": (0.3, 0.2, 0.1, 0.05),
                     "resnet18": (8 / 255, 4 / 255, 2 / 255)},
            "l2": {"mlp": (0.5, 0.25), "mnist_cnn": (2.0, 1.0, 0.5), "resnet18": (0.5, 0.25)}}
+
+
+@dataclass(frozen=True)
+class CalibrationRule:
+    """The calibration's constants, part of its cache key (a changed rule recomputes the radius)."""
+
+    max_rows: int = MAX_ROWS
+    steps: int = STEPS
+    keep: float = KEEP
+    chance_margin: float = CHANCE_MARGIN
+    ladder: tuple = ()
+
+
+def rule_for(norm: str, arch: str) -> CalibrationRule:
+    return CalibrationRule(ladder=tuple(LADDERS[norm][arch]))
 
 
 def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
