@@ -182,6 +182,8 @@ class RunConfig:
 
 
 OPTIONS = {f.name: f for f in fields(RunConfig)}
+# Options that change results yet stay None in a resolved config: no preset, the files' own image size.
+NONE_WHEN_RESOLVED = ("preset", "image_size")
 
 
 def stable_hash(obj: Any) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audit.config import OPTIONS, config_from_dict
+from audit.config import NONE_WHEN_RESOLVED, OPTIONS, config_from_dict
 from audit.data.limits import MAX_CLASSES
 from audit.data.registry import SOURCES
 from audit.errors import AuditInputError
@@ -126,7 +126,7 @@ def check_manifest(man: dict, path: Path) -> dict:
     except AuditInputError as e:
         raise AuditInputError(f"{path}: field config: {e} (not a manifest benign-audit wrote)") from None
     unresolved = [k for k, f in OPTIONS.items() if getattr(cfg, k) is None and f.metadata["results"]
-                  and k != "preset"]
+                  and k not in NONE_WHEN_RESOLVED]
     if unresolved:
         raise AuditInputError(f"{path}: field config.{unresolved[0]}: missing (not a manifest benign-audit wrote)")
     c, h, w = man["dataset"]["shape"]

@@ -459,3 +459,32 @@ def test_overview_shows_review_progress_and_verify_results(review_run):
     table = next(d.value for d in at.dataframe if "variant" in d.value.columns)
     assert list(table.columns) == ["variant", "train rows", "model", "clean acc", "adv acc @0.1", "adv acc @0.025"]
     assert table.iloc[0].tolist() == ["given", "1347", "natural", "0.900 ± 0.020", "0.500", "0.800 ± 0.100"]
+
+
+def test_overview_names_failed_models_and_the_queue_never_shows_nothing(review_run):
+    """A run whose robust model failed its health checks says so on the Overview (a warning per failure,
+    a line per retrained model); with nothing flagged the review queue lists the top-ranked examples."""
+    import json
+
+    run, man = review_run
+    m = json.loads((run / "manifest.json").read_text())
+    m["warnings"] = ["pgd model failed no_memorizing after 3 trainings (fits 97% of the doubted labels)"]
+    m["health"] = {**m["health"], "attempts": {"pgd": [{"stage": "train_pgd", "failed": ["no_memorizing"],
+                                                        "retry": "training eps 0.1 -> 0.15, epochs 40 -> 24"},
+                                                       {"stage": "train_pgd_try2", "failed": [], "retry": None}]}}
+    (run / "manifest.json").write_text(json.dumps(m))
+    at = open_app()
+    assert [w.value for w in at.warning] == ["pgd model failed no\\_memorizing after 3 trainings \\(fits 97\\% of the "
+                                             "doubted labels\\)"]
+    assert any("PGD\\-AT\\: retrained 1x after failed health checks" in c.value for c in at.caption)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(run / "examples.parquet")  # nothing flagged, the table's metadata kept
+    i = t.schema.get_field_index("is_label_issue")
+    pq.write_table(t.set_column(i, "is_label_issue", pa.array([False] * len(t))), run / "examples.parquet")
+    df = t.to_pandas()
+    at = open_app(REVIEW)
+    assert any("Nothing is flagged in this split" in i.value for i in at.info)
+    top = df[df.split == "train"].sort_values(["issue_score", "example_id"], ascending=[False, True])
+    assert current_id(at) == top["example_id"].iloc[0]
