@@ -168,14 +168,14 @@ def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: Trai
     nat, rob = train_recipe(cfg, "natural"), train_recipe(cfg, robust[0])
     config = {"natural": nat, "robust": replace(rob, eps=1.0, step_size=rob.step_size / rob.eps), "data": data_config(cfg),
               "rule": rule_for(rob.norm, rob.arch)}
-    orch.key("calibrate", "calibrate", config)
+    orch.key("calibrate", "calibrate", config)  # the budget follows from the robust recipe and the data
     arrays = orch.cached("calibrate")
     if arrays is None:
         orch.start("calibrate")
         t0 = time.perf_counter()
         real = np.flatnonzero(~data.is_canary)
         res = calibrate_eps(subset(data.train_images, real), data.train_labels[real], data.num_classes, nat, rob,
-                            device=device, progress=orch.progress)
+                            device=device, progress=orch.progress, budget_rows=rob.epochs * len(data.train_labels))
         arrays = orch.store("calibrate", {"result": np.array(json.dumps(res))}, time.perf_counter() - t0)
     res = json.loads(str(arrays["result"]))
     upd = {"eps": res["eps"]}

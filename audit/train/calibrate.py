@@ -5,7 +5,8 @@ MNIST's radius, left PGD-AT at chance), and its signals then rank label noise be
 ``--eps`` is not given (and no ``--preset``), a ladder of radii is tried from the literature's radius for
 the kind of image downwards (:data:`LADDERS`): on a stratified subset of the training rows (at most
 ``MAX_ROWS``, three quarters to fit and one quarter held out), a natural model and PGD-AT at each radius
-train with the run's own recipe for a fixed number of steps (``STEPS``), and the largest radius whose
+train with the run's own recipe for ``STEPS`` steps (fewer when that would cost more than ``BUDGET_SHARE``
+of the run's own robust training, never under ``MIN_STEPS``), and the largest radius whose
 robust model keeps at least ``KEEP`` of the natural model's above-chance accuracy on the held-out rows
 (against the given labels), and beats chance by the health checks' margin, is chosen: the radius at which adversarial training still learns the clean
 majority. When none does, the smallest is taken and the run says so. A natural reference that does not beat chance
@@ -31,6 +32,9 @@ from audit.train.models import build_model
 MAX_ROWS = 1200
 STEPS = 240
 KEEP = 0.8
+BUDGET_SHARE = 0.6
+BATCHES_PER_EPOCH = 6
+MIN_STEPS = 60
 # Radii tried, largest first, in [0, 1] pixel units per architecture (the literature's radius first:
 # Madry et al. 2018 MNIST 0.3, CIFAR-10 8/255; the tiny 8×8 digits' tuned 0.1).
 LADDERS = {"linf": {"mlp": (0.1, 0.05, 0.025), "mnist_cnn": (0.3, 0.2, 0.1, 0.05),
@@ -46,6 +50,9 @@ class CalibrationRule:
     steps: int = STEPS
     keep: float = KEEP
     chance_margin: float = CHANCE_MARGIN
+    budget_share: float = BUDGET_SHARE
+    batches_per_epoch: int = BATCHES_PER_EPOCH
+    min_steps: int = MIN_STEPS
     ladder: tuple = ()
 
 
@@ -65,18 +72,26 @@ def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def calibrate_eps(images, labels: np.ndarray, num_classes: int, natural: TrainSpec, robust: TrainSpec, *,
-                  device: torch.device, progress: bool = False) -> dict:
+                  device: torch.device, progress: bool = False, budget_rows: int | None = None) -> dict:
     """The largest radius of the ladder at which PGD-AT still learns (see the module docstring).
 
     ``images``: uint8 (N, C, H, W) training rows (any :mod:`audit.rows` form); ``natural`` and
-    ``robust``: the run's recipes (their epochs are replaced by a fixed step budget). Returns
+    ``robust``: the run's recipes (their epochs are replaced by a fixed step budget); ``budget_rows``: the
+    rows × epochs of the run's robust training, which bounds each calibration training's cost. Returns
     ``{"eps", "tried": [{"eps", "robust_accuracy"}], "natural_accuracy", "chance", "rows", "reason"}``."""
     fit, held = _split(labels, robust.seed)
     x_fit, y_fit, x_held, y_held = subset(images, fit), labels[fit], subset(images, held), labels[held]
     shape = tuple(images.shape[1:])
     chance = float(np.bincount(y_held).max() / len(y_held))
-    steps_per_epoch = max(1, -(-len(fit) // robust.batch_size))
-    epochs = max(2, -(-STEPS // steps_per_epoch))
+    # each training of the ladder costs at most BUDGET_SHARE of the run's robust training, in batches that
+    # give at least BATCHES_PER_EPOCH steps an epoch (a few hundred colour images at batch 256 give two)
+    budget = None if budget_rows is None else int(BUDGET_SHARE * budget_rows)
+
+    def budgeted(spec: TrainSpec) -> TrainSpec:
+        batch = min(spec.batch_size, max(32, len(fit) // BATCHES_PER_EPOCH))
+        steps = STEPS if budget is None else max(MIN_STEPS, min(STEPS, budget // batch))
+        epochs = max(2, -(-steps // max(1, -(-len(fit) // batch))))
+        return TrainSpec(**{**spec.__dict__, "batch_size": batch, "epochs": epochs, "tracin_checkpoints": 1})
 
     def held_acc(spec: TrainSpec) -> float:
         torch.manual_seed(spec.seed)
@@ -85,8 +100,7 @@ def calibrate_eps(images, labels: np.ndarray, num_classes: int, natural: TrainSp
                           desc=f"calibrate eps {spec.eps:.4g}" if spec.method != "natural" else "calibrate")
         return float((infer(res.model, x_held, device)[0].argmax(1) == y_held).mean())
 
-    nat_epochs = max(2, -(-STEPS // max(1, -(-len(fit) // natural.batch_size))))
-    nat_spec = TrainSpec(**{**natural.__dict__, "epochs": nat_epochs, "tracin_checkpoints": 1})
+    nat_spec = budgeted(natural)
     floor = chance + CHANCE_MARGIN * (1 - chance)  # the health check's bound (audit.health)
     for _ in range(3):  # a reference that did not learn is no reference: halve its learning rate
         nat = held_acc(nat_spec)
@@ -97,8 +111,8 @@ def calibrate_eps(images, labels: np.ndarray, num_classes: int, natural: TrainSp
     ladder = LADDERS[robust.norm][robust.arch]
     tried = []
     for eps in ladder:
-        spec = TrainSpec(**{**robust.__dict__, "method": "pgd", "epochs": epochs, "eps": eps,
-                            "step_size": robust.step_size * eps / robust.eps, "tracin_checkpoints": 1})
+        spec = budgeted(TrainSpec(**{**robust.__dict__, "method": "pgd", "eps": eps,
+                                     "step_size": robust.step_size * eps / robust.eps}))
         acc = held_acc(spec)
         tried.append({"eps": eps, "robust_accuracy": round(acc, 4)})
         if acc >= need:
