@@ -87,6 +87,8 @@ def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_
         return float((logits.argmax(1) == test_labels).mean()) if has_test else float("nan")
 
     nat = trained.get("natural")
+    cv_ok = cv is not None and "test_probs" in cv and (not has_test or _beats_chance(
+        "crossval", float((cv["test_probs"].mean(0).argmax(1) == test_labels).mean()), chance).ok)
     for role, arr in trained.items():
         if role == "aug":
             out.append(_beats_chance("aug", float(arr["test_accuracy"]) if has_test else float("nan"), chance))
@@ -107,7 +109,10 @@ def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_
                              f"(the natural model's {adv_nat:.3f} plus {ROBUST_GAIN})"))
         else:
             out.append(Check(role, "robust", None, float("nan"), float("nan"), "no test rows: robustness not checked"))
-        if cv is not None:
+        if cv is not None and not cv_ok:
+            out.append(Check(role, "no_memorizing", None, float("nan"), MEMORIZE_MAX,
+                             "the out-of-sample models did not learn: memorization not checked"))
+        elif cv is not None:
             doubted = cv["oos_probs"].argmax(1) != train_labels
             if doubted.sum() >= MIN_DOUBTED:
                 fit = float((arr["train_logits"].argmax(1)[doubted] == train_labels[doubted]).mean())

