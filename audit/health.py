@@ -66,8 +66,13 @@ def chance_level(test_labels: np.ndarray) -> float:
     return float(np.bincount(test_labels).max() / len(test_labels))
 
 
+def chance_bound(chance: float) -> float:
+    """The accuracy a model must reach to count as having learned: chance + ``CHANCE_MARGIN`` × (1 − chance)."""
+    return chance + CHANCE_MARGIN * (1 - chance)
+
+
 def _beats_chance(model: str, acc: float, chance: float) -> Check:
-    bound = chance + CHANCE_MARGIN * (1 - chance)
+    bound = chance_bound(chance)
     if not np.isfinite(acc):
         return Check(model, "beats_chance", None, acc, bound, "no test rows: could not check against chance")
     ok = acc >= bound
@@ -87,8 +92,11 @@ def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_
         return float((logits.argmax(1) == test_labels).mean()) if has_test else float("nan")
 
     nat = trained.get("natural")
-    cv_ok = cv is not None and "test_probs" in cv and (not has_test or _beats_chance(
-        "crossval", float((cv["test_probs"].mean(0).argmax(1) == test_labels).mean()), chance).ok)
+    cv_check = None
+    if cv is not None and "test_probs" in cv:
+        acc = float((cv["test_probs"].mean(0).argmax(1) == test_labels).mean()) if has_test else float("nan")
+        cv_check = _beats_chance("crossval", acc, chance)
+    cv_ok = cv_check is not None and cv_check.ok is not False
     for role, arr in trained.items():
         if role == "aug":
             out.append(_beats_chance("aug", float(arr["test_accuracy"]) if has_test else float("nan"), chance))
@@ -123,9 +131,8 @@ def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_
             else:
                 out.append(Check(role, "no_memorizing", None, float("nan"), MEMORIZE_MAX,
                                  f"only {int(doubted.sum())} doubted training labels: memorization not checked"))
-    if cv is not None and "test_probs" in cv:
-        acc = float((cv["test_probs"].mean(0).argmax(1) == test_labels).mean()) if has_test else float("nan")
-        out.append(_beats_chance("crossval", acc, chance))
+    if cv_check is not None:
+        out.append(cv_check)
     return out
 
 

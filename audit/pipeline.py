@@ -150,7 +150,8 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
         metrics = {**tables.metrics, "wall_seconds": round(time.perf_counter() - t_start, 2),
                    "compute_seconds": orch.compute_seconds()}
         extra = {**tables.extra, "neighbors": json.loads(str(infl.get("neighbors_info", "{}"))),
-                 "health": health, "warnings": health["warnings"] + tables.extra.get("flagging", {}).get("warnings", [])}
+                 "health": health, "warnings": _recipe_warnings(recipe) + health["warnings"]
+                 + tables.extra.get("flagging", {}).get("warnings", [])}
         return orch.write_manifest(base, "complete", metrics, extra)
 
 
@@ -184,6 +185,12 @@ def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: Trai
     if given.step_size is None:
         upd["step_size"] = cfg.step_size * res["eps"] / cfg.eps
     return validate_config(replace(cfg, **upd)), {"eps": {"value": res["eps"], "source": "calibrated", **res}}
+
+
+def _recipe_warnings(recipe: dict) -> list[str]:
+    """A calibration that found no radius at which PGD-AT learns is named, not only recorded."""
+    eps = recipe.get("eps", {})
+    return [f"attack radius: {eps['reason']}"] if eps.get("fallback") else []
 
 
 def estimate_seconds(cfg: RunConfig, data: TrainData, device: torch.device) -> float:

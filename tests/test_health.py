@@ -178,7 +178,12 @@ def test_calibrated_eps_differs_for_grey_sets_with_different_statistics():
                             device=torch.device("cpu"))
         chosen[name] = res
         assert res["natural_accuracy"] > 0.4, res  # the reference learned (chance 0.1)
-    assert chosen["bold"]["eps"] == 0.1, chosen["bold"]
+    assert chosen["bold"]["eps"] == 0.1 and chosen["bold"]["fallback"] is False, chosen["bold"]
+    from audit.pipeline import _recipe_warnings
+
+    gave_up = {"eps": {"source": "calibrated", "fallback": True, "reason": "eps 0.025, the smallest tried: ..."}}
+    assert _recipe_warnings(gave_up) == ["attack radius: eps 0.025, the smallest tried: ..."]
+    assert _recipe_warnings({"eps": {"source": "calibrated", **chosen["bold"]}}) == []
     assert chosen["faint"]["eps"] <= 0.05, chosen["faint"]  # a radius near the stripes' amplitude erases them
     assert len(chosen["faint"]["tried"]) >= 2 and "eps" in chosen["faint"]["reason"]
 

@@ -8,8 +8,9 @@ the kind of image downwards (:data:`LADDERS`): on a stratified subset of the tra
 train with the run's own recipe for ``STEPS`` steps (fewer when that would cost more than ``BUDGET_SHARE``
 of the run's own robust training, never under ``MIN_STEPS``), and the largest radius whose
 robust model keeps at least ``KEEP`` of the natural model's above-chance accuracy on the held-out rows
-(against the given labels), and beats chance by the health checks' margin, is chosen: the radius at which adversarial training still learns the clean
-majority. When none does, the smallest is taken and the run says so. A natural reference that does not beat chance
+(against the given labels), and beats chance by the health checks' margin, is chosen: the radius at
+which adversarial training still learns the clean majority. When none does, the smallest is taken and
+the run says so (``fallback``, a warning). A natural reference that does not beat chance
 trains again at half the learning rate (twice at most); when it needed that, the run's natural model
 starts at the lower rate too (``natural_lr``), instead of failing its own health check first.
 
@@ -26,7 +27,7 @@ import torch
 from audit.rows import subset
 from audit.train.engine import TrainSpec, train_model
 from audit.train.evaluate import infer
-from audit.health import CHANCE_MARGIN
+from audit.health import CHANCE_MARGIN, chance_bound, chance_level
 from audit.train.models import build_model
 
 MAX_ROWS = 1200
@@ -82,7 +83,7 @@ def calibrate_eps(images, labels: np.ndarray, num_classes: int, natural: TrainSp
     fit, held = _split(labels, robust.seed)
     x_fit, y_fit, x_held, y_held = subset(images, fit), labels[fit], subset(images, held), labels[held]
     shape = tuple(images.shape[1:])
-    chance = float(np.bincount(y_held).max() / len(y_held))
+    chance = chance_level(y_held)
     # each training of the ladder costs at most BUDGET_SHARE of the run's robust training, in batches that
     # give at least BATCHES_PER_EPOCH steps an epoch (a few hundred colour images at batch 256 give two)
     budget = None if budget_rows is None else int(BUDGET_SHARE * budget_rows)
@@ -101,7 +102,7 @@ def calibrate_eps(images, labels: np.ndarray, num_classes: int, natural: TrainSp
         return float((infer(res.model, x_held, device)[0].argmax(1) == y_held).mean())
 
     nat_spec = budgeted(natural)
-    floor = chance + CHANCE_MARGIN * (1 - chance)  # the health check's bound (audit.health)
+    floor = chance_bound(chance)  # the health check's bound
     for _ in range(3):  # a reference that did not learn is no reference: halve its learning rate
         nat = held_acc(nat_spec)
         if nat >= floor:
@@ -116,14 +117,15 @@ def calibrate_eps(images, labels: np.ndarray, num_classes: int, natural: TrainSp
         acc = held_acc(spec)
         tried.append({"eps": eps, "robust_accuracy": round(acc, 4)})
         if acc >= need:
+            fallback = False
             reason = (f"eps {eps:.4g}: PGD-AT on {len(fit)} rows kept {acc:.3f} held-out accuracy against the "
                       f"natural model's {nat:.3f} (needed {need:.3f}: {KEEP:.0%} of its gain over chance {chance:.3f})")
             break
     else:
-        eps = ladder[-1]
+        eps, fallback = ladder[-1], True
         shown = ", ".join("%.4g: %.3f" % (t["eps"], t["robust_accuracy"]) for t in tried)
         reason = (f"eps {eps:.4g}, the smallest tried: PGD-AT kept under {KEEP:.0%} of the natural model's "
                   f"accuracy gain at every radius ({shown}; natural {nat:.3f})")
-    return {"eps": float(eps), "tried": tried, "natural_accuracy": round(nat, 4), "natural_lr": nat_spec.lr,
+    return {"eps": float(eps), "fallback": fallback, "tried": tried, "natural_accuracy": round(nat, 4), "natural_lr": nat_spec.lr,
             "chance": round(chance, 4),
             "rows": int(len(fit)), "held_out": int(len(held)), "reason": reason}
