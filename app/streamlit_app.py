@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import data, ui
+from audit.commands.app import request_refusal
 
 HERE = Path(__file__).resolve().parent
 # The page icon is a file served by the app itself: a ":material/...:" icon would make the browser fetch
@@ -48,6 +49,10 @@ def dataset_notice_ui(run: ui.Run) -> None:
 def main() -> None:
     st.set_page_config(page_title="benign-audit review", page_icon=str(ICON) if ICON.is_file() else "🏷️",
                        layout="wide")
+    refusal = request_refusal(st.context.headers)  # before anything is read or recorded
+    if refusal:
+        st.error(refusal)
+        st.stop()
     run_path = data.run_dir_from_argv()
     problem = data.run_problem(run_path)
     if problem:
