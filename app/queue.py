@@ -90,12 +90,18 @@ def review_queue(df: pd.DataFrame, decided_ids: pd.Index | np.ndarray | list, f:
     return rows[order]
 
 
-def _sample_rows(df: pd.DataFrame, decided_ids, f: Filters) -> np.ndarray:
+def sample_rows(df: pd.DataFrame, sample: str) -> np.ndarray:
+    """Row positions of the whole random sample ``sample`` (a key of :data:`SAMPLES` other than the
+    flagged queue), in the sample's own order, decided or not: training rows only."""
     from audit.calibration import random_sample
 
-    ids = random_sample(df, size=SAMPLE_SIZE, seed=0, flagged=SAMPLES[f.sample])
+    ids = random_sample(df, size=SAMPLE_SIZE, seed=0, flagged=SAMPLES[sample])
     rows = pd.Index(df["example_id"].astype(str)).get_indexer(ids)
-    rows = rows[rows >= 0]
+    return rows[rows >= 0]
+
+
+def _sample_rows(df: pd.DataFrame, decided_ids, f: Filters) -> np.ndarray:
+    rows = sample_rows(df, f.sample)
     if f.status != "all":
         is_decided = df["example_id"].iloc[rows].isin(pd.Index(decided_ids)).to_numpy()
         rows = rows[is_decided if f.status == "decided" else ~is_decided]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import html
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -35,6 +36,35 @@ SIGNAL_HELP = {
     "robust_margin_trades": "the TRADES-trained model refuses the given label (low margin)",
     "robust_aum_trades": "the TRADES-trained model never learned the given label (low AUM)",
 }
+COMBINATION_HELP = "the mean rank of the best {k} signals by the canary check"
+
+
+def signal_description(name) -> str | None:
+    """The one-line description of signal ``name`` (plain text): the signal registry's own where it keeps
+    one (:mod:`audit.signals.registry`), else :data:`SIGNAL_HELP`; ``mean_top<k>``, the combination of the
+    best k; None when nothing describes it."""
+    name = str(name)
+    try:
+        from audit.signals.registry import SIGNALS
+
+        desc = getattr(SIGNALS.get(name), "description", None)
+    except ImportError:  # the app without the signal stack: its own table is enough
+        desc = None
+    if isinstance(desc, str) and desc.strip():
+        return desc.strip()
+    if name in SIGNAL_HELP:
+        return SIGNAL_HELP[name]
+    m = re.fullmatch(r"mean_top(\d+)", name)
+    return COMBINATION_HELP.format(k=m.group(1)) if m else None
+
+
+def signal_title(name) -> str:
+    """"name — description" for a heading, or the name alone when it has no description (never the name
+    twice)."""
+    desc = signal_description(name)
+    return f"{name} — {desc}" if desc and desc != str(name) else str(name)
+
+
 DECISION_VERB = {"keep": "Kept", "relabel": "Relabelled", "remove": "Removed", "skip": "Skipped", "undo": "Undid"}
 DECISION_ICON = {"keep": "✓", "relabel": "✎", "remove": "✕", "skip": "↷", "undo": "↶"}
 MODEL_NAME = {"natural": "natural", "pgd": "PGD-AT", "trades": "TRADES"}
@@ -170,6 +200,77 @@ def num(x, spec: str = ".3f") -> str:
 
 def pct(x) -> str:
     return num(x, ".1%")
+
+
+# -- numbers for people ------------------------------------------------------------------------------
+# One place for how the pages write the numbers a reader takes in at a glance.
+def _finite(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def sig(x, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant digits, without an exponent between 1e-4 and 1e6: 0.1, 0.0314, 12.1,
+    8,520, 1.23M; "–" when missing."""
+    v = _finite(x)
+    if v is None:
+        return "–"
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:.{digits}g}M" if a < 1e9 else f"{v:.{digits - 1}e}"
+    if a >= 10 ** (digits - 1):
+        return f"{float(f'{v:.{digits}g}'):,.0f}"  # 8,520: rounded to the digits kept, thousands separated
+    return f"{v:.{digits}g}" if a == 0 or a >= 1e-4 else f"{v:.{digits - 1}e}"
+
+
+def signed(x, digits: int = 3) -> str:
+    """:func:`sig` with its sign always written (an influence pushes one way or the other): +8,520, −0.31."""
+    v = _finite(x)
+    if v is None:
+        return "–"
+    return ("+" if v > 0 else "−" if v < 0 else "") + sig(abs(v), digits)
+
+
+def eps_text(eps) -> str:
+    """An attack radius in [0, 1] pixel units as people write it: "8/255" where it is a whole number of
+    grey levels out of 255 (not a round decimal), else 3 significant digits ("0.1", "0.3")."""
+    v = _finite(eps)
+    if v is None:
+        return "–"
+    k = v * 255
+    if 0 < v < 1 and abs(k - round(k)) < 1e-6 and f"{v:.3g}" != f"{v:.6g}":
+        return f"{round(k)}/255"
+    return sig(v)
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, …"""
+    n = int(n)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def percentile_text(share_below) -> str:
+    """The share of rows below a value (0–1) as "81st percentile" ("bottom 1%" under the 1st); "–"
+    when missing. Floored, and capped at the 99th (a share below reaches 1 only by rounding)."""
+    v = _finite(share_below)
+    if v is None:
+        return "–"
+    p = math.floor(v * 100 + 1e-9)
+    return "bottom 1%" if p < 1 else f"{ordinal(min(99, p))} percentile"
+
+
+def first_learned_text(v) -> str:
+    """``first_learned_M`` (:func:`audit.train.engine.summarize_dynamics`: the 0-based epoch from which
+    the example stays correct, -1 when it is wrong at the last epoch) in the 1-based epochs of the
+    training-dynamics chart: "epoch 5", "never learned", "–" when not recorded."""
+    f = _finite(v)
+    if f is None:
+        return "–"
+    return "never learned" if f < 0 else f"epoch {int(f) + 1}"
 
 
 def style() -> None:

@@ -5,13 +5,14 @@ Sections:
 
 1. the headline metrics and the resolved config;
 2. the ``issue_score`` distribution of training examples by ``category`` (and by injected noise);
-3. flagged training examples per class;
+3. flagged training examples per class (left out when nothing is flagged);
 4. the paper's Figure 5a: the fraction of training points whose self-influence exceeds s, for the
    points a robust model misclassifies against all points (Feldman–Zhang memorization and TracIn);
 5. the paper's Figure 5b: the distribution of the largest influence a training image has on a test
    point, for test points a robust model misclassifies against all test points with pairs;
 6. natural versus robust accuracy (train, clean test, adversarial test);
-7. galleries of the top flagged training examples and the top train→test pairs;
+7. galleries of the top flagged training examples (with nothing flagged, the top-ranked ones, said
+   in a sentence) and the top train→test pairs;
 8. the review decisions (counts and the decided rows) when ``decisions.sqlite`` exists;
 9. ``verify.json`` (retraining on the cleaned labels) when it exists: variants × models, each metric
    with its 95% interval, and the share of the ceiling's gain that cleaning recovered.
@@ -83,6 +84,12 @@ def _fig_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _legend(ax, **kw) -> None:
+    """A legend when the axes hold labelled artists (matplotlib warns on an empty one)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def _plt():
     import matplotlib
 
@@ -110,14 +117,14 @@ def plot_issue_scores(tr: pd.DataFrame) -> bytes:
         a.set_xlabel("issue_score (higher = more likely mislabelled)")
         a.set_ylabel("training examples")
     ax.set_title("issue_score by category (training split)")
-    ax.legend(fontsize=8, loc="upper left")
+    _legend(ax, fontsize=8, loc="upper left")
     if has_noise:
         ax = axes[0, 1]
         noisy = tr["is_injected_noise"].astype(bool)
         ax.hist([tr.loc[~noisy, "issue_score"], tr.loc[noisy, "issue_score"]], bins=bins, stacked=True,
                 color=["#8c8c8c", "#d62728"], label=[f"clean label ({(~noisy).sum()})", f"injected noise ({noisy.sum()})"])
         ax.set_title("issue_score by injected label noise")
-        ax.legend(fontsize=8, loc="upper left")
+        _legend(ax, fontsize=8, loc="upper left")
     if thr is not None:
         axes[0, -1].text(thr, axes[0, -1].get_ylim()[1] * 0.97, " flagged →", va="top", fontsize=8)
     return _fig_png(fig)
@@ -148,7 +155,7 @@ def plot_flagged_per_class(tr: pd.DataFrame, class_names: list[str]) -> bytes:
     ax.set_xlabel("given label")
     ax.set_ylabel("training examples")
     ax.set_title(f"Flagged per class ({len(flagged)} of {len(tr)} training examples)")
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     return _fig_png(fig)
 
 
@@ -188,7 +195,7 @@ def plot_self_influence(tr: pd.DataFrame, robust: list[str]) -> bytes:
         ax.set_ylabel("fraction with self-influence > s")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     fig.suptitle("Fig. 5a: robust models misclassify the training points with high self-influence", fontsize=10)
     return _fig_png(fig)
 
@@ -224,7 +231,7 @@ def plot_test_influence(te: pd.DataFrame, pairs: pd.DataFrame, robust: list[str]
                         label=f"misclassified by {m} ({len(w)})")
         ax.set_xlabel(label, fontsize=9)
         ax.set_ylabel("density")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     fig.suptitle("Fig. 5b: influence on test points (pairs exist for test points some model gets wrong)", fontsize=10)
     return _fig_png(fig)
 
@@ -249,9 +256,9 @@ def plot_accuracy(man: dict) -> bytes:
     ax.set_xticks(x, [label for _, label in parts])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Natural vs robust accuracy (evaluation attack: {cfg.get('norm')} PGD, eps {cfg.get('eps'):.3g}, "
+    ax.set_title(f"Natural vs robust accuracy (evaluation attack: {cfg.get('norm')} PGD, eps {eps_text(cfg.get('eps'))}, "
                  f"{cfg.get('eval_steps')} steps)", fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
+    _legend(ax, fontsize=8, loc="lower left")
     return _fig_png(fig)
 
 
@@ -278,7 +285,8 @@ TEMPLATE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 {% if p.uri %}<img class="plot" src="{{ p.uri }}" alt="{{ p.title }}">{% else %}<p class="muted">(not available for this run)</p>{% endif %}
 <p class="muted">{{ p.caption }}</p>{% endfor %}
 {% macro img(uri, alt) %}{% if uri %}<img src="{{ uri }}" alt="{{ alt }}" title="{{ alt }}">{% else %}<div class="muted">(no image)</div>{% endif %}{% endmacro %}
-<h2>Top {{ flagged | length }} flagged training examples</h2><div class="grid">
+{% if any_flagged %}<h2>Top {{ flagged | length }} flagged training examples</h2>{% else %}<h2>Top {{ flagged | length }} training examples by issue_score (none flagged)</h2>
+<p class="note">{{ nothing_flagged }}</p>{% endif %}<div class="grid">
 {% for c in flagged %}<div class="card">{{ img(c.uri, c.eid) }}<b>{{ c.eid }}</b><br>given <b>{{ c.given }}</b> → suggested <b>{{ c.suggested }}</b><br>
 score {{ "%.3f" | format(c.score) }} <span class="badge" style="background:{{ c.color }}">{{ c.category }}</span>
 {% if c.injected %}<br><b style="color:#d62728">injected: was {{ c.injected }}</b>{% elif c.injected is not none %}<br><span class="muted">label not injected</span>{% endif %}</div>
@@ -288,7 +296,7 @@ influenced it (robust errors first: the atypical training image the natural mode
 <div class="grid">{% for c in pairs %}<div class="card pair"><div class="imgs"><div>{{ img(c.test_uri, c.test_id) }}test</div>
 <div>{{ img(c.train_uri, c.train_id) }}train</div></div><b>{{ c.reason }}</b><br>test {{ c.test_id }}: label {{ c.test_label }}; {{ c.preds }}<br>
 train {{ c.train_id }}: label {{ c.train_label }}{% if c.clean %} <b style="color:#d62728">(injected; was {{ c.clean }})</b>{% endif %}<br>
-TracIn {{ "%.3g" | format(c.tracin) }} · FZ {{ "%.3g" | format(c.fz) }} · sim {{ "%.3f" | format(c.sim) }}</div>{% endfor %}</div>
+TracIn influence {{ c.tracin }} · FZ influence {{ c.fz }} · similarity {{ "%.2f" | format(c.sim) }}</div>{% endfor %}</div>
 {% if decisions %}<h2>Review decisions</h2>
 <table>{% for k, v in decisions.counts %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
 <p class="muted">The effective decision per example (newest wins; undone ones left out){% if decisions.more %}, newest {{ decisions.rows | length }} of {{ decisions.rows | length + decisions.more }}{% endif %}.</p>
@@ -324,19 +332,98 @@ def _uri(images: dict, eid: str) -> str | None:
     return _b64_png(image_png(images[eid])) if eid in images else None
 
 
+def eps_text(eps) -> str:
+    """An attack radius in [0, 1] pixel units as people write it: "8/255" where it is a whole number of
+    grey levels out of 255 (not a round decimal), else 3 significant digits ("0.1"). The review app
+    writes it the same way (``app.ui.eps_text``; the report does not import the app's Streamlit code)."""
+    try:
+        v = float(eps)
+    except (TypeError, ValueError):
+        return "–"
+    if not np.isfinite(v):
+        return "–"
+    k = v * 255
+    if 0 < v < 1 and abs(k - round(k)) < 1e-6 and f"{v:.3g}" != f"{v:.6g}":
+        return f"{round(k)}/255"
+    return f"{v:.3g}"
+
+
+def readable(x, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant digits without an exponent between 1e-4 and 1e6 (8,520; 0.0314;
+    1.23M), as the review app writes numbers (``app.ui.sig``); "–" when missing."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    if not np.isfinite(v):
+        return "–"
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:.{digits}g}M" if a < 1e9 else f"{v:.{digits - 1}e}"
+    if a >= 10 ** (digits - 1):
+        return f"{float(f'{v:.{digits}g}'):,.0f}"
+    return f"{v:.{digits}g}" if a == 0 or a >= 1e-4 else f"{v:.{digits - 1}e}"
+
+
+def _share(v) -> str:
+    return f"{float(v):.1%}"
+
+
+def _seconds(v) -> str:
+    v = float(v)
+    if v < 90:
+        return f"{v:.0f} s"
+    if v < 5400:
+        return f"{v // 60:.0f} min {v % 60:.0f} s"
+    return f"{v / 3600:.1f} h"
+
+
+# The manifest's headline metrics as a reader names them, each with how its value is written.
+METRIC_LABELS = {
+    "num_flagged_train": ("flagged training examples", str),
+    "num_flagged_test": ("flagged test examples", str),
+    "estimated_noise_rate": ("estimated share of wrong training labels (cleanlab)", _share),
+    "noise_recall": ("injected label errors flagged (recall)", _share),
+    "noise_precision": ("flags that are injected errors (precision)", _share),
+    "noise_auroc": ("issue_score AUROC on the injected errors", lambda v: f"{float(v):.3f}"),
+    "noise_auprc": ("issue_score AUPRC on the injected errors", lambda v: f"{float(v):.3f}"),
+    "num_pairs": ("train → test pairs", str),
+    "wall_seconds": ("run time", _seconds),
+}
+
+
+def _noise_injected(cfg: dict) -> bool:
+    try:
+        return float(cfg.get("noise") or 0) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _summary(man: dict) -> list[tuple[str, object]]:
     m, ds, cfg = man["metrics"], man["dataset"], man["config"]
     rows = [("dataset", f"{ds['spec']} ({ds['num_train']} train / {ds['num_test']} test, {'×'.join(map(str, ds['shape']))})"),
-            ("models", ", ".join(cfg["models"])),
-            ("injected noise", f"{cfg['noise']} ({cfg['noise_kind']}), seed {cfg['seed']}"),
-            ("flagged (train)", m.get("num_flagged_train")), ("estimated noise rate", m.get("estimated_noise_rate"))]
-    rows += [(k, m[k]) for k in ("noise_auroc", "noise_auprc", "noise_precision", "noise_recall", "num_pairs",
-                                 "wall_seconds") if k in m]
-    return [(k, round(v, 4) if isinstance(v, float) else v) for k, v in rows]
+            ("models", ", ".join(cfg["models"])), ("seed", cfg.get("seed"))]
+    if _noise_injected(cfg):  # only what the tool planted: a run on the data as it is has no such line
+        rows.append(("injected label noise", f"{float(cfg['noise']):.1%} of training labels ({cfg.get('noise_kind', '?')})"))
+    for k, (label, fmt) in METRIC_LABELS.items():
+        if k in m and m[k] is not None:
+            try:
+                rows.append((label, fmt(m[k])))
+            except (TypeError, ValueError):  # a manifest is data: show what it holds
+                rows.append((label, m[k]))
+    return rows
+
+
+def gallery_rows(tr: pd.DataFrame, top: int) -> tuple[pd.DataFrame, bool]:
+    """The training rows of the gallery, highest ``issue_score`` first: the flagged ones, or, when nothing
+    is flagged, the top-ranked ones (as the review app lists them); and whether they are flagged."""
+    flagged = tr["is_label_issue"].astype(bool)
+    rows = tr[flagged] if flagged.any() else tr
+    return rows.sort_values("issue_score", ascending=False, kind="stable").head(top), bool(flagged.any())
 
 
 def _flagged_cards(tr: pd.DataFrame, images: dict, names: list[str], top: int) -> list[dict]:
-    f = tr[tr["is_label_issue"].astype(bool)].sort_values("issue_score", ascending=False, kind="stable").head(top)
+    f = gallery_rows(tr, top)[0]
     noise = "is_injected_noise" in tr.columns
     return [{"uri": _uri(images, str(r.example_id)), "eid": str(r.example_id), "given": _label(names, r.given_label),
              "suggested": _label(names, r.suggested_label), "score": float(r.issue_score), "category": str(r.category),
@@ -371,8 +458,8 @@ def _pair_cards(ex: pd.DataFrame, pairs: pd.DataFrame, images: dict, names: list
                       "reason": str(getattr(r, "reason", "")).replace("_", " "), "test_id": r.test_id,
                       "train_id": r.train_id, "test_label": _label(names, t["given_label"]),
                       "preds": ", ".join(f"{m} → {_label(names, t.get(f'pred_{m}'))}" for m in models),
-                      "train_label": _label(names, s["given_label"]), "clean": clean, "tracin": float(r.influence),
-                      "fz": float(getattr(r, "fz_influence", np.nan)), "sim": float(r.similarity)})
+                      "train_label": _label(names, s["given_label"]), "clean": clean, "tracin": readable(r.influence),
+                      "fz": readable(getattr(r, "fz_influence", np.nan)), "sim": float(r.similarity)})
     return cards
 
 
@@ -445,6 +532,8 @@ def _verify_plot(run: RunDir) -> str | None:
 CAPTIONS = {
     "scores": ("The dashed line is the flagging threshold: training examples to its right are flagged "
                "(is_label_issue). issue_score is a rank in [0, 1], so all categories together are uniform."),
+    "scores_none": ("Nothing is flagged, so there is no flagging threshold. issue_score is a rank in [0, 1], so all "
+                    "categories together are uniform."),
     "per_class": ("Flagged training examples by their given label, coloured by category; outlines show the "
                   "injected noise when the tool injected it."),
     "fig5a": ("Fraction of training points whose self-influence exceeds s. The paper: training points an "
@@ -454,10 +543,22 @@ CAPTIONS = {
     "accuracy": ("Train accuracy is measured on the given (possibly noisy) labels: a natural model fits them all; "
                  "robust models refuse some."),
 }
+def nothing_flagged_text(man: dict) -> str:
+    """Why the gallery shows unflagged examples, in a sentence (the manifest's flagging reason, if any)."""
+    fl = man.get("flagging") if isinstance(man.get("flagging"), dict) else {}
+    why = fl.get("reason") if isinstance(fl.get("reason"), str) and fl.get("reason") else ""
+    return ("Nothing was flagged in this run: its estimate of how many training labels are wrong came to 0"
+            + (f" ({why})" if why else "") + ". Below are the training examples with the highest issue_score "
+            "instead, the ones to look at first if you look at any; none of them is flagged.")
+
+
 def _plots(man: dict, tr: pd.DataFrame, te: pd.DataFrame, pr: pd.DataFrame, names: list[str]) -> list[dict]:
     robust = [m for m in man["config"]["models"] if m != "natural"]
-    plots = [("issue_score by category", plot_issue_scores(tr), CAPTIONS["scores"]),
-             ("Flagged per class", plot_flagged_per_class(tr, names), CAPTIONS["per_class"])]
+    any_flagged = bool(tr["is_label_issue"].astype(bool).any())
+    plots = [("issue_score by category", plot_issue_scores(tr),
+              CAPTIONS["scores"] if any_flagged else CAPTIONS["scores_none"])]
+    if any_flagged:  # nothing flagged: no chart of nothing (the gallery says so)
+        plots.append(("Flagged per class", plot_flagged_per_class(tr, names), CAPTIONS["per_class"]))
     if robust:
         plots += [("Self-influence of what robust models refuse to fit (paper's Figure 5a)",
                    plot_self_influence(tr, robust), CAPTIONS["fig5a"]),
@@ -480,8 +581,8 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, top: int
     man, ex, pr = run.manifest, run.examples(), run.pairs()
     names = run.class_names
     tr, te = ex[ex["split"] == "train"], ex[ex["split"] == "test"]
-    flagged = tr[tr["is_label_issue"].astype(bool)].sort_values("issue_score", ascending=False, kind="stable")
-    shown = set(flagged["example_id"].head(top)) | set(top_pairs(pr, pairs)[["test_id", "train_id"]].to_numpy().ravel())
+    gallery, any_flagged = gallery_rows(tr, top)
+    shown = set(gallery["example_id"]) | set(top_pairs(pr, pairs)[["test_id", "train_id"]].to_numpy().ravel())
     pics = _images(run, {str(i) for i in shown}) if images else {}
     plots = _plots(man, tr, te, pr, names)
     cards = _flagged_cards(tr, pics, names, top)
@@ -490,6 +591,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, top: int
         "run_name": run.path.resolve().name, "version": man.get("version", ""), "config_hash": man.get("config_hash", ""),
         "device": man.get("device", ""), "notes": [] if images else ["Images left out (--no-images): the dataset was not read."],
         "summary": _summary(man), "plots": plots, "flagged": cards, "pairs": pair_cards,
+        "any_flagged": any_flagged, "nothing_flagged": nothing_flagged_text(man),
         "decisions": decisions_section(run, ex), "verify": verify_section(run),
         "config_json": json.dumps(man["config"], indent=1),
         "n_plots": sum(p["uri"] is not None for p in plots), "n_flagged": sum(c["uri"] is not None for c in cards),

@@ -488,3 +488,132 @@ def test_overview_names_failed_models_and_the_queue_never_shows_nothing(review_r
     assert any("Nothing is flagged in this split" in i.value for i in at.info)
     top = df[df.split == "train"].sort_values(["issue_score", "example_id"], ascending=[False, True])
     assert current_id(at) == top["example_id"].iloc[0]
+
+
+# -- rough edges (issue 26) ---------------------------------------------------------------------------------
+def _nothing_flagged(run: Path) -> None:
+    """The run's examples with nothing flagged (the table's schema metadata kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(run / "examples.parquet")
+    i = t.schema.get_field_index("is_label_issue")
+    pq.write_table(t.set_column(i, "is_label_issue", pa.array([False] * len(t))), run / "examples.parquet")
+
+
+def _toggles(at: AppTest) -> dict:
+    return {t.key: t for t in at.toggle}
+
+
+def test_queue_controls_and_counts_say_what_is_listed(review_run):
+    """The unflagged sample hides the flagged-queue filters and counts its own rows; with nothing
+    flagged, "Flagged only" shows off and the counts name the whole split, never "0 of 0 flagged"."""
+    run, _ = review_run
+    ex = pd.read_parquet(run / "examples.parquet").set_index("example_id")
+    at = open_app(REVIEW)
+    assert _toggles(at)["f_flagged"].value is True
+    at.selectbox(key="f_sample").set_value("unflagged sample").run()
+    assert not at.exception
+    assert "f_flagged" not in _toggles(at) and not [w for w in at.multiselect if w.key == "f_classes"]
+    assert any("fixed random sample of 50 unflagged training examples" in c.value for c in at.caption)
+    listed = [b for b in at.button if b.key and b.key.startswith("open_")]
+    assert listed and not ex.loc[current_id(at), "is_label_issue"]
+    head = next(m.value for m in at.markdown if "in this queue" in m.value)
+    assert head == "**50** in this queue · **0 of 50** in a fixed random sample of 50 unflagged training examples " \
+                   "reviewed"
+    assert not any("flagged train examples" in c.value for c in at.caption)
+
+    _nothing_flagged(run)
+    at = open_app(REVIEW)
+    flag = _toggles(at)["f_flagged_none"]
+    assert flag.value is False and flag.proto.disabled and "f_flagged" not in _toggles(at)
+    n_train = int((ex["split"] == "train").sum())
+    head = next(m.value for m in at.markdown if "in this queue" in m.value)
+    assert head.startswith(f"**{n_train:,}** in this queue · nothing flagged in train")
+    assert not any("0 of 0" in m.value for m in at.markdown)
+    assert any(c.value.startswith(f"{n_train:,} train examples, none flagged") for c in at.caption)
+    assert not at.get("progress")
+
+
+def test_test_rows_offer_keep_and_relabel_only(review_run):
+    run, _ = review_run
+    ex = pd.read_parquet(run / "examples.parquet")
+    test_id = ex[(ex.split == "test") & ex.is_label_issue]["example_id"].iloc[0]
+    at = open_app(REVIEW, example=test_id)
+    keys = {b.key for b in at.button}
+    assert "decide_remove" not in keys and {"decide_keep", "decide_skip"} <= keys
+    assert any(c.value.startswith("A test example is never removed") for c in at.caption)
+    assert "X" not in at.button(key="decide_keep").help
+    at = open_app(REVIEW)  # a training row still can be removed
+    assert "decide_remove" in {b.key for b in at.button}
+    assert not any(c.value.startswith("A test example is never removed") for c in at.caption)
+
+
+def test_an_unflagged_example_is_not_said_to_be_flagged_and_its_numbers_read_as_words(review_run):
+    run, _ = review_run
+    ex = pd.read_parquet(run / "examples.parquet")
+    tr = ex[(ex.split == "train") & ~ex.is_label_issue & (ex.signals_fired != "")]
+    never = tr[tr["first_learned_pgd"] == -1] if (tr["first_learned_pgd"] == -1).any() else tr
+    r = never.iloc[0]
+    at = open_app(REVIEW, example=r.example_id)
+    captions = [c.value for c in at.caption]
+    assert not any("flagged it" in c for c in captions)
+    assert any(c.startswith("Not flagged. Strongest signals") for c in captions)
+    numbers = " ".join(m.value for m in at.markdown)
+    assert "percentile of training examples" in numbers and "pct" not in numbers
+    table = at.table[0].value
+    learned = table.loc["learned for good at"].tolist()
+    assert "-1" not in learned and all(v == "never learned" or v.startswith("epoch ") for v in learned)
+    if r["first_learned_pgd"] == -1:
+        assert table.loc["learned for good at", "PGD\\-AT"] == "never learned"
+    assert at.dataframe == [] or all("based_on" not in d.value.columns for d in at.dataframe)
+    # a flagged one is
+    at = open_app(REVIEW)
+    assert any(c.value.startswith("Signals that flagged it") for c in at.caption)
+
+
+def test_history_and_pairs_read_as_people_write(review_run):
+    run, _ = review_run
+    first = flagged_train(run)["example_id"].iloc[0]
+    DecisionStore(run).record(first, "keep", reviewer="ann")
+    at = open_app(REVIEW, example=first)
+    hist = next(d.value for d in at.dataframe if "reviewer" in d.value.columns)
+    assert list(hist.columns) == ["decided at (UTC)", "reviewer", "decision"]
+    at = open_app("views/pairs.py")
+    infl = [c.value for c in at.caption if c.value.startswith("influence ")]
+    assert infl and not any("e+" in c or "e\\+" in c or "e-0" in c for c in infl)
+
+
+def test_overview_fits_names_every_class_and_says_how_issue_score_was_chosen(review_run):
+    import json
+
+    run, man = review_run
+    m = json.loads((run / "manifest.json").read_text())
+    m["config"]["eps"] = 8 / 255
+    m["dataset"]["class_names"] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                   "Sneaker", "Bag", "Ankle boot"]
+    (run / "manifest.json").write_text(json.dumps(m))
+    at = open_app()
+    assert "eps 8\\/255" in at.caption[0].value and "0.0313" not in at.caption[0].value  # Markdown-escaped
+    # the per-class numbers in two narrow tables rather than one clipped one
+    flags = at.dataframe[1].value
+    assert list(flags.columns) == ["class", "train", "flagged", "flagged %", "mislabelled", "ambiguous", "atypical",
+                                   "most often really"]
+    acc = next(d.value for d in at.dataframe if "PGD-AT adv." in d.value.columns)
+    assert list(acc.columns) == ["class", "natural test", "natural adv.", "PGD-AT test", "PGD-AT adv."]
+    # the heatmap lists every class
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    x = spec["layer"][0]["encoding"]["x"]
+    assert x["axis"]["labelOverlap"] is False and x["scale"]["domain"] == m["dataset"]["class_names"]
+    # how issue_score was chosen: the chosen signal named once, described, first in its table, in plain words
+    sel = m["signal_selection"]
+    chosen = sel["chosen"]
+    exp = next(e for e in at.expander if e.label.startswith("How issue"))
+    assert exp.label.count(chosen.replace("_", "\\_")) == 1 and "—" in exp.label
+    assert any(s.value.startswith(f"**Chosen: {chosen.replace('_', chr(92) + '_')}**") for s in at.success)
+    table = next(d.value for d in at.dataframe if "rank sum" in d.value.columns)
+    assert table["signal"].iloc[0] == f"{chosen} (chosen)"
+    assert table["rank sum"].iloc[1:].is_monotonic_increasing  # then the best by rank sum
+    text = " ".join(md.value for md in exp.markdown)
+    assert "canaries" in text and "cleanlab" in text
+    assert "rank sum over three canary AUPRCs" not in text and sel["rule"][:40] not in text

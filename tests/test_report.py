@@ -135,3 +135,57 @@ def test_report_without_images_reads_no_dataset(tmp_path, digits_run):
     assert cli(["report", str(run), "--top", "4", "--pairs", "2", "--no-images", "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert count_images(page) == 5 and page.count("(no image)") == 4 + 2 * 2
+
+
+def test_report_with_nothing_flagged_says_so_without_an_empty_chart_or_warnings(tmp_path, digits_run):
+    """Nothing flagged and no noise injected: a sentence says so and the gallery shows the top-ranked
+    examples under its own heading; no "Top 0" heading, no per-class chart of nothing, no matplotlib
+    warning, human labels for the metrics and no "injected noise" line."""
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from audit.report import build_report
+
+    src, _ = digits_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    t = pq.read_table(run / "examples.parquet")
+    i = t.schema.get_field_index("is_label_issue")
+    pq.write_table(t.set_column(i, "is_label_issue", pa.array([False] * len(t))), run / "examples.parquet")
+    man = json.loads((run / "manifest.json").read_text())
+    man["config"]["noise"] = 0.0
+    man["metrics"] = {k: v for k, v in man["metrics"].items() if not k.startswith("noise_")}
+    man["metrics"].update(num_flagged_train=0, num_flagged_test=0)
+    (run / "manifest.json").write_text(json.dumps(man))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend" included
+        page = build_report(run, top=5, pairs=2).read_text()
+    assert "Top 0" not in page and "Flagged per class" not in page
+    assert "Nothing was flagged in this run" in page
+    assert "<h2>Top 5 training examples by issue_score (none flagged)</h2>" in page
+    ex = pd.read_parquet(run / "examples.parquet").query("split == 'train'")
+    top = ex.sort_values("issue_score", ascending=False, kind="stable")["example_id"].head(5)
+    order = [page.index(f"<b>{eid}</b>") for eid in top]
+    assert order == sorted(order)
+    assert count_images(page) == 4 + 5 + 2 * 2  # no per-class plot
+    assert "injected" not in page.split("<h2>Summary</h2>")[1].split("</table>")[0]
+    for raw in ("noise_auroc", "wall_seconds", "num_pairs", "estimated_noise_rate", "e+0"):
+        assert raw not in page.split("<h2>Config</h2>")[0]
+    assert "<tr><th>flagged training examples</th><td>0</td></tr>" in page
+    assert re.search(r"<tr><th>run time</th><td>\d+ (s|min \d+ s)</td></tr>", page)
+
+
+def test_report_summary_labels_metrics_and_names_the_injected_noise(tmp_path, digits_run):
+    src, man = digits_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    assert cli(["report", str(run), "--top", "2", "--pairs", "1", "--no-images"]) == 0
+    page = (run / "report.html").read_text()
+    summary = page.split("<h2>Summary</h2>")[1].split("</table>")[0]
+    assert "<tr><th>injected label noise</th><td>10.0% of training labels (symmetric)</td></tr>" in summary
+    m = man["metrics"]
+    assert f"<tr><th>issue_score AUROC on the injected errors</th><td>{m['noise_auroc']:.3f}</td></tr>" in summary
+    assert f"<tr><th>injected label errors flagged (recall)</th><td>{m['noise_recall']:.1%}</td></tr>" in summary
+    assert "noise_auroc" not in summary and "wall_seconds" not in summary

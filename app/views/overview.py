@@ -72,29 +72,53 @@ def category_counts(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"category": t.index, "flagged": t.get(True, 0), "not flagged": t.get(False, 0)})
 
 
-def confusion_ui(run: ui.Run, df: pd.DataFrame) -> None:
-    """Heatmap of flagged training examples: given label (rows) against suggested label (columns)."""
+HEATMAP_ALL_CLASSES = 30  # up to this many classes the heatmap lists every one; past it, those with flags
+
+
+def confusion_axes(run: ui.Run, t: pd.DataFrame) -> list[str]:
+    """The class names the heatmap's axes list, in class order: every class (up to
+    :data:`HEATMAP_ALL_CLASSES`), else those that occur as a flagged example's given or suggested label."""
+    k = len(run.class_names)
+    if k <= HEATMAP_ALL_CLASSES:
+        return list(run.class_names)
+    used = set(t["given_label"].astype(int)) | set(t["suggested_label"].astype(int))
+    return [run.name(i) for i in range(k) if i in used]
+
+
+def confusion_chart(run: ui.Run, fl: pd.DataFrame):
+    """The Altair heatmap of flagged training examples, given label (rows) against suggested label
+    (columns). Every class name is a tick label (no label is dropped for overlap: long names slant)."""
     import altair as alt
 
+    t = fl.groupby(["given_label", "suggested_label"]).size().rename("examples").reset_index()
+    t["labelled"] = t["given_label"].map(run.name)
+    t["suggested"] = t["suggested_label"].map(run.name)
+    order = confusion_axes(run, t)
+    longest = max((len(n) for n in order), default=1)
+    slant = longest > 3 or len(order) > 12
+    x_axis = alt.Axis(orient="top", labelOverlap=False, values=order, labelLimit=120,
+                      labelAngle=-45 if slant else 0, labelAlign="left" if slant else "center")
+    y_axis = alt.Axis(labelOverlap=False, values=order, labelLimit=120)
+    base = alt.Chart(t).encode(
+        x=alt.X("suggested:N", sort=order, scale=alt.Scale(domain=order), title="suggested", axis=x_axis),
+        y=alt.Y("labelled:N", sort=order, scale=alt.Scale(domain=order), title="labelled", axis=y_axis),
+        tooltip=["labelled", "suggested", "examples"])
+    heat = base.mark_rect(cornerRadius=2).encode(
+        color=alt.Color("examples:Q", scale=alt.Scale(scheme="orangered"), legend=None))
+    text = base.mark_text(fontSize=11 if len(order) <= 15 else 8).encode(
+        text="examples:Q", color=alt.condition(alt.datum.examples > t["examples"].max() / 2,
+                                              alt.value("white"), alt.value("#333")))
+    side = max(200, 24 * len(order)) if len(order) <= 15 else 16 * len(order)  # a readable row per class
+    return (heat + text).properties(height=side)
+
+
+def confusion_ui(run: ui.Run, df: pd.DataFrame) -> None:
+    """Heatmap of flagged training examples: given label (rows) against suggested label (columns)."""
     fl = df[(df["split"] == "train") & df["is_label_issue"]]
     if not len(fl):
         st.caption("Nothing flagged.")
         return
-    t = fl.groupby(["given_label", "suggested_label"]).size().rename("examples").reset_index()
-    t["labelled"] = t["given_label"].map(run.name)
-    t["suggested"] = t["suggested_label"].map(run.name)
-    order = list(run.class_names)
-    base = alt.Chart(t).encode(
-        x=alt.X("suggested:N", sort=order, title="suggested", axis=alt.Axis(labelAngle=0, orient="top")),
-        y=alt.Y("labelled:N", sort=order, title="labelled"),
-        tooltip=["labelled", "suggested", "examples"])
-    heat = base.mark_rect(cornerRadius=2).encode(
-        color=alt.Color("examples:Q", scale=alt.Scale(scheme="orangered"), legend=None))
-    text = base.mark_text(fontSize=11).encode(
-        text="examples:Q", color=alt.condition(alt.datum.examples > t["examples"].max() / 2,
-                                              alt.value("white"), alt.value("#333")))
-    side = min(28 * len(order), 340)
-    st.altair_chart((heat + text).properties(height=side), width="stretch")
+    st.altair_chart(confusion_chart(run, fl), width="stretch")
 
 
 def run_summary(run: ui.Run) -> str:
@@ -102,7 +126,7 @@ def run_summary(run: ui.Run) -> str:
     cfg = run.manifest.get("config", {})
     models = ", ".join(ui.MODEL_NAME.get(m, m) for m in run.models)
     noise = f" · {ui.pct(cfg['noise'])} {cfg.get('noise_kind', '')} noise injected" if cfg.get("noise") else ""
-    return (f"{run.manifest['dataset']['spec']} · models {models} · {cfg.get('norm', '')} eps {cfg.get('eps', '?')}"
+    return (f"{run.manifest['dataset']['spec']} · models {models} · {cfg.get('norm', '')} eps {ui.eps_text(cfg.get('eps'))}"
             f" · seed {cfg.get('seed', '?')}{noise}")
 
 
@@ -200,25 +224,145 @@ def main() -> None:
         progress_ui(run)
     verify_ui(run)
 
+    per_class_ui(run, df)
+    selection_ui(run)
+
+
+FLAG_COLUMNS = ("class", "train", "flagged", "flagged %", "mislabelled", "ambiguous", "atypical", "most often really")
+
+
+def per_class_ui(run: ui.Run, df: pd.DataFrame) -> None:
+    """Two narrow tables rather than one too wide for the page: the flags per class, then the test
+    accuracy per class and model."""
     st.subheader("Per class", anchor=False)
     pc = per_class_table(run, df)
-    pct_cols = [c for c in pc.columns if c.endswith(" test") or c.endswith(" adv.")]
-    cfg_cols = {c: st.column_config.NumberColumn(format="%.1f%%", help="accuracy on this class's test images"
-                                                 + (" under attack" if c.endswith("adv.") else ""))
-                for c in pct_cols}
-    cfg_cols["flagged %"] = st.column_config.ProgressColumn(format="percent", min_value=0.0,
-                                                             max_value=float(max(pc["flagged %"].max(), 0.01)))
-    st.dataframe(pc, hide_index=True, width="stretch", key="per_class_table", column_config=cfg_cols)
+    small = dict(width=78)
+    cfg = {c: st.column_config.NumberColumn(**small) for c in ("train", "flagged", "mislabelled", "ambiguous",
+                                                                  "atypical")}
+    cfg["class"] = st.column_config.TextColumn(width=140, pinned=True)
+    cfg["flagged %"] = st.column_config.ProgressColumn(format="percent", min_value=0.0, width=130,
+                                                       max_value=float(max(pc["flagged %"].max(), 0.01)))
+    cfg["most often really"] = st.column_config.TextColumn(width=150, help="the suggested class most of this "
+                                                           "class's flagged examples move to, and how many")
+    st.dataframe(pc[list(FLAG_COLUMNS)], hide_index=True, width="stretch", key="per_class_table", column_config=cfg)
+    acc_cols = [c for c in pc.columns if c not in FLAG_COLUMNS]
+    if acc_cols:
+        st.caption("Test accuracy per class: clean, and under the evaluation attack (adv.)")
+        acfg = {c: st.column_config.NumberColumn(format="%.1f%%", width=110,
+                                                 help="accuracy on this class's test images"
+                                                      + (" under attack" if c.endswith("adv.") else ""))
+                for c in acc_cols}
+        acfg["class"] = st.column_config.TextColumn(width=140, pinned=True)
+        st.dataframe(pc[["class", *acc_cols]], hide_index=True, width="stretch", key="per_class_accuracy",
+                     column_config=acfg)
 
+
+SELECTION_COLUMNS = {
+    "auprc": ("canary AUPRC", "how well it ranks the planted wrong labels above the other training images "
+                              "(1 = all of them on top)"),
+    "self_auprc": ("own finds aside", "canary AUPRC with the signal's own top suspects left out of the comparison "
+                                      "(real label errors it finds do not count against it)"),
+    "soft_auprc": ("shared finds aside", "canary AUPRC with each other image counting less the more signals "
+                                         "suspect it"),
+    "rank_sum": ("rank sum", "its ranks under the three canary AUPRCs added up: the lowest wins"),
+}
+
+
+def selection_table(sel: dict) -> pd.DataFrame:
+    """The candidates for ``issue_score``, the chosen one first, then by rank sum (lower is better), with
+    readable column names; a signal the canaries cannot judge is marked."""
+    scores = pd.DataFrame(sel.get("candidates") or sel.get("canary_scores") or {}).T
+    if not len(scores):
+        return scores
+    chosen = str(sel.get("chosen", ""))
+    by = "rank_sum" if "rank_sum" in scores.columns else ("auprc" if "auprc" in scores.columns else scores.columns[0])
+    scores = scores.assign(_first=[str(i) != chosen for i in scores.index],
+                           _key=scores[by].astype(float) * (1 if by == "rank_sum" else -1))
+    scores = scores.sort_values(["_first", "_key"], kind="stable").drop(columns=["_first", "_key"])
+    cols = [c for c in SELECTION_COLUMNS if c in scores.columns]  # the three grades and their sum (AUROC: manifest)
+    out = scores[cols].rename(columns={k: v[0] for k, v in SELECTION_COLUMNS.items()})
+    members = sel.get("candidate_members") or {}
+    out.insert(0, "signal", [f"{i} (chosen)" if str(i) == chosen else str(i) for i in out.index])
+    def what(name) -> str:
+        parts = [str(m) for m in members.get(name, []) or []]
+        if len(parts) > 1:  # a combination: which signals it averages says more than its name
+            return f"mean rank of {', '.join(parts)}"
+        return ui.signal_description(name) or ""
+
+    out["what it is"] = [what(i) for i in out.index]
+    return out.reset_index(drop=True)
+
+
+def selection_text(run: ui.Run, sel: dict) -> list[str]:
+    """How ``issue_score`` was chosen and how many examples were flagged, in plain sentences (plain
+    text: the names come from the manifest)."""
+    n_can = sel.get("num_canaries")
+    planted = f"{n_can:,} " if isinstance(n_can, int) else ""
+    lines = [
+        "Every signal scores each training image for how likely its label is wrong. To find out which score "
+        f"to trust on this data, the run planted {planted}known label errors (canaries): real training images "
+        "given a random wrong label, with their correctly labelled originals taken out of training.",
+        "Each signal, and the average rank of the best 2, 3 and 4 signals, was graded on how high it ranks "
+        "the canaries, three ways that differ in which other images it is compared against (so that a "
+        "signal that also finds the real label errors is not marked down). The candidate with the best "
+        "ranks over the three grades became issue_score.",
+    ]
+    left_out = [str(x) for x in (sel.get("not_eligible") or [])]
+    if left_out:
+        lines.append(f"Not eligible: {', '.join(left_out)} (the canaries cannot judge it fairly; it is still "
+                     "scored and shown).")
+    unhealthy = [str(x) for x in (sel.get("excluded_unhealthy") or [])]
+    if unhealthy:
+        lines.append(f"Left out because their model failed its checks: {', '.join(unhealthy)}.")
+    fl = run.manifest.get("flagging") if isinstance(run.manifest.get("flagging"), dict) else {}
+    n = fl.get("n")
+    if isinstance(n, int):
+        robust = fl.get("robust_errors") if isinstance(fl.get("robust_errors"), dict) else {}
+        if fl.get("rule") == "min" and robust:
+            errs = ", ".join(f"{ui.MODEL_NAME.get(m, m)} {v:,}" for m, v in robust.items())
+            why = (f"the smaller of cleanlab's estimate of how many training labels are wrong "
+                   f"({fl.get('out_of_sample', '?'):,}) and how many training images the robust model gets "
+                   f"wrong ({errs})")
+        elif fl.get("rule") == "out_of_sample":
+            why = f"cleanlab's estimate of how many training labels are wrong ({fl.get('out_of_sample', '?'):,})"
+        else:
+            why = f"rule {fl.get('rule', '?')}"
+        lines.append(f"Flagged: the {n:,} training images with the highest issue_score, {why}."
+                     + (f" {fl['reason']}." if isinstance(fl.get("reason"), str) and fl["reason"] else ""))
+    return lines
+
+
+def selection_ui(run: ui.Run) -> None:
+    """How ``issue_score`` was chosen: the chosen signal named and described once, above the candidates
+    (chosen first)."""
     sel = run.manifest.get("signal_selection") or {}
-    if sel:
-        members = ", ".join(str(m) for m in sel.get("members", []) or [])
-        with st.expander(f"How `issue_score` was chosen: **{ui.md(sel.get('chosen', '?'))}** ({ui.md(members)})"):
-            st.caption(ui.md(sel.get("rule", "")))
-            scores = pd.DataFrame(sel.get("candidates") or sel.get("canary_scores") or {}).T
-            if len(scores):
-                scores.index.name = "signal"
-                st.dataframe(scores.sort_values(scores.columns[-1], ascending=False), width="stretch")
+    if not isinstance(sel, dict) or not sel:
+        return
+    chosen = str(sel.get("chosen", "?"))
+    members = [str(m) for m in sel.get("members", []) or []]
+    with st.expander(f"How {ui.md('issue_score')} was chosen: {ui.md(ui.signal_title(chosen))}", key="selection"):
+        head = f"**Chosen: {ui.md(chosen)}**"
+        if members and members != [chosen]:
+            head += f", the mean rank of {ui.md(', '.join(members))}"
+        cand = (sel.get("candidates") or {}).get(chosen) or (sel.get("canary_scores") or {}).get(chosen) or {}
+        if isinstance(cand, dict):
+            if "auprc" in cand:
+                head += f" · canary AUPRC {ui.num(cand['auprc'])}"
+            if "rank_sum" in cand:
+                head += (f" · rank sum {ui.num(cand['rank_sum'], '.1f')}, the lowest of "
+                         f"{len(sel.get('candidates') or {})} candidates")
+        st.success(head, icon=":material/check_circle:")
+        for line in selection_text(run, sel):
+            st.markdown(ui.md(line))
+        table = selection_table(sel)
+        if len(table):
+            cfg = {v[0]: st.column_config.NumberColumn(help=v[1], width=95,
+                                                       format="%.3f" if k != "rank_sum" else "%.1f")
+                   for k, v in SELECTION_COLUMNS.items()}
+            cfg["signal"] = st.column_config.TextColumn(width=175, pinned=True)
+            st.dataframe(table, hide_index=True, width="stretch", key="selection_table", column_config=cfg,
+                         height=min(38 + 35 * len(table), 600))
+            st.caption("The exact rule is in manifest.json, under signal_selection.")
 
 
 if __name__ == "__main__":

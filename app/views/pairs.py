@@ -114,7 +114,7 @@ def partner_cell_ui(run: ui.Run, tr: pd.Series, pr, latest_by_id: dict) -> None:
     moved = tr["is_label_issue"] and tr["suggested_label"] != tr["given_label"]
     st.markdown(f"#{int(pr.rank)} labelled **{run.md_name(tr['given_label'])}**"
                 + (f" → {run.md_name(tr['suggested_label'])}" if moved else "") + badge)
-    st.caption(f"influence {pr.influence:+.3g} · sim {pr.similarity:.2f}")
+    st.caption(f"influence {ui.md(ui.signed(pr.influence))} · similarity {ui.md(ui.sig(pr.similarity, 2))}")
     decision_caption(run, latest_by_id, str(pr.train_id), tr["given_label"])
     st.page_link("views/review.py", label="Review", icon=":material/open_in_new:",
                  query_params={"example": str(pr.train_id)})

@@ -2,7 +2,8 @@
 zoomed with its evidence, and one-click / one-key decisions that are written to the run's decision
 log inside the click's callback (nothing lives only in the browser).
 
-Keys: K keep · A accept the suggested label · 0–9 relabel to that class · X remove · S skip ·
+Keys: K keep · A accept the suggested label · 0–9 relabel to that class · X remove (training
+examples only) · S skip ·
 U undo · ←/→ previous/next without deciding.
 """
 
@@ -24,12 +25,16 @@ from app.queue import (
     page_of,
     previous_before,
     review_queue,
+    sample_rows,
     signal_names,
 )
 from audit.decisions import DecisionStore
 
 PAGE_SIZES = (12, 24, 48)
 NEIGHBOURS = 10
+TEST_ROW_NOTE = ("A test example is never removed (the test split stays whole, so accuracies stay comparable "
+                 "between runs): keep its label or relabel it. The export lists it in the flagged-test file "
+                 "with your decision.")
 
 
 # -- state -----------------------------------------------------------------------------------------
@@ -96,18 +101,43 @@ def go_page(key: str, queue_ids: np.ndarray, page_size: int) -> None:
 
 
 # -- sidebar filters (outside the fragment: changing one reruns the page) ---------------------------
+def sample_text(sample: str, n: int) -> str:
+    """What a random sample holds, in words."""
+    kind = "flagged" if SAMPLES.get(sample) else "unflagged"
+    return f"a fixed random sample of {n:,} {kind} training examples"
+
+
 def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
     """The queue's filters; their values live for the whole session (``persist_state``), and a change
-    reopens the new queue at its top."""
+    reopens the new queue at its top. What the controls show is what the queue lists: a random sample
+    hides the filters it ignores, and a split with nothing flagged shows "Flagged only" off (the queue
+    then lists every example of the split, top-ranked first)."""
     keep = dict(on_change=_filters_changed, persist_state="session")
     with st.sidebar:
         st.subheader("Queue", anchor=False)
         sample = st.selectbox("Review", list(SAMPLES), key="f_sample", **keep,
                               help="random checks: a few random flagged examples keep the estimate of the "
                                    "errors left honest; unflagged sample: estimates how many errors the flags miss")
+        sampling = SAMPLES.get(sample) is not None
+        if sampling:  # the sample is the sample: split, flags, classes, signals, score and sort do not apply
+            st.caption(ui.md(f"Listing {sample_text(sample, len(sample_rows(df, sample)))}, the same for every "
+                             "reviewer, in the order drawn: review them in that order. The other filters "
+                             "apply to the flagged queue."))
+            status = st.segmented_control("Status", list(STATUSES), default="to review", required=True,
+                                          key="f_status", **keep)
+            page_size = st.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
+            f = Filters(split="train", flagged_only=False, status=status or "to review", sample=sample)
+            _keys_caption()
+            return f, int(page_size)
         split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split",
-                                     **keep)
-        flagged_only = st.toggle("Flagged only", value=True, key="f_flagged", **keep)
+                                     **keep) or "train"
+        none_flagged = nothing_flagged(df, split)
+        if none_flagged:  # a stand-in that says what is listed; the toggle keeps its value for other splits
+            st.toggle("Flagged only", value=False, disabled=True, key="f_flagged_none",
+                      help=f"Nothing is flagged in {split}: every {split} example is listed, top-ranked first")
+            flagged_only = False
+        else:
+            flagged_only = st.toggle("Flagged only", value=True, key="f_flagged", **keep)
         status = st.segmented_control("Status", list(STATUSES), default="to review", required=True,
                                       key="f_status", **keep)
         cats = st.pills("Category", list(CATEGORIES), selection_mode="multi", key="f_categories",
@@ -115,7 +145,8 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
         classes = st.multiselect("Given label", list(range(len(run.class_names))), format_func=run.name,
                                  key="f_classes", placeholder="every class", **keep)
         signals = st.multiselect("Signal fired", signal_names(df), key="f_signals", placeholder="any signal",
-                                 help="examples flagged by at least one of these", **keep)
+                                 help="examples that at least one of these signals ranks among its top suspects",
+                                 **keep)
         lo, hi = float(df["issue_score"].min()), float(df["issue_score"].max())
         if hi <= lo:
             hi = lo + 1e-6
@@ -123,15 +154,19 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
         c1, c2 = st.columns(2)
         sort = c1.selectbox("Sort by", list(SORTS), key="f_sort", **keep)
         page_size = c2.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
-        st.caption("Keys: **K** keep · **A** accept suggestion · **0–9** relabel · **X** remove · **S** skip · "
-                   "**U** undo · **←/→** browse")
-    if flagged_only and nothing_flagged(df, split or "train"):
-        st.info("Nothing is flagged in this split, so the queue lists the top-ranked examples by issue_score "
-                "(the Overview says why so few were flagged).", icon=":material/info:")
-    f = Filters(split=split or "train", flagged_only=flagged_only, categories=tuple(cats or ()),
+        _keys_caption()
+    if none_flagged:
+        st.info("Nothing is flagged in this split, so the queue lists all its examples, top-ranked by issue_score "
+                "first (the Overview says why so few were flagged).", icon=":material/info:")
+    f = Filters(split=split, flagged_only=flagged_only, categories=tuple(cats or ()),
                 classes=tuple(classes or ()), signals=tuple(signals or ()), score=tuple(score),
                 status=status or "to review", sort=sort, sample=sample or "flagged queue")
     return f, int(page_size)
+
+
+def _keys_caption() -> None:
+    st.caption("Keys: **K** keep · **A** accept suggestion · **0–9** relabel · **X** remove (training "
+               "examples) · **S** skip · **U** undo · **←/→** browse")
 
 
 # -- the open example ---------------------------------------------------------------------------------
@@ -200,6 +235,7 @@ def labels_ui(run: ui.Run, r: pd.Series) -> None:
 def actions_ui(run: ui.Run, r: pd.Series, based_on, next_id, prev_id, reviewer: str) -> None:
     """The decision buttons; every one carries the decision, the seq it was based on and the next example."""
     ex, g, s = str(r["example_id"]), int(r["given_label"]), int(r["suggested_label"])
+    is_test = str(r["split"]) == "test"
     rd = str(run.dir)
     common = dict(on_click=decide)
 
@@ -213,12 +249,13 @@ def actions_ui(run: ui.Run, r: pd.Series, based_on, next_id, prev_id, reviewer: 
         st.button(f"Relabel → {run.md_name(s)}", key="decide_accept", shortcut="A", type="primary",
                   icon=":material/edit:", disabled=(s == g), args=args("relabel", s),
                   help="accept the suggested label", **common)
-        st.button("Remove", key="decide_remove", shortcut="X", icon=":material/delete:", args=args("remove"),
-                  help="unusable: not any class, corrupt, duplicate"
-                       + (" (test examples are listed in the export, never dropped)" if r["split"] == "test" else ""),
-                  **common)
+        if not is_test:  # a test row is never removed: nothing to offer
+            st.button("Remove", key="decide_remove", shortcut="X", icon=":material/delete:", args=args("remove"),
+                      help="unusable: not any class, corrupt, duplicate", **common)
         st.button("Skip", key="decide_skip", shortcut="S", icon=":material/redo:", args=args("skip"),
                   help="not sure; it comes back at the end of the queue", **common)
+    if is_test:
+        st.caption(TEST_ROW_NOTE)
     k = len(run.class_names)
     if k <= 10:
         st.caption("Relabel to")
@@ -243,21 +280,34 @@ def actions_ui(run: ui.Run, r: pd.Series, based_on, next_id, prev_id, reviewer: 
                   help="undo your last decision in this session")
 
 
+def signals_caption(r: pd.Series, n: int) -> str:
+    """The heading over an example's signal badges: only a flagged example was flagged by them; on any
+    other the badges are the signals that rank it among their own top suspects (``is_<name>_issue``),
+    which alone do not flag it."""
+    flagged = bool(r.get("is_label_issue", False)) and str(r.get("category", "ok")) != "ok"
+    if flagged:
+        return f"Signals that flagged it ({n})"
+    return (f"Not flagged. Strongest signals ({n}): each ranks it among its own top suspects, which alone does "
+            "not flag an example")
+
+
 def signals_ui(r: pd.Series) -> None:
     fired = [s for s in str(r.get("signals_fired") or "").split(",") if s]
     if not fired:
-        st.caption("No signal fired on this example.")
+        st.caption("The signals rank training examples only." if str(r.get("split")) == "test"
+                   else "No signal ranks this example among its top suspects.")
         return
-    st.caption(f"Signals that flagged it ({len(fired)})")
+    st.caption(signals_caption(r, len(fired)))
     box = st.container(horizontal=True, gap="xsmall")
     with box:
         for s in fired:
-            st.badge(ui.md_badge(s), color="red" if s.startswith("robust") else "orange", help=ui.SIGNAL_HELP.get(s))
+            st.badge(ui.md_badge(s), color="red" if s.startswith("robust") else "orange",
+                     help=ui.md(ui.signal_description(s) or s))
 
 
 def numbers_ui(run: ui.Run, r: pd.Series) -> None:
-    """Per model: prediction, loss, AUM, forgetting; plus memorization, self-influence, label quality.
-    (``st.table`` renders its cells as Markdown.)"""
+    """Per model: prediction, loss, AUM, forgetting; plus memorization, self-influence, label quality,
+    each with its percentile among the training examples. (``st.table`` renders its cells as Markdown.)"""
     rows = {}
     for m in run.models:
         name = ui.md(ui.MODEL_NAME.get(m, m))
@@ -265,15 +315,14 @@ def numbers_ui(run: ui.Run, r: pd.Series) -> None:
         if f"pred_{m}" in r.index:
             col["predicts"] = run.md_name(r[f"pred_{m}"])
         if f"loss_{m}" in r.index:
-            col["loss on given label"] = f"{float(r[f'loss_{m}']):.2f}"
+            col["loss on given label"] = ui.md(ui.sig(r[f"loss_{m}"]))
         if r["split"] == "test" and f"adv_correct_{m}" in r.index and pd.notna(r[f"adv_correct_{m}"]):
             col["correct under attack"] = "yes" if bool(r[f"adv_correct_{m}"]) else "no"
         if r["split"] == "train":
             if f"aum_{m}" in r.index and pd.notna(r[f"aum_{m}"]):
-                col["AUM"] = f"{float(r[f'aum_{m}']):.2f}"
+                col["AUM"] = ui.md(ui.sig(r[f"aum_{m}"]))
             if f"first_learned_{m}" in r.index:
-                v = r[f"first_learned_{m}"]
-                col["first learned (epoch)"] = "never" if pd.isna(v) else str(int(v))
+                col["learned for good at"] = ui.md(ui.first_learned_text(r[f"first_learned_{m}"]))
             if f"forgetting_{m}" in r.index and pd.notna(r[f"forgetting_{m}"]):
                 col["forgetting events"] = str(int(r[f"forgetting_{m}"]))
         rows[name] = col
@@ -283,11 +332,25 @@ def numbers_ui(run: ui.Run, r: pd.Series) -> None:
                      ("label_quality", "label quality")):
         if c in r.index and pd.notna(r[c]):
             p = data.train_percentile(run.dir, c, r[c])
-            extra.append(f"**{label}** {float(r[c]):.3g}" + (f" ({p:.0%} pct)" if p is not None else ""))
+            extra.append(f"**{label}** {ui.md(ui.sig(r[c]))}"
+                         + (f" ({ui.md(ui.percentile_text(p))} of training examples)" if p is not None else ""))
     if len(t):
         st.table(t)
+        if any(f"first_learned_{m}" in r.index for m in run.models) and r["split"] == "train":
+            st.caption("Learned for good at: the epoch (as in the training-dynamics chart) from which the model "
+                       "gets the given label right until the end; never learned: still wrong at the last epoch.")
     if extra:
         st.markdown(" · ".join(extra))
+
+
+def history_table(run: ui.Run, log: pd.DataFrame, given_label) -> pd.DataFrame:
+    """An example's decision log in three narrow columns (when, who, what), newest first."""
+    log = log.sort_values("seq", ascending=False)
+    what = [ui.decision_text(run, d, n, given_label) if d in ("keep", "relabel", "remove")
+            else {"skip": "skipped", "undo": "undid the previous decision"}.get(d, str(d))
+            for d, n in zip(log["decision"], log["new_label"])]
+    return pd.DataFrame({"decided at (UTC)": [str(t)[:19].replace("T", " ") for t in log["decided_at"]],
+                         "reviewer": log["reviewer"].astype(str).to_numpy(), "decision": what})
 
 
 def dynamics_ui(run: ui.Run, r: pd.Series) -> None:
@@ -378,7 +441,8 @@ def detail_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, current: str, queue
     with t3:
         log = store.log(current)
         if len(log):
-            st.dataframe(log.drop(columns=["example_id"]), hide_index=True, width="stretch")
+            st.dataframe(history_table(run, log, r["given_label"]), hide_index=True, width="stretch",
+                         key="history_table")
         else:
             st.caption("No decisions yet.")
 
@@ -405,6 +469,33 @@ def grid_ui(run: ui.Run, df: pd.DataFrame, page_rows: np.ndarray, current: str |
                       help=ui.md(f"{ex} · {r.get('category', '')} · issue score {float(r['issue_score']):.3f}"))
 
 
+def queue_counts(df: pd.DataFrame, latest: pd.DataFrame, f: Filters) -> dict:
+    """What the queue's header and caption say about the rows it draws from, so the counts agree with what
+    is listed: the flagged examples of the split, a random sample, or (nothing flagged) the whole split.
+    ``done`` of ``total`` reviewed (``total`` 0: no progress bar), a Markdown ``headline``, ``what`` the queue
+    draws from and its ``order``, in words."""
+    decided = pd.Index(latest["example_id"])
+    if SAMPLES.get(f.sample) is not None:
+        rows = sample_rows(df, f.sample)
+        done = int(df["example_id"].iloc[rows].isin(decided).sum())
+        what = sample_text(f.sample, len(rows))
+        return {"done": done, "total": len(rows), "headline": f"**{done:,} of {len(rows):,}** in {what} reviewed",
+                "what": what[:1].upper() + what[1:], "order": "in the order drawn"}
+    split = df[df["split"] == f.split]
+    order = f"by {f.sort}"
+    if nothing_flagged(df, f.split):
+        done = int(split["example_id"].isin(decided).sum())
+        return {"done": done, "total": 0, "order": order,
+                "headline": f"nothing flagged in {f.split}: every {f.split} example, top-ranked first · "
+                            f"**{done:,}** decided",
+                "what": f"{len(split):,} {f.split} examples, none flagged"}
+    flagged = split[split["is_label_issue"].to_numpy(bool)]
+    done = int(flagged["example_id"].isin(decided).sum())
+    return {"done": done, "total": len(flagged), "order": order,
+            "headline": f"**{done:,} of {len(flagged):,}** flagged {f.split} examples reviewed",
+            "what": f"{len(flagged):,} flagged {f.split} examples"}
+
+
 @st.fragment
 def review_fragment(run: ui.Run, f: Filters, page_size: int) -> None:
     """Queue grid and open example; a decision reruns only this (the next example at once)."""
@@ -423,13 +514,10 @@ def review_fragment(run: ui.Run, f: Filters, page_size: int) -> None:
     if current != st.session_state.get("current") or st.query_params.get("example") != current:
         _set_current(current)  # the URL names the open example, so a reload or a shared link reopens it
 
-    flagged = df[(df["split"] == f.split) & df["is_label_issue"]]
-    n_done = int(flagged["example_id"].isin(latest["example_id"]).sum())
-    head = st.container(horizontal=True, vertical_alignment="center")
-    with head:
-        st.markdown(f"**{len(queue_ids):,}** in this queue · **{n_done:,} of {len(flagged):,}** flagged "
-                    f"{f.split} examples reviewed")
-    st.progress(n_done / max(len(flagged), 1))
+    counts = queue_counts(df, latest, f)
+    st.markdown(f"**{len(queue_ids):,}** in this queue · {counts['headline']}")
+    if counts["total"]:
+        st.progress(counts["done"] / counts["total"])
 
     left, right = st.columns([5, 7], gap="large")
     with left:
@@ -439,8 +527,8 @@ def review_fragment(run: ui.Run, f: Filters, page_size: int) -> None:
         if len(page_rows):
             grid_ui(run, df, page_rows, current, {k: (d, n) for k, d, n in
                                                   zip(latest["example_id"], latest["decision"], latest["new_label"])})
-            st.caption(f"{len(flagged)} flagged {f.split} examples · {len(queue_ids):,} in this queue, "
-                       f"by {f.sort} · page {page + 1} of {n_pages}")
+            st.caption(f"{counts['what']} · {len(queue_ids):,} in this queue, {counts['order']} · "
+                       f"page {page + 1} of {n_pages}")
         else:
             st.success("Nothing left in this queue. Change the filters, or export on the Decisions page.",
                        icon=":material/task_alt:")
