@@ -20,6 +20,13 @@ flags and suggestions are columns in every policy, and :class:`ExportSummary` co
 and removed rows by source. The newest effective decision per example wins
 (:meth:`audit.decisions.DecisionStore.latest`). CSV cells of text that begin with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return are prefixed with ``'`` so spreadsheets show them as text.
+
+Every label index comes with its class name beside it (``given_class``, ``suggested_class``,
+``final_class``; ``reviewed_class`` for test rows), from the run's class list.
+
+A decision made about another label or image than the run now shows (a rerun into a reviewed directory
+with another seed, noise rate or changed files) is *stale* and is not applied
+(:meth:`audit.decisions.DecisionStore.stale`); :class:`ExportSummary` counts them and says so.
 """
 
 from __future__ import annotations
@@ -37,12 +44,12 @@ from audit.rundir import RunDir
 
 APPLY = ("none", "decisions", "suggested")
 EXPORT_COLUMNS = ["example_id", "index", "given_label", "suggested_label", "issue_score", "is_label_issue",
-                  "final_label", "label_source"]
+                  "final_label", "label_source", "given_class", "suggested_class", "final_class"]
 PROVENANCE_COLUMNS = ["decision", "reviewer", "decided_at"]
 SIGNAL_COLUMNS = ["category", "signals_fired", "category_reason", "evidence_confidence", "path", "clean_label",
                   "is_injected_noise"]
 TEST_COLUMNS = ["example_id", "index", "given_label", "suggested_label", "issue_score", "is_label_issue",
-                "reviewed_label"]
+                "reviewed_label", "given_class", "suggested_class", "reviewed_class"]
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -72,6 +79,16 @@ def _with_decisions(df: pd.DataFrame, run: RunDir) -> pd.DataFrame:
     return out
 
 
+def _with_class_names(df: pd.DataFrame, run: RunDir, pairs: tuple[tuple[str, str], ...]) -> pd.DataFrame:
+    """``df`` with a class-name column beside each label column in ``pairs`` ((label column, name column))."""
+    names = np.asarray([str(n) for n in run.class_names], dtype=object)
+    for label, name in pairs:
+        idx = df[label].to_numpy(np.int64)
+        ok = (idx >= 0) & (idx < len(names))
+        df[name] = np.where(ok, names[np.clip(idx, 0, max(len(names) - 1, 0))], "") if len(names) else ""
+    return df
+
+
 def label_plan(run_dir: str | Path | RunDir, apply: str = "decisions", *, drop_flagged: bool = False,
                examples: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every training row with ``final_label``, ``label_source`` and ``removed`` under the policy."""
@@ -96,6 +113,8 @@ def label_plan(run_dir: str | Path | RunDir, apply: str = "decisions", *, drop_f
         else:
             df.loc[auto, "final_label"] = df.loc[auto, "suggested_label"].astype(np.int64)
     df["final_label"] = df["final_label"].astype(np.int64)
+    _with_class_names(df, run, (("given_label", "given_class"), ("suggested_label", "suggested_class"),
+                                ("final_label", "final_class")))
     return df.reset_index(drop=True)
 
 
@@ -140,8 +159,10 @@ def flagged_test_labels(run_dir: str | Path | RunDir, *, apply: str | None = Non
         cols += PROVENANCE_COLUMNS
     cols += [c for c in SIGNAL_COLUMNS if c in df.columns]
     cols += [c for c in ("pred_natural", "pred_pgd", "pred_trades", "pred_fgsm") if c in df.columns]
+    df["reviewed_label"] = df["reviewed_label"].astype(np.int64)
+    _with_class_names(df, run, (("given_label", "given_class"), ("suggested_label", "suggested_class"),
+                                ("reviewed_label", "reviewed_class")))
     out = df.loc[show, cols].sort_values("issue_score", ascending=False, kind="stable").reset_index(drop=True)
-    out["reviewed_label"] = out["reviewed_label"].astype(np.int64)
     return out
 
 
@@ -183,6 +204,7 @@ class ExportSummary:
     rows: int
     counts: dict
     flagged_undecided_given: int
+    stale: int = 0
 
     def line(self) -> str:
         parts = []
@@ -197,15 +219,18 @@ class ExportSummary:
         elif self.flagged_undecided_given:
             text += (f"; {self.flagged_undecided_given} flagged rows nobody decided on keep their given label "
                      "(--apply suggested applies the suggestions)")
+        if self.stale and self.apply != "none":
+            text += (f"; {self.stale} review decisions were made on another label or image than this run shows "
+                     "and were not applied (review them again: `audit app`)")
         return text
 
 
-def summarise(plan: pd.DataFrame, apply: str) -> ExportSummary:
+def summarise(plan: pd.DataFrame, apply: str, stale: int = 0) -> ExportSummary:
     action = np.where(plan["removed"], "removed",
                       np.where(plan["final_label"] != plan["given_label"], "relabelled", "kept"))
     counts = Counter(zip(action.tolist(), plan["label_source"].tolist()))
     left = int((plan["is_label_issue"].to_numpy(bool) & (plan["label_source"] == "given").to_numpy()).sum())
-    return ExportSummary(apply, int((~plan["removed"]).sum()), dict(counts), left)
+    return ExportSummary(apply, int((~plan["removed"]).sum()), dict(counts), left, stale)
 
 
 def write_export(run_dir: str | Path, out: str | Path, *, test_out: str | Path | None = None,
@@ -231,7 +256,8 @@ def write_export(run_dir: str | Path, out: str | Path, *, test_out: str | Path |
     meta = {"apply": apply, "drop_flagged": drop}
     _write(kept, out, run, {"split": "train", **meta})
     _write(test, test_out, run, {"split": "test", "flagged_test_labels": True, **meta})
-    return kept, summarise(plan, apply)
+    stale = len(run.decisions().stale()) if apply != "none" else 0
+    return kept, summarise(plan, apply, stale)
 
 
 def export_labels(run_dir: str | Path, out: str | Path, *, test_out: str | Path | None = None,

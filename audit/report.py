@@ -46,7 +46,8 @@ PNG_PREFIX = "data:image/png;base64,"
 def load_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """(manifest, examples, pairs) of a complete run; :class:`AuditInputError` naming the file otherwise."""
     run = RunDir(run_dir)
-    return run.manifest, run.examples(), run.pairs()
+    ex = run.examples()
+    return run.manifest, ex, run.pairs(ex)
 
 
 def _images(run: RunDir, ids: set[str]) -> dict[str, np.ndarray]:
@@ -578,7 +579,8 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, top: int
     """
     run = RunDir(run_dir)
     dest = run.check_output(Path(out) if out is not None else run.path / "report.html", "--out")
-    man, ex, pr = run.manifest, run.examples(), run.pairs()
+    man, ex = run.manifest, run.examples()
+    pr = run.pairs(ex)
     names = run.class_names
     tr, te = ex[ex["split"] == "train"], ex[ex["split"] == "test"]
     gallery, any_flagged = gallery_rows(tr, top)

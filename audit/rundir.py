@@ -50,6 +50,64 @@ OWNED_DIRS = ("checkpoints", ".cache")
 FILE_SUFFIXES = {"npz": (".npz",), "csv": (".csv",), "parquet": (".parquet", ".pq")}
 EXAMPLE_COLUMNS = ("example_id", "split", "given_label", "suggested_label", "issue_score", "is_label_issue")
 PAIR_COLUMNS = ("test_id", "train_id", "rank", "similarity", "influence")
+CATEGORIES = ("mislabelled", "atypical", "ambiguous", "ok")
+# One schema per table (DESIGN.md, "Run directory"): the kind of every column the pipeline writes, by name
+# or by pattern. A column of another kind (a flag stored as "yes"/"no", a score stored as text) is refused
+# by name, so no reader ever acts on it.
+_EXACT_KINDS = {"example_id": "str", "split": "split", "index": "int", "given_label": "label",
+                "suggested_label": "label", "clean_label": "label", "issue_score": "float", "category": "category",
+                "self_influence": "float", "memorization": "float", "label_quality": "float",
+                "category_reason": "str", "signals_fired": "str", "path": "str",
+                "test_id": "str", "train_id": "str", "rank": "int", "similarity": "float", "influence": "float",
+                "fz_influence": "float", "fz_influence_se": "float", "reason": "str"}
+_PREFIX_KINDS = (("is_", "bool"), ("adv_correct_", "bool"), ("correct_", "bool"), ("pred_", "label"),
+                 ("loss_", "float"), ("margin_", "float"), ("aum_", "float"), ("memorization_", "float"))
+_SUFFIX_KINDS = (("_score", "float"),)
+
+
+def column_kind(name: str) -> str | None:
+    """The kind a run's table column must have (``str``, ``int``, ``float``, ``bool``, ``label``,
+    ``split``, ``category``), or None for a column without one."""
+    if name in _EXACT_KINDS:
+        return _EXACT_KINDS[name]
+    for prefix, kind in _PREFIX_KINDS:
+        if name.startswith(prefix):
+            return kind
+    for suffix, kind in _SUFFIX_KINDS:
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def check_columns(df: pd.DataFrame, path: Path, num_classes: int) -> None:
+    """Every column of ``df`` with a kind (:func:`column_kind`) holds that kind; else an
+    :class:`AuditInputError` naming the file, the column and what it holds."""
+    for col in df.columns:
+        kind, v = column_kind(str(col)), df[col]
+        if kind is None or v.empty:
+            continue
+        if kind == "bool":
+            # adv_correct_M is empty (NA) on training rows; every other flag is set on every row
+            ok = pd.api.types.is_bool_dtype(v) and (str(col).startswith("adv_correct_") or not v.isna().any())
+            want = "true/false values"
+        elif kind in ("int", "label"):
+            ok = pd.api.types.is_integer_dtype(v) and not pd.api.types.is_bool_dtype(v)
+            want = "integers"
+            if ok and kind == "label" and (v.min() < 0 or v.max() >= num_classes):
+                ok, want = False, f"integer classes in [0, {num_classes})"
+        elif kind == "float":
+            ok = pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v)
+            want = "numbers"
+        elif kind == "split":
+            ok, want = bool(v.isin(["train", "test"]).all()), "train/test"
+        elif kind == "category":
+            ok, want = bool(v.isin(CATEGORIES).all()), "one of " + "/".join(CATEGORIES)
+        else:
+            ok = v.map(lambda x: isinstance(x, str) or x is None).all()
+            want = "text"
+        if not ok:
+            raise AuditInputError(f"{path}: column {str(col)[:60]} must hold {want} (it holds {v.dtype}); "
+                                  "not a table benign-audit wrote")
 MAX_SIDE = 65_536  # image height or width a manifest may declare
 
 
@@ -90,12 +148,23 @@ def load_json_object(path: Path, max_bytes: int = 20 * 2**20) -> dict:
     if path.stat().st_size > max_bytes:
         raise AuditInputError(f"{path}: larger than {max_bytes // 2**20} MiB; not a file benign-audit wrote")
     try:
-        obj = json.loads(path.read_bytes())
+        obj = json.loads(path.read_bytes(), parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as e:
-        raise AuditInputError(f"{path}: not valid JSON ({type(e).__name__})") from None
+        raise AuditInputError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(obj, dict):
         raise AuditInputError(f"{path}: not what benign-audit writes (a JSON {type(obj).__name__}, expected an object)")
     return obj
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number benign-audit writes")
+
+
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if not np.isfinite(x):
+        raise ValueError(f"{text[:30]} is out of range")
+    return x
 
 
 def read_manifest(path: Path, *, complete: bool = True) -> dict:
@@ -129,6 +198,17 @@ def check_manifest(man: dict, path: Path) -> dict:
                   and k not in NONE_WHEN_RESOLVED]
     if unresolved:
         raise AuditInputError(f"{path}: field config.{unresolved[0]}: missing (not a manifest benign-audit wrote)")
+    ds = man["dataset"]
+    if len(ds["class_names"]) > max(2, ds["num_train"] + ds["num_test"]):
+        raise AuditInputError(f"{path}: field dataset.class_names: {len(ds['class_names']):,} classes for "
+                              f"{ds['num_train'] + ds['num_test']:,} images (not a manifest benign-audit wrote)")
+    for k, v in man.get("metrics", {}).items():
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            raise AuditInputError(f"{path}: field metrics.{str(k)[:60]}: {type(v).__name__}, not a number "
+                                  "(not a manifest benign-audit wrote)")
+    models = man["config"].get("models")
+    if isinstance(models, list) and not all(isinstance(m, str) for m in models):
+        raise AuditInputError(f"{path}: field config.models: not a list of model names")
     c, h, w = man["dataset"]["shape"]
     if c not in (1, 3) or not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
         raise AuditInputError(f"{path}: field dataset.shape: {c}×{h}×{w} is not an image shape (C in 1, 3)")
@@ -241,36 +321,67 @@ class RunDir:
         return df
 
     def examples(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """``examples.parquet`` (``columns`` only, if given), checked: required columns, unique string
-        ids, ``train``/``test`` splits, integer labels in the run's classes."""
-        df = self._parquet(EXAMPLES, EXAMPLE_COLUMNS, columns)
-        path, k = self.path / EXAMPLES, self.num_classes
+        """``examples.parquet`` (``columns`` only, if given), checked against the table's schema: the
+        required columns (DESIGN.md's, and ``pred_M``/``correct_M`` of every model the manifest names),
+        each column's kind (:func:`check_columns`), at least one row, unique string ids, train rows."""
+        required = EXAMPLE_COLUMNS + ("index", "category", "self_influence", "memorization", "label_quality") + tuple(f"{k}_{m}" for m in self.models for k in ("pred", "correct"))
+        df = self._parquet(EXAMPLES, required, columns)
+        path = self.path / EXAMPLES
+        if df.empty:
+            raise AuditInputError(f"{path}: has no rows (an interrupted write? rerun `audit run`)")
+        check_columns(df, path, self.num_classes)
         if "example_id" in df.columns and not df["example_id"].map(type).eq(str).all():
             raise AuditInputError(f"{path}: example_id holds non-string values")
         if "example_id" in df.columns and not df["example_id"].is_unique:
             raise AuditInputError(f"{path}: example_id is not unique")
-        if "split" in df.columns and not df["split"].isin(["train", "test"]).all():
-            raise AuditInputError(f"{path}: split holds values other than train/test")
-        for col in ("given_label", "suggested_label", "clean_label"):
-            if col in df.columns:
-                v = df[col]
-                if not pd.api.types.is_integer_dtype(v) or (len(v) and (v.min() < 0 or v.max() >= k)):
-                    raise AuditInputError(f"{path}: {col} must hold integer classes in [0, {k})")
+        if "split" in df.columns and not (df["split"] == "train").any():
+            raise AuditInputError(f"{path}: has no training rows")
         return df
 
-    def pairs(self) -> pd.DataFrame:
-        return self._parquet(PAIRS, PAIR_COLUMNS, None)
+    def pairs(self, examples: pd.DataFrame | None = None) -> pd.DataFrame:
+        """``pairs.parquet``, checked: its columns and their kinds; ``reason`` and ``fz_influence`` (written
+        since pairs had reasons) filled in when an older run lacks them. With ``examples``, a pair naming an
+        example the run does not have is refused."""
+        path = self.path / PAIRS
+        df = self._parquet(PAIRS, PAIR_COLUMNS, None)
+        check_columns(df, path, self.num_classes)
+        if "reason" not in df.columns:
+            df["reason"] = ""
+        if "fz_influence" not in df.columns:
+            df["fz_influence"] = np.nan
+        if examples is not None and len(df):
+            known = set(examples["example_id"])
+            for col in ("test_id", "train_id"):
+                bad = ~df[col].isin(known)
+                if bad.any():
+                    raise AuditInputError(f"{path}: {col} {str(df.loc[bad, col].iloc[0])[:60]!r} is not an example "
+                                          "of this run")
+        return df
 
     def dynamics(self) -> dict[str, np.ndarray]:
-        """``dynamics.npz`` as plain arrays (no pickle); {} when the run has none."""
+        """``dynamics.npz`` as plain arrays (no pickle), checked: ``example_ids`` text, and each
+        ``margin_M``/``correct_M`` a 2-D (epochs × examples) numeric/bool array matching them; {} when the
+        run has none."""
         path = self.file(DYNAMICS)
         if not path.exists():
             return {}
         try:
             with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                out = {k: z[k] for k in z.files}
         except Exception as e:  # noqa: BLE001 - zip, npy and pickle-refusal errors alike
             raise AuditInputError(f"{path}: cannot read as .npz ({type(e).__name__})") from None
+        ids = out.get("example_ids")
+        if ids is not None and (ids.ndim != 1 or ids.dtype.kind not in "US"):
+            raise AuditInputError(f"{path}: example_ids is not a list of ids")
+        n = None if ids is None else len(ids)
+        for k, a in out.items():
+            if k.startswith(("margin_", "correct_")):
+                kind_ok = a.dtype.kind == "b" if k.startswith("correct_") else a.dtype.kind == "f"
+                if a.ndim != 2 or not kind_ok or (n is not None and a.shape[1] != n):
+                    raise AuditInputError(f"{path}: {k} has shape {a.shape} and type {a.dtype}; expected epochs × "
+                                          f"{n if n is not None else 'examples'} "
+                                          f"{'booleans' if k.startswith('correct_') else 'floats'}")
+        return out
 
     # -- checkpoints ---------------------------------------------------------------------------
     def checkpoint(self, name: str, map_location: str = "cpu") -> dict:
@@ -403,14 +514,52 @@ class RunDir:
         return [f for f in files if f.is_file()]
 
     def check_output(self, path: str | os.PathLike, option: str) -> Path:
-        """``path`` if a command may write it: not a directory, not one of the run's own files."""
+        """``path`` if a command may write it: not a directory, not a device, pipe or socket (a rename
+        would replace it with a regular file), not one of the run's own files."""
         p = Path(path)
         if p.is_dir():
             raise AuditInputError(f"{option} {p}: is a directory; name the file to write")
+        if (p.exists() or p.is_symlink()) and not p.is_file():
+            raise AuditInputError(f"{option} {p}: exists and is not a regular file (a device, pipe, socket or "
+                                  "dangling link); write to a new file")
         owned = self.owns(p)
         if owned is not None:
             raise AuditInputError(f"{option} {p}: would overwrite the run's own {owned}; write it elsewhere")
         return p
+
+
+def is_run_manifest(path: Path) -> bool:
+    """Whether ``path`` is a manifest benign-audit wrote (any status): a JSON object with ``tool``."""
+    try:
+        obj = json.loads(path.read_bytes()[: 50 * 2**20])
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(obj, dict) and obj.get("tool") == "benign-audit"
+
+
+def check_out_dir(out: str | os.PathLike, spec: str | None = None) -> Path:
+    """``out`` if ``audit run --out`` may write there: a new or empty folder, or an earlier run's (to
+    resume it); not a file, not a folder holding other things, not inside the dataset's own folder (its
+    files would change the dataset's fingerprint and be audited next time)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AuditInputError(f"--out {out}: exists and is not a folder")
+    root = dataset_root(spec) if spec else None
+    if root is not None and root.is_dir():
+        o = out.resolve()
+        if o == root or o.is_relative_to(root):
+            raise AuditInputError(f"--out {out}: inside the dataset's folder {root} (its files would become part "
+                                  "of the dataset); write the run elsewhere")
+    if out.is_dir():
+        try:
+            names = [n for n in os.listdir(out) if n not in (".audit.lock",)]
+        except OSError as e:
+            raise AuditInputError(f"--out {out}: cannot be read ({e.strerror or e})") from None
+        if names and not is_run_manifest(out / MANIFEST):
+            shown = ", ".join(sorted(names)[:3]) + (", …" if len(names) > 3 else "")
+            raise AuditInputError(f"--out {out}: an existing folder that is not a benign-audit run (it holds "
+                                  f"{len(names)} entries: {shown}); choose a new or empty folder")
+    return out
 
 
 def _owned_name(name: str) -> bool:

@@ -149,6 +149,71 @@ def relabel(label, decision="relabel"):
     return call
 
 
+# -- tables and logs read back (issue #22 item 5) -----------------------------------------------------
+def edit_table(name: str, fn):
+    def tamper(run, tmp):
+        import pandas as pd
+
+        df = pd.read_parquet(run / name)
+        df = fn(df)
+        df.to_parquet(run / name)
+    return tamper
+
+
+def set_column(name: str, col: str, values):
+    return edit_table(name, lambda df: df.assign(**{col: values(df) if callable(values) else values}))
+
+
+def drop_column(name: str, col: str):
+    return edit_table(name, lambda df: df.drop(columns=[col]))
+
+
+def edit_dynamics(key: str, shape: tuple):
+    def tamper(run, tmp):
+        with np.load(run / "dynamics.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays[key] = np.zeros(shape, np.float16)
+        np.savez(run / "dynamics.npz", **arrays)
+    return tamper
+
+
+def many_classes(run, tmp):
+    edit_manifest(run, lambda m: m["dataset"].__setitem__("class_names", [f"c{i}" for i in range(100_000)]))
+
+
+def decisions_trigger(run, tmp):
+    from audit.decisions import DecisionStore
+
+    DecisionStore(run).record("digits-0000", "keep", reviewer="x")
+    with sqlite3.connect(run / "decisions.sqlite") as con:
+        con.execute("CREATE TRIGGER eat AFTER INSERT ON decisions BEGIN DELETE FROM decisions; END")
+
+
+def not_a_run_dir(run, tmp):
+    d = tmp / "outside" / "mine"
+    d.mkdir()
+    (d / "manifest.json").write_text('{"my": "project"}')
+    (d / "report.html").write_text("<p>my notes</p>")
+
+
+def dataset_folder(run, tmp):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp / "outside" / "imgs" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp / "outside" / "imgs" / c / f"{i}.png")
+
+
+def report_to_device(run, tmp):
+    os.symlink("/dev/null", tmp / "outside" / "null.html")
+
+
+def verify_cache_symlink(run, tmp):
+    os.symlink(tmp / "outside", run / ".cache" / "verify", target_is_directory=True)
+
+
 def nothing(run, tmp):
     pass
 
@@ -205,7 +270,50 @@ CASES = [
     ("store-relabel-bool", nothing, relabel(True), 2, "not a class"),
     ("store-unknown-kind", nothing, relabel(None, "delete"), 2, "must be one of"),
     ("verify-json-broken", write("verify.json", b"{oops"), REPORT, 2, "verify.json"),
+    # tables and logs read back are input (issue #22 item 5)
+    ("examples-flag-as-text", set_column("examples.parquet", "is_label_issue", lambda df: np.where(
+        df.is_label_issue, "yes", "no")), ["export", "{run}", "--out", "{tmp}/outside/l.csv", "--apply", "suggested"],
+     2, "is_label_issue"),
+    ("examples-no-category", drop_column("examples.parquet", "category"), REPORT, 2, "category"),
+    ("examples-no-correct-column", drop_column("examples.parquet", "correct_pgd"), REPORT, 2, "correct_pgd"),
+    ("examples-score-as-text", set_column("examples.parquet", "issue_score", lambda df: df.issue_score.astype(str)),
+     EXPORT, 2, "issue_score"),
+    ("examples-zero-rows", edit_table("examples.parquet", lambda df: df.iloc[:0]), REPORT, 2, "no rows"),
+    ("examples-unknown-category", set_column("examples.parquet", "category", "maybe"), REPORT, 2, "category"),
+    ("pairs-unknown-train-id", set_column("pairs.parquet", "train_id", "nobody-0001"), REPORT, 2, "train_id"),
+    ("pairs-similarity-as-text", set_column("pairs.parquet", "similarity", "high"), REPORT, 2, "similarity"),
+    ("manifest-model-without-columns", lambda r, t: edit_manifest(r, lambda m: m["config"].__setitem__(
+        "models", ["natural", "pgd", "trades"])), REPORT, 2, "pred_trades"),
+    ("manifest-metric-as-text", lambda r, t: edit_manifest(r, lambda m: m["metrics"].__setitem__(
+        "noise_auroc", "great")), REPORT, 2, "metrics.noise_auroc"),
+    ("manifest-100k-classes", many_classes, REPORT, 2, "class_names"),
+    ("verify-json-infinite", write("verify.json", b'{"eps": 1e400}'), REPORT, 2, "verify.json"),
+    ("dynamics-wrong-shape", edit_dynamics("margin_natural", (3, 5)),
+     lambda run, tmp, capsys: _read(lambda: __import__("audit.rundir").rundir.RunDir(run).dynamics()), 2,
+     "margin_natural"),
+    ("decisions-trigger", decisions_trigger, EXPORT, 2, "trigger"),
+    # outputs (issue #22 item 7)
+    ("run-out-not-a-run", not_a_run_dir, ["run", "--dataset", "digits", "--out", "{tmp}/outside/mine"], 2,
+     "not a benign-audit run"),
+    ("run-out-inside-dataset", dataset_folder, ["run", "--dataset", "folder:{tmp}/outside/imgs", "--out",
+                                                "{tmp}/outside/imgs/run"], 2, "inside the dataset"),
+    ("report-out-device", report_to_device, ["report", "{run}", "--out", "{tmp}/outside/null.html"], 2,
+     "not a regular file"),
 ]
+
+
+def _read(fn) -> int:
+    """Call ``fn`` as a command would: an :class:`AuditInputError` becomes exit 2 and one line."""
+    import sys
+
+    from audit.errors import AuditInputError
+
+    try:
+        fn()
+    except AuditInputError as e:
+        print(f"audit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 # -- the harness ------------------------------------------------------------------------------------

@@ -78,16 +78,47 @@ def summary_lines(man: dict, out: str) -> list[str]:
     if "noise_auprc" in m:
         lines.append(f"injected noise found: AUROC {m['noise_auroc']:.3f}, AUPRC {m['noise_auprc']:.3f}, "
                      f"precision {m['noise_precision']:.2f}, recall {m['noise_recall']:.2f}")
-    lines += [f"wrote {out}/ (examples.parquet, pairs.parquet, manifest.json)", "next:",
-              f"  audit app {out}        # review the flagged examples",
-              f"  audit report {out}     # one HTML page with the evidence",
-              f"  audit export {out} --out labels.csv"]
-    return lines
+    lines.append(f"wrote {out}/ (examples.parquet, pairs.parquet, manifest.json)")
+    lines += decision_lines(out)
+    return lines + next_steps(out)
+
+
+def next_steps(out: str) -> list[str]:
+    """The same closing lines after ``run``, ``verify`` and ``export``: what to do with the run next."""
+    return ["next:",
+            f"  audit app {out}        # review the flagged examples (decisions go to {out}/decisions.sqlite)",
+            f"  audit report {out}     # one HTML page with the evidence",
+            f"  audit verify {out}     # retrain on the cleaned labels: did cleaning pay?",
+            f"  audit export {out} --out labels.csv   # the cleaned label list"]
+
+
+def decision_lines(out: str) -> list[str]:
+    """What became of the review decisions already in ``out`` (a rerun into a reviewed directory): how
+    many still match what was reviewed and how many no longer do, and why."""
+    from pathlib import Path
+
+    from audit.decisions import DB_NAME, DecisionStore
+
+    if not (Path(out) / DB_NAME).is_file():
+        return []
+    store = DecisionStore(out)
+    current, stale = store.latest(), store.stale()
+    if current.empty and stale.empty:
+        return []
+    line = f"review decisions in {out}: {len(current):,} still match what the reviewer saw"
+    if len(stale):
+        why = stale["stale_reason"].str.replace(r" \(was.*", "", regex=True).value_counts()
+        detail = ", ".join(f"{n:,} {r}" for r, n in why.items())
+        line += (f"; {len(stale):,} no longer do ({detail}): kept in the log, not applied by export or verify, "
+                 "and back in the review queue")
+    return [line]
 
 
 def main(args) -> int:
     from audit.pipeline import run_audit
+    from audit.rundir import check_out_dir
 
+    check_out_dir(args.out, args.dataset)
     man = run_audit(config_from_args(args), args.out, progress=not args.quiet)
     print("\n".join(summary_lines(man, args.out)))
     return 0
