@@ -46,6 +46,7 @@ from audit.errors import AuditInputError
 from audit.io import atomic_write_bytes, write_parquet
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RESERVED_NAMES = ("summary.csv", "summary.parquet")
 STATUSES = ("pending", "complete", "skipped", "failed")
 # Columns of the summary table, in order; per-model accuracy columns follow for every model in the batch.
 SUMMARY_COLUMNS = [
@@ -152,6 +153,8 @@ def load_batch(path: str | Path, overrides: dict[str, Any] | None = None) -> lis
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise AuditInputError(f"{path}: {where}: name = {name!r} must be a folder name of letters, digits, '.', '_', '-'")
         where = f"[[run]] #{i} ({name!r})"
+        if name.lower() in RESERVED_NAMES:
+            raise AuditInputError(f"{path}: {where}: name {name!r} is the batch's own summary file; choose another")
         if name in seen:
             raise AuditInputError(f"{path}: {where}: name {name!r} is already used by [[run]] #{seen[name]}")
         seen[name] = i
@@ -260,7 +263,7 @@ def run_batch(
     ``on_event(name, status, detail)`` is called as each run starts and ends. ``max_concurrent`` > 1
     runs that many audits at once (for ``--engine ray``, whose trainings run on the cluster).
     """
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,13 +281,28 @@ def run_batch(
                 raise
             write_summary(out, rows, meta)
         return write_summary(out, rows, meta)
-    pool = ThreadPoolExecutor(max_workers=max_concurrent)
-    futures = {pool.submit(_one_run, run, out / run.name, False, emit): i for i, run in enumerate(runs)}
+    if all(r.config.engine == "ray" for r in runs):
+        # the trainings run on the cluster: the driver threads only wait on them
+        pool = ThreadPoolExecutor(max_workers=max_concurrent)
+        futures = {pool.submit(_one_run, run, out / run.name, False, emit): i for i, run in enumerate(runs)}
+    else:
+        # Local trainings share this process's torch state (the global RNG, the thread count), so two in one
+        # process at once give different tables for the same options: each run gets its own process.
+        import multiprocessing
+
+        pool = ProcessPoolExecutor(max_workers=max_concurrent, mp_context=multiprocessing.get_context("spawn"))
+        futures = {}
+        for i, run in enumerate(runs):
+            emit(run.name, "running", str(out / run.name))
+            futures[pool.submit(_one_run, run, out / run.name, False, None)] = i
     try:
         while futures:
             done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
             for f in done:
-                rows[futures.pop(f)] = f.result()
+                i = futures.pop(f)
+                rows[i] = f.result()
+                if isinstance(pool, ProcessPoolExecutor):
+                    emit(runs[i].name, rows[i]["status"], rows[i].get("error") or "")
             write_summary(out, rows, meta)
     except KeyboardInterrupt:
         for i in futures.values():
@@ -296,10 +314,12 @@ def run_batch(
     return write_summary(out, rows, meta)
 
 
-def _one_run(run: BatchRun, run_dir: Path, progress: bool, emit: Callable[[str, str, str], None]) -> dict:
-    """One audit of the batch: skipped when complete, else run; a failure is recorded, not raised."""
+def _one_run(run: BatchRun, run_dir: Path, progress: bool, emit: Callable[[str, str, str], None] | None) -> dict:
+    """One audit of the batch: skipped when complete, else run; a failure is recorded, not raised.
+    ``emit`` None: tell nobody (a worker process; the parent reports)."""
     from audit.pipeline import run_audit
 
+    emit = emit or (lambda *a: None)
     done = completed_manifest(run_dir, run.config)
     if done is not None:
         emit(run.name, "skipped", "already complete")

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from audit.errors import AuditError, describe_error
+from audit.errors import AuditError, AuditInputError, describe_error
 
 # Fault injection for resilience tests: "STAGE:MARKER" kills the process running STAGE once (the first
 # time, creating MARKER); "STAGE:*" kills it every time.
@@ -70,6 +70,23 @@ class LocalEngine:
             on_done(t, out, seconds)
 
 
+def ray_address_problem(address: str | None, e: BaseException) -> str:
+    """One line on why Ray could not start or join ``address``, with what to do."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    if address and address.startswith("ray://"):
+        try:
+            import ray.util.client  # noqa: F401
+            import grpc  # noqa: F401  - ray[client]'s dependency
+        except ImportError:
+            return (f"--ray-address {address}: connecting through ray:// needs Ray's client "
+                    "(pip install 'ray[client]'); or run on a cluster node with --ray-address auto")
+        return f"--ray-address {address}: could not connect ({type(e).__name__}: {first})"
+    if address:
+        return (f"--ray-address {address}: no Ray cluster there ({type(e).__name__}: {first}); start one with "
+                "`ray start --head`, or leave out --ray-address to start Ray on this machine")
+    return f"--engine ray: Ray could not start on this machine ({type(e).__name__}: {first})"
+
+
 class RayEngine:
     """Runs tasks as Ray tasks, each declaring its CPUs (``threads``) and GPUs; joins the cluster at
     ``address`` (``auto``, ``ray://host:port``) or starts Ray on this machine."""
@@ -85,8 +102,11 @@ class RayEngine:
         with _RAY_INIT:
             if not ray.is_initialized():
                 env = {"env_vars": {k: os.environ[k] for k in (FAULT_ENV, "OMP_NUM_THREADS") if k in os.environ}}
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                         ignore_reinit_error=True, runtime_env=env)
+                try:
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                             ignore_reinit_error=True, runtime_env=env)
+                except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+                    raise AuditInputError(ray_address_problem(self.address, e)) from None
         return ray
 
     def run_all(self, tasks: list[Task], on_done: Callable[[Task, dict, float], None],

@@ -116,3 +116,31 @@ def test_models_take_01_images_and_expose_features(arch, shape):
     x = torch.rand(3, *shape)
     h = m.features(x)
     assert m(x).shape == (3, 7) and torch.allclose(m.head(h), m(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["missing-record", "wrong-shape", "other-model"])
+def test_a_damaged_resume_file_is_discarded_and_training_starts_over(digits_small, tmp_path, damage):
+    """Issue #22 item 9: a resume checkpoint missing one record made every rerun die with KeyError. Now it is
+    checked before anything is loaded, deleted, and the training runs from the start, as a fresh one does."""
+    x, y = digits_small
+    spec = TrainSpec(method="natural", epochs=3, batch_size=64, lr=0.1)
+    torch.manual_seed(0)
+    fresh = train_model(build_model("mlp", (1, 8, 8), 10), x, y, spec, device=CPU, progress=False)
+    ckpt = tmp_path / "natural.resume.pt"
+    model = build_model("mlp", (1, 8, 8), 10)
+    state = {"model": model.state_dict(), "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
+             "epoch": 1, "loss": torch.zeros(2, len(y)), "margin": torch.zeros(2, len(y)),
+             "correct": torch.zeros(2, len(y), dtype=torch.bool), "lrs": torch.zeros(2),
+             "tracin_epochs": torch.tensor([]), "tracin_weights": torch.tensor([]), "tracin_states": []}
+    if damage == "missing-record":
+        del state["margin"]
+    elif damage == "wrong-shape":
+        state["loss"] = torch.zeros(2, 7)
+    else:
+        state["model"] = build_model("mlp", (1, 8, 8), 3).state_dict()
+    torch.save(state, ckpt)
+    torch.manual_seed(0)
+    again = train_model(build_model("mlp", (1, 8, 8), 10), x, y, spec, device=CPU, checkpoint=ckpt, progress=False)
+    assert not ckpt.exists()
+    for a, b in zip(fresh.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)

@@ -225,3 +225,21 @@ def test_subset_models_make_the_standard_errors_finite_and_leave_the_folds_alone
     assert np.array_equal(np.isfinite(more["memorization_se"]), two_each_side) and two_each_side.mean() == 0.9
     h = half_masks(60, 4, 0)
     assert (h.sum(1) == 30).all() and np.array_equal(h, half_masks(60, 4, 0)) and not np.array_equal(h[0], h[1])
+
+
+def test_a_nan_signal_value_ranks_least_suspicious():
+    """Issue #22 item 11: a row whose signal could not be computed ranks below every other row, not at 0.0
+    (which, for a negated margin, was the second most suspicious place)."""
+    import numpy as np
+
+    from audit.signals.combine import rank01
+    from audit.signals.registry import least_suspicious_nan
+
+    neg_margin = np.array([-3.0, -0.5, np.nan, 0.8, -2.0, np.inf, -np.inf])
+    fixed = least_suspicious_nan(neg_margin)
+    assert np.isfinite(fixed).all()
+    order = np.argsort(-fixed, kind="stable")
+    assert order[0] == 5 and set(order[-2:]) == {2, 6}  # +inf most suspicious; NaN and -inf least
+    np.testing.assert_array_equal(fixed[[0, 1, 3, 4]], neg_margin[[0, 1, 3, 4]])  # finite values untouched
+    assert rank01(fixed)[2] == rank01(fixed).min() and rank01(neg_margin)[2] == 0.0
+    assert (least_suspicious_nan(np.full(3, np.nan)) == least_suspicious_nan(np.full(3, np.nan))[0]).all()

@@ -38,4 +38,10 @@ def main(args) -> int:
                               drop_flagged=args.drop_flagged, use_decisions=args.use_decisions or None)
     print(f"wrote {args.out}: {summary.line()}")
     print(f"wrote {test_out}: flagged test labels to check (test examples are never removed)")
+    from audit.commands.run import next_steps
+
+    apply = f" --apply {summary.apply}" if summary.apply != "decisions" else ""
+    print("\n".join(ln.replace(f"audit verify {args.run}", f"audit verify {args.run}{apply}")
+                     if f"audit verify {args.run}" in ln and summary.apply == "suggested" else ln
+                     for ln in next_steps(args.run) if not ln.lstrip().startswith(f"audit export {args.run}")))
     return 0

@@ -63,10 +63,26 @@ def compute_signals(x: SignalInputs) -> tuple[dict[str, np.ndarray], tuple[str, 
         if v is None:
             continue
         for name, arr in (v.items() if isinstance(v, dict) else [(s.name, v)]):
-            out[name] = np.nan_to_num(np.asarray(arr, np.float64), nan=0.0)
+            out[name] = least_suspicious_nan(arr)
             if not s.canary_judged:
                 not_judged.append(name)
     return out, tuple(not_judged)
+
+
+def least_suspicious_nan(arr) -> np.ndarray:
+    """``arr`` as float64 with no NaN or infinity: a NaN (a signal that could not be computed for the row)
+    or -inf ranks as the least suspicious (below every finite value, as :func:`audit.signals.combine.rank01`
+    documents), +inf as the most. (NaN used to become 0.0, which for a negated margin ranked second most
+    suspicious.)"""
+    a = np.array(arr, dtype=np.float64, copy=True)
+    finite = np.isfinite(a)
+    if finite.all():
+        return a
+    lo, hi = (a[finite].min(), a[finite].max()) if finite.any() else (0.0, 0.0)
+    span = max(hi - lo, 1.0)
+    a[np.isnan(a) | (a == -np.inf)] = lo - span
+    a[a == np.inf] = hi + span
+    return a
 
 
 def _natural_margin(x: SignalInputs) -> np.ndarray:

@@ -12,6 +12,7 @@ the records so far) is written every epoch so an interrupted training resumes wh
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass
@@ -328,22 +329,34 @@ def _batch_loss(net, x, y, spec: TrainSpec, attack, device):
 
 
 def _resume(ckpt: Path | None, model, opt, rec: _Records, device) -> tuple[int, list]:
-    """Load a resume checkpoint into model, optimizer and records; returns (start epoch, TracIn states)."""
+    """Load a resume checkpoint into model, optimizer and records; returns (start epoch, TracIn states).
+    Everything is checked before anything is loaded: a damaged or incomplete resume file (a record
+    missing, a wrong shape, weights of another model) is deleted and the training starts over, never
+    half-resumed and never an error on every rerun."""
     if ckpt is None or not ckpt.exists():
         return 0, []
     try:
         state = torch.load(ckpt, map_location=device, weights_only=True)
+        e = int(state["epoch"]) + 1
+        arrays = {k: state[k].numpy() for k in ("loss", "margin", "correct", "lrs")}
+        if not 0 < e <= len(rec.lrs):
+            raise ValueError(f"epoch {e - 1} outside this training")
+        for k, a in arrays.items():
+            if a.shape != getattr(rec, k)[:e].shape:
+                raise ValueError(f"{k} has shape {a.shape}")
+        epochs, weights, states = state["tracin_epochs"].tolist(), state["tracin_weights"].tolist(), state["tracin_states"]
+        if not len(epochs) == len(weights) == len(states):
+            raise ValueError("TracIn records of different lengths")
+        trial = copy.deepcopy(model)  # strict load into a copy first: a failure leaves the model untouched
+        trial.load_state_dict(state["model"])
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-    except Exception:  # a damaged resume file: start this training over rather than trust it
+    except Exception:  # noqa: BLE001 - a damaged resume file: start this training over rather than trust it
         ckpt.unlink(missing_ok=True)
         return 0, []
-    e = int(state["epoch"]) + 1
-    rec.loss[:e], rec.margin[:e] = state["loss"].numpy(), state["margin"].numpy()
-    rec.correct[:e], rec.lrs[:e] = state["correct"].numpy(), state["lrs"].numpy()
-    tracin = [(int(ep), float(w), sd) for ep, w, sd in zip(state["tracin_epochs"].tolist(),
-                                                         state["tracin_weights"].tolist(), state["tracin_states"])]
-    return e, tracin
+    rec.loss[:e], rec.margin[:e] = arrays["loss"], arrays["margin"]
+    rec.correct[:e], rec.lrs[:e] = arrays["correct"], arrays["lrs"]
+    return e, [(int(ep), float(w), sd) for ep, w, sd in zip(epochs, weights, states)]
 
 
 def _save_resume(ckpt: Path, model, opt, epoch: int, rec: _Records, tracin: list) -> None:
