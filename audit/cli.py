@@ -14,6 +14,17 @@ from audit import __version__
 from audit.errors import AuditError, AuditInputError
 
 COMMANDS = ("run", "validate", "export", "app", "batch", "report", "reproduce", "verify")
+# One example per subcommand, at the end of its --help.
+EXAMPLES = {
+    "run": "audit run --dataset folder:photos --out runs/photos",
+    "validate": "audit validate --dataset csv:labels.csv",
+    "export": "audit export runs/photos --out labels.csv",
+    "app": "audit app runs/photos",
+    "batch": "audit batch examples/batch.toml --out runs/grid",
+    "report": "audit report runs/photos",
+    "reproduce": "audit reproduce toy-mnist --quick --out runs/toy",
+    "verify": "audit verify runs/photos",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.add_parser(sub)
+        if name in sub.choices and name in EXAMPLES:
+            sub.choices[name].epilog = f"example: {EXAMPLES[name]}"
     return parser
 
 

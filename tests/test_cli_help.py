@@ -35,3 +35,18 @@ def test_run_help_lists_every_dataset_source_and_defaults(capsys):
     for prefix in SOURCES:
         assert prefix in text, prefix
     assert "(default: natural,pgd)" in text and "(default: 4)" in text
+
+
+def test_every_subcommand_ends_its_help_with_an_example_that_parses(capsys):
+    """Issue #26: each --help ends with a one-line example, and the example is a command the parser accepts."""
+    import shlex
+
+    from audit.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(EXAMPLES) == set(sub.choices)
+    for name, example in EXAMPLES.items():
+        assert sub.choices[name].format_help().rstrip().endswith(f"example: {example}")
+        args = parser.parse_args(shlex.split(example)[1:])
+        assert args.command == name
