@@ -477,3 +477,37 @@ def test_audit_run_on_a_bad_folder_exits_2_and_writes_nothing(tmp_path, capsys):
     assert cli(["run", "--dataset", f"folder:{root}", "--out", str(out), *SMALL_RUN]) == 2
     assert "b/003.png: cannot read as an image" in capsys.readouterr().err
     assert not (out / "examples.parquet").exists() and not (out / "pairs.parquet").exists()
+
+
+def test_a_grey_palette_gif_keeps_a_grey_folder_grey_and_a_file_changed_in_place_is_decoded_again(tmp_path):
+    """Issue #22 item 9: a palette GIF of greys switched the whole folder to the colour recipe; a file
+    rewritten in place with its old size and time (cp -p, tar) was served from the decode cache."""
+    import os
+
+    from PIL import Image
+
+    from audit.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / c / f"{i}.png")
+    grey = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+    Image.fromarray(grey).convert("P").save(root / "a" / "g.gif")  # Pillow's grey palette image
+    assert Image.open(root / "a" / "g.gif").mode == "P"
+    cache = tmp_path / "cache"
+    ds = load_dataset(f"folder:{root}", cache_dir=cache, memory_budget_mb=0.0001)  # decoded through the cache
+    assert ds.images.shape[1] == 1  # still grey
+    i = [str(p).endswith("g.gif") for p in ds.paths].index(True)
+    assert np.array_equal(np.asarray(ds.images[i, 0]), grey)
+    # the same file rewritten in place: same size, same modification time
+    target = root / "b" / "0.png"
+    st = target.stat()
+    new = 255 - np.asarray(Image.open(target))
+    Image.fromarray(new).save(target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = load_dataset(f"folder:{root}", cache_dir=cache, memory_budget_mb=0.0001)
+    j = [str(p).endswith(os.path.join("b", "0.png")) for p in again.paths].index(True)
+    assert np.array_equal(np.asarray(again.images[j, 0]), new)

@@ -4,7 +4,8 @@ Normalisation rule (``RULE_VERSION`` 1), the same for ``folder:``, ``csv:`` and 
 
 * **Channels.** The dataset is grey (C = 1) when every image has a grey Pillow mode (``1``, ``L``, ``LA``,
   ``I``, ``I;16``, ``F``); otherwise it is RGB (C = 3) and grey images are replicated into three
-  channels. Alpha is dropped and palettes are expanded (Pillow's ``convert``). 16-bit images are scaled to
+  channels. Alpha is dropped and palettes are expanded (Pillow's ``convert``); a palette of greys only
+  (R = G = B) counts as grey. 16-bit images are scaled to
   8 bits (value / 257); 32-bit integer and float images are rounded and clipped to 0..255.
 * **Size.** Every image is resized to the most common (width, height) of the dataset (ties go to the
   larger area, then the larger height) with Pillow's bilinear filter, which antialiases when shrinking.
@@ -17,7 +18,7 @@ Normalisation rule (``RULE_VERSION`` 1), the same for ``folder:``, ``csv:`` and 
 Memory: when the decoded array would exceed the memory budget (``AUDIT_MEMORY_BUDGET_MB``, default
 2048 MiB, or the ``memory_budget_mb`` argument), images are decoded once into a uint8 ``np.memmap`` file
 in the cache directory (``AUDIT_CACHE_DIR``, default ``~/.cache/benign-audit``) and served from disk; the
-file is keyed by every source file's path, size and modification time, so a rerun maps it again without
+file is keyed by every source file's path, size, modification and inode-change times and inode, so a rerun maps it again without
 decoding, and a changed file makes a new one (replacing the caches of earlier versions of a dataset with
 the same folder name). A cache file is complete or absent: it is written under a temporary name and
 renamed.
@@ -96,6 +97,18 @@ def cache_directory(cache_dir: str | Path | None = None) -> Path:
     return Path(base) / "benign-audit"
 
 
+def _grey_palette(img) -> bool:
+    """Whether a palette image's palette holds only greys (R = G = B in every entry): such a file (a GIF
+    saved from a grey picture) is a grey image, and must not switch the whole dataset to colour."""
+    pal = img.getpalette() or []
+    return len(pal) >= 3 and all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
+
+
+def effective_mode(img) -> str:
+    """``img.mode``, except ``L`` for a palette image whose palette is grey (:func:`_grey_palette`)."""
+    return "L" if img.mode in ("P", "PA") and _grey_palette(img) else img.mode
+
+
 def _mode_array(img) -> np.ndarray:
     """Decode ``img`` into (H, W) uint8 when its mode is grey, else (H, W, 3) uint8."""
     mode = img.mode
@@ -106,7 +119,7 @@ def _mode_array(img) -> np.ndarray:
         return np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
     if mode in ("L", "RGB"):
         return np.asarray(img)
-    return np.asarray(img.convert("L" if mode in GREY_MODES else "RGB"))
+    return np.asarray(img.convert("L" if effective_mode(img) in GREY_MODES else "RGB"))
 
 
 def _fit(arr: np.ndarray, c: int, h: int, w: int) -> tuple[np.ndarray, bool]:
@@ -243,7 +256,7 @@ def _work_one(r: ImageRef, action: str, target, max_pixels: int) -> tuple:
     try:
         with _open_checked(r, max_pixels) as img:
             w, h = img.size
-            mode = img.mode
+            mode = effective_mode(img)
             arr, resized = None, False
             if action != "header":
                 arr = _mode_array(img)
@@ -333,7 +346,8 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
     under its ``name``, and decoding goes on so all of them are found; the array is then ``None``.
     Returns the array (an ``np.ndarray``, or a read-only ``np.memmap`` over the budget) and an info
     dict: ``image_size`` [H, W], ``channels``, ``resized`` and ``converted`` counts, ``source_modes``,
-    ``source_sizes`` (the five most common "WxH"), ``streamed`` and ``cache_file``.
+    ``source_sizes`` (the five most common "WxH"), ``source_wh`` (every file's [width, height], only when
+    they differ), ``streamed`` and ``cache_file``.
     ``slug`` names the cache file (e.g. the dataset's folder name); ``workers``: see :func:`decode_workers`;
     ``max_pixels``: the largest width × height accepted (see the module docstring).
     """
@@ -359,7 +373,10 @@ def decode_images(refs: Sequence[ImageRef], problems: Problems, *, slug: str,
             problems.add(f"{r.name}: not a file ({r.path})")
             ok[i] = False
             continue
-        key.update(f"{os.path.abspath(r.path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # size and mtime alone miss a file rewritten in place with its old time (cp -p, tar): the inode
+        # change time (which no copy can set) and the inode number are in the key too
+        key.update(f"{os.path.abspath(r.path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n"
+                   .encode())
     safe_slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slug)[:60] or "images"
     cache = _DecodeCache(cache_directory(cache_dir), safe_slug, key.hexdigest()[:20])
     if ok.all() and n:
@@ -415,6 +432,8 @@ def _decode(refs, problems, ok, budget, cache, chunks) -> tuple[np.ndarray | Non
     target_mode = "L" if c == 1 else "RGB"
     info.update(image_size=[h, w], channels=c, mode=target_mode,
                 converted=int(sum(modes[i] != target_mode for i in good)))
+    if len(np.unique(sizes[good], axis=0)) > 1:  # each file's [width, height] before fitting (odd_size)
+        info["source_wh"] = sizes.tolist()
     if problems:  # refuse, but first decode what pass 1 only opened, to report every bad file at once
         for idx, results in chunks.run(good[~verified[good]], lambda: "verify"):
             for i, res in zip(idx, results):
