@@ -43,9 +43,11 @@ from audit.stages import (
     aug_stage,
     crossval_stage,
     influence_stage,
+    issues_stage,
     train_arrays,
     train_stage,
 )
+
 
 
 def absolute_spec(spec: str) -> str:
@@ -139,10 +141,19 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
         except BaseException:
             orch.write_manifest(base, "failed")
             raise
+        try:
+            issues = _run_issues(orch, ds, canaries, trained["natural"], health["final_stages"]["natural"], device)
+        except BaseException:
+            if orch.stages.get("issues", {}).get("status") == "running":
+                orch.stages["issues"]["status"] = "failed"
+            orch.write_manifest(base, "failed")
+            raise
         t0 = time.perf_counter()
         ctx = TableContext(models=tuple(cfg.models), ds=ds, data=data, canaries=canaries,
                            fingerprint=fingerprint, config_hash=cfg.hash(), unhealthy=health["failed"])
-        tables = build_tables(ctx, trained, cv, infl)
+        tables = build_tables(ctx, trained, cv, infl, issues=issues)
+        if tables.extra.get("issue_types", {}).get("summary"):
+            orch.log(tables.extra["issue_types"]["summary"])
         write_parquet(out / "examples.parquet", tables.examples, tables.meta)
         write_parquet(out / "pairs.parquet", tables.pairs, tables.meta)
         save_arrays(out / "dynamics.npz", tables.dynamics)
@@ -185,6 +196,42 @@ def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: Trai
     if given.step_size is None:
         upd["step_size"] = cfg.step_size * res["eps"] / cfg.eps
     return validate_config(replace(cfg, **upd)), {"eps": {"value": res["eps"], "source": "calibrated", **res}}
+
+
+def in_dataset_order(ds: AuditDataset, canaries: CanarySet, train_values: np.ndarray,
+                     test_values: np.ndarray) -> np.ndarray:
+    """Per-row values of the training set the models saw (real rows, then canaries: (N_aug, ...)) and of
+    the test rows, put back in dataset order (N, ...): a canary's value goes to its source row (the
+    canary is an exact copy of that image)."""
+    tr = ds.split_indices(TRAIN)
+    out = np.empty((len(ds.labels), *train_values.shape[1:]), train_values.dtype)
+    n_real = len(canaries.real_rows)
+    out[tr[canaries.real_rows]] = train_values[:n_real]
+    out[tr[canaries.source]] = train_values[n_real:]
+    out[ds.split_indices(TEST)] = test_values
+    return out
+
+
+def _run_issues(orch: Orchestrator, ds: AuditDataset, canaries: CanarySet, natural: dict, natural_stage: str,
+                device: torch.device) -> dict:
+    """The ``issues`` stage (:func:`audit.stages.issues_stage`), cached like the others: its key is the
+    issue thresholds, the natural model's stage (its embeddings and predictions) and the data."""
+    from audit.issues import IssueConfig
+
+    ic = IssueConfig()
+    orch.key("issues", "issues", {"issues": ic}, (natural_stage,))
+    arrays = orch.cached("issues")
+    if arrays is not None:
+        return arrays
+    orch.start("issues")
+    t0 = time.perf_counter()
+    emb = in_dataset_order(ds, canaries, natural["train_features"], natural["test_features"]).astype(np.float32)
+    pred = in_dataset_order(ds, canaries, natural["train_logits"].argmax(1), natural["test_logits"].argmax(1))
+    sizes = ds.extra.get("source_wh")
+    sizes = np.asarray(sizes, np.int64) if sizes is not None and len(sizes) == len(ds.labels) else None
+    arrays = issues_stage(ds.images, ds.labels, ds.split, ic, num_classes=ds.num_classes, embeddings=emb,
+                          predictions=pred, sizes=sizes, device=str(device))
+    return orch.store("issues", arrays, time.perf_counter() - t0)
 
 
 def _recipe_warnings(recipe: dict) -> list[str]:

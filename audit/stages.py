@@ -212,6 +212,19 @@ def _neighbour_evidence(emb: dict, n_real: int, device: str) -> tuple[np.ndarray
     return nidx[keep_mask].reshape(len(nidx), k - 1), nsim[keep_mask].reshape(len(nsim), k - 1), info
 
 
+def issues_stage(images, labels: np.ndarray, split: np.ndarray, ic, *, num_classes: int,
+                 embeddings: np.ndarray | None = None, predictions: np.ndarray | None = None,
+                 sizes: np.ndarray | None = None, device: str = "cpu") -> dict:
+    """The issue types beyond label errors (:func:`audit.issues.find_issues`) over every dataset row in
+    dataset order: ``images`` (N, C, H, W), given ``labels`` and ``split`` (N,), the natural model's
+    ``embeddings`` (N, D) and ``predictions`` (N,), the source ``sizes`` (N, 2) when recorded;
+    ``ic``: an :class:`audit.issues.IssueConfig`."""
+    from audit.issues import find_issues
+
+    return find_issues(images, labels, split, num_classes=num_classes, embeddings=embeddings, sizes=sizes,
+                       predictions=predictions, config=ic, device=torch.device(device).type)
+
+
 def train_arrays(out: dict) -> dict:
     """A training stage's outputs without its weights (what the cache and the tables keep)."""
     return {k: v for k, v in out.items() if "." not in k}

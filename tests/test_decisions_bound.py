@@ -50,19 +50,23 @@ def test_a_decision_names_an_example_of_the_run_and_is_bound_to_its_label(run_co
 
 def test_a_changed_label_or_image_makes_the_decision_stale(run_copy):
     tr = _train(run_copy)
-    a, b, c = tr.index[:3]
+    a, b, c, d = tr.index[:4]
+    assert tr["content_hash"].str.fullmatch(r"[0-9a-f]{32}").all()  # every row's pixels have a digest
     store = DecisionStore(run_copy)
     store.record(a, "keep", reviewer="ann")
     store.record(b, "relabel", reviewer="ann", new_label=(int(tr.at[b, "given_label"]) + 1) % 10)
     store.record(c, "remove", reviewer="ann")
+    assert store.record(d, "keep", reviewer="ann")["content"] == tr.at[d, "content_hash"]
     ex = pd.read_parquet(run_copy / "examples.parquet")
     ex.loc[ex.example_id == a, "given_label"] = (int(tr.at[a, "given_label"]) + 2) % 10
+    ex.loc[ex.example_id == d, "content_hash"] = "0" * 32  # the file behind d was replaced
     ex = ex[ex.example_id != c]
     ex.to_parquet(run_copy / "examples.parquet")
     stale = DecisionStore(run_copy).stale().set_index("example_id")["stale_reason"]
     assert stale[a].startswith("label changed (was ") and stale[c] == "example not in this run"
+    assert stale[d] == "image changed"
     assert DecisionStore(run_copy).latest()["example_id"].tolist() == [b]
-    assert len(DecisionStore(run_copy).latest(bound=False)) == 3 and len(DecisionStore(run_copy).log()) == 3
+    assert len(DecisionStore(run_copy).latest(bound=False)) == 4 and len(DecisionStore(run_copy).log()) == 4
 
 
 def test_a_rerun_with_another_seed_leaves_old_decisions_stale_and_says_so(run_copy, capsys):

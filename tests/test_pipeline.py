@@ -113,7 +113,7 @@ def test_rerun_resumes_without_recomputing(digits_run):
     man = run_audit(RunConfig(dataset="digits", models=("natural", "pgd"), noise=0.1, seed=0), out, progress=False)
     assert {s: v["status"] for s, v in man["stages"].items() if s != "write"} == {
         "calibrate": "cached", "train_natural": "cached", "train_pgd": "cached", "crossval": "cached",
-        "influence": "cached"}
+        "influence": "cached", "issues": "cached"}
     assert man["metrics"]["noise_auroc"] == first["metrics"]["noise_auroc"]
     after = pd.read_parquet(out / "examples.parquet")
     assert after.equals(pd.read_parquet(__import__("io").BytesIO(before)))

@@ -78,6 +78,9 @@ def summary_lines(man: dict, out: str) -> list[str]:
     if "noise_auprc" in m:
         lines.append(f"injected noise found: AUROC {m['noise_auroc']:.3f}, AUPRC {m['noise_auprc']:.3f}, "
                      f"precision {m['noise_precision']:.2f}, recall {m['noise_recall']:.2f}")
+    other = (man.get("issue_types") or {}).get("summary")
+    if other:
+        lines.append(other)
     lines.append(f"wrote {out}/ (examples.parquet, pairs.parquet, manifest.json)")
     lines += decision_lines(out)
     return lines + next_steps(out)

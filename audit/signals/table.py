@@ -288,14 +288,19 @@ def _test_scores(run: TableContext, trained: dict, test_cv: np.ndarray, robust: 
     return lq, score, flags
 
 
-def build_tables(run: TableContext, trained: dict, cv: dict, infl: dict) -> Tables:
-    """examples.parquet, pairs.parquet and dynamics.npz as tables, with metrics and manifest extras."""
+def build_tables(run: TableContext, trained: dict, cv: dict, infl: dict, issues: dict | None = None) -> Tables:
+    """examples.parquet, pairs.parquet and dynamics.npz as tables, with metrics and manifest extras.
+    ``issues``: the ``issues`` stage's arrays (:func:`audit.issues.find_issues`, dataset order); their
+    columns join every row by ``example_id`` and their summary goes to the manifest's ``issue_types``."""
     sc = score_training(run, trained, cv, infl)
     ev = gather_evidence(run, trained, cv, infl, sc)
     df = _base_columns(run, sc, ev)
     _model_columns(df, run, trained)
     _signal_columns(df, run, trained, cv, infl, sc, ev)
     df = _with_canary_sources(df, run, trained, cv, infl, sc)
+    extra = _selection_record(run, sc)
+    if issues is not None:
+        df, extra["issue_types"] = _issue_columns(df, run, issues)
     pairs = _pairs_table(run, infl)
     metrics = _metrics(df, run, trained, sc, len(pairs))
     meta = {"class_names": list(run.ds.class_names), "dataset": run.ds.spec, "config_hash": run.config_hash,
@@ -305,7 +310,21 @@ def build_tables(run: TableContext, trained: dict, cv: dict, infl: dict) -> Tabl
     for m in list(run.models) + (["aug"] if "aug" in trained else []):
         dyn[f"margin_{m}"] = trained[m]["margin"][:, real].astype(np.float16)
         dyn[f"correct_{m}"] = trained[m]["correct"][:, real]
-    return Tables(df, pairs, dyn, metrics, _selection_record(run, sc), meta)
+    return Tables(df, pairs, dyn, metrics, extra, meta)
+
+
+def _issue_columns(df: pd.DataFrame, run: TableContext, issues: dict) -> tuple[pd.DataFrame, dict]:
+    """The issue types' columns (:func:`audit.issues.issue_columns`) on each row by ``example_id``, and
+    the manifest's ``issue_types``."""
+    from audit.issues import issue_columns, issue_summary
+
+    ds = run.ds
+    cols = issue_columns(issues, example_ids=ds.example_ids, labels=ds.labels, class_names=ds.class_names)
+    pos = pd.Index(ds.example_ids.astype(str)).get_indexer(df["example_id"])
+    if (pos < 0).any():
+        raise ValueError(f"issue types: {int((pos < 0).sum())} table rows have no dataset row")
+    new = pd.DataFrame({k: v[pos] for k, v in cols.items()}, index=df.index)
+    return pd.concat([df, new], axis=1), issue_summary(issues, ds.class_names)
 
 
 def _base_columns(run: TableContext, sc: Scores, ev: Evidence) -> pd.DataFrame:
