@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,18 +46,92 @@ def run_dir_from_argv() -> Path:
 
 
 def run_problem(run: Path) -> str | None:
-    """Why ``run`` cannot be reviewed, or None."""
+    """Why ``run`` cannot be reviewed, or None: no tables, a manifest or examples table that is a link,
+    not a regular file or refused by :class:`audit.rundir.RunDir` (its message), or no examples at all
+    (:func:`no_examples`)."""
     from audit.errors import AuditInputError
 
+    for name in ("examples.parquet", "manifest.json"):
+        problem = file_problem(run / name)
+        if problem:
+            return problem
     if not (run / "examples.parquet").is_file():
         return f"{run}: no examples.parquet — run `audit run --out {run}` first, then `audit app {run}`"
     if not (run / "manifest.json").is_file():
         return f"{run}: no manifest.json (an interrupted run? rerun `audit run --out {run}` to finish it)"
     try:
         _rundir(str(run), _mtime(run / "manifest.json"))
+        empty = no_examples(run)
+        if empty:
+            return empty
+        examples(run)
     except AuditInputError as e:
         return str(e)
     return None
+
+
+def no_examples(run: Path) -> str | None:
+    """A notice when ``examples.parquet`` holds no rows (nothing to review: an info, not an error), else None."""
+    import pyarrow.parquet as pq
+
+    path = run / "examples.parquet"
+    if file_problem(path) or not path.is_file():
+        return None
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except Exception:  # noqa: BLE001 - not Parquet: RunDir says so in its own words
+        return None
+    if rows:
+        return None
+    return (f"{path}: holds no examples (0 rows), so there is nothing to review; rerun `audit run --out {run}` "
+            "to audit a dataset")
+
+
+# -- the run's own files ------------------------------------------------------------------------------
+def file_problem(path: Path) -> str | None:
+    """Why the app will not read ``path`` from a run directory, or None (a regular file, or nothing there).
+
+    A run directory is input (DESIGN.md, "Trust boundaries"): a symbolic link could show any file on this
+    machine, and a device or pipe could block the server, so only regular files are read. The notice
+    names the file (plain text: show it through :func:`app.ui.md`)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{path.name}: cannot be read ({e.strerror or type(e).__name__}); not shown"
+    if stat.S_ISLNK(mode):
+        return (f"{path.name}: a symbolic link; the app reads only the run directory's own regular files, "
+                "so it is not read")
+    if not stat.S_ISREG(mode):
+        return f"{path.name}: not a regular file (a folder, device or pipe); not read"
+    return None
+
+
+def read_run_file(path: Path, max_bytes: int = 20 * 2**20) -> bytes | None:
+    """The bytes of a run directory's own file ``path``; None when it is not there. A link, anything but a
+    regular file, or a file over ``max_bytes`` is an :class:`audit.errors.AuditInputError` naming it
+    (opened without following links, then checked on the open file, so nothing swaps in between)."""
+    from audit.errors import AuditInputError
+
+    problem = file_problem(path)
+    if problem:
+        raise AuditInputError(problem)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise AuditInputError(f"{path.name}: cannot be read ({e.strerror or type(e).__name__}); not shown") from None
+    with os.fdopen(fd, "rb") as f:
+        st_ = os.fstat(f.fileno())
+        if not stat.S_ISREG(st_.st_mode):
+            raise AuditInputError(f"{path.name}: not a regular file; not read")
+        if st_.st_size > max_bytes:
+            raise AuditInputError(f"{path.name}: larger than {max_bytes // 2**20} MiB; not a file benign-audit "
+                                  "wrote, not read")
+        return f.read(max_bytes + 1)[:max_bytes]
 
 
 def _mtime(path: Path) -> float:
@@ -84,12 +159,40 @@ def manifest(run: Path) -> dict:
     return _open(run).manifest
 
 
+# Optional columns the pages read as numbers: one holding text is shown as missing, and said so, rather than
+# failing a page (the required ones are checked by RunDir).
+NUMERIC_OPTIONAL = ("evidence_confidence", "label_quality", "memorization", "self_influence")
+NUMERIC_OPTIONAL_PREFIXES = ("loss_", "aum_", "first_learned_", "forgetting_", "margin_")
+TEXT_OPTIONAL = ("category", "category_reason", "signals_fired")
+
+
 @st.cache_resource(show_spinner="Loading examples…", max_entries=4)
-def _examples(path: str, mtime: float) -> pd.DataFrame:
+def _examples_checked(path: str, mtime: float) -> tuple[pd.DataFrame, tuple[str, ...]]:
     run = Path(path).parent
     df = _open(run).examples()
     df.index = pd.RangeIndex(len(df))
-    return df
+    df["example_id"] = df["example_id"].astype(str)
+    problems = []
+    for col in list(df.columns):
+        name = str(col)
+        numeric = name in NUMERIC_OPTIONAL or name.startswith(NUMERIC_OPTIONAL_PREFIXES)
+        if numeric and (not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col])):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+            problems.append(f"examples.parquet: column {name[:60]} does not hold numbers; shown as missing")
+        elif name in TEXT_OPTIONAL and df[col].map(lambda x: not isinstance(x, str) and x is not None).any():
+            df[col] = df[col].map(lambda x: "" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x))
+            problems.append(f"examples.parquet: column {name[:60]} does not hold text; shown as text")
+    return df, tuple(problems)
+
+
+def _examples(path: str, mtime: float) -> pd.DataFrame:
+    return _examples_checked(path, mtime)[0]
+
+
+def examples_problems(run: Path) -> tuple[str, ...]:
+    """What was wrong with ``examples.parquet``'s optional columns (each a plain-text line naming the file)."""
+    p = run / "examples.parquet"
+    return _examples_checked(str(p), _mtime(p))[1]
 
 
 def examples(run: Path) -> pd.DataFrame:
@@ -126,16 +229,84 @@ def train_percentile(run: Path, column: str, value) -> float | None:
     return float(np.searchsorted(xs, float(value), side="left") / len(xs)) if len(xs) else None
 
 
+PAIR_NUMBERS = ("similarity", "influence", "fz_influence")
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """``pairs.parquet`` as the Pairs page can show it, and what was wrong with it (plain-text lines that
+    name the file)."""
+
+    table: pd.DataFrame
+    problems: tuple[str, ...] = ()
+
+
+def _empty_pairs() -> pd.DataFrame:
+    return pd.DataFrame({"test_id": pd.Series(dtype=str), "train_id": pd.Series(dtype=str),
+                         "rank": pd.Series(dtype="int64"), "similarity": pd.Series(dtype=float),
+                         "influence": pd.Series(dtype=float), "reason": pd.Series(dtype=str)})
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _pairs(path: str, mtime: float) -> pd.DataFrame:
+def _pairs(path: str, mtime: float, examples_mtime: float) -> Pairs:
+    """The pairs checked against this run's examples: rows naming an example the run does not have, or
+    without a usable rank, are left out; numbers stored as text read as missing; ``reason`` and
+    ``fz_influence`` (older runs lack them) filled in. A table RunDir refuses: none, and its message."""
+    from audit.errors import AuditInputError
+
+    problem = file_problem(Path(path))
+    if problem:
+        return Pairs(_empty_pairs(), (f"{problem}; no pairs shown",))
     if not mtime:
-        return pd.DataFrame(columns=["test_id", "train_id", "rank", "similarity", "influence", "reason"])
-    return _open(Path(path).parent).pairs()
+        return Pairs(_empty_pairs())
+    run = Path(path).parent
+    try:
+        p = _open(run).pairs().copy()
+    except AuditInputError as e:
+        return Pairs(_empty_pairs(), (f"{e}; no pairs shown",))
+    problems = []
+    if not len(p):
+        return Pairs(_empty_pairs())
+    for col in ("test_id", "train_id"):
+        p[col] = p[col].astype(str)
+    for col in ("rank", *PAIR_NUMBERS):
+        if col not in p.columns:
+            p[col] = np.nan
+            if col != "fz_influence":
+                problems.append(f"pairs.parquet: no {col} column; shown as missing")
+            continue
+        v = pd.to_numeric(p[col], errors="coerce").astype(float)
+        if (v.isna() & p[col].notna()).any() or not pd.api.types.is_numeric_dtype(p[col]):
+            problems.append(f"pairs.parquet: column {col} does not hold numbers"
+                            + ("; those pairs are left out" if col == "rank" else "; shown as missing"))
+        p[col] = v
+    bad_rank = ~np.isfinite(p["rank"].to_numpy(float))
+    if bad_rank.any():
+        p = p[~bad_rank]
+    p["rank"] = p["rank"].astype("int64")
+    if "reason" not in p.columns:
+        p["reason"] = ""
+    p["reason"] = p["reason"].map(lambda x: x if isinstance(x, str) else "")
+    known = pd.Index(_examples(str(run / "examples.parquet"), examples_mtime)["example_id"])
+    for col in ("test_id", "train_id"):
+        unknown = ~p[col].isin(known)
+        if unknown.any():
+            first = str(p.loc[unknown, col].iloc[0])[:60]
+            problems.append(f"pairs.parquet: {int(unknown.sum()):,} pair(s) name a {col} that is not an example of "
+                            f"this run (e.g. {first!r}); they are left out")
+            p = p[~unknown]
+    return Pairs(p.reset_index(drop=True), tuple(problems))
+
+
+def pairs_checked(run: Path) -> Pairs:
+    """``pairs.parquet`` and its problems, loaded once per version of it and of the examples (shared)."""
+    p = run / "pairs.parquet"
+    return _pairs(str(p), _mtime(p), _mtime(run / "examples.parquet"))
 
 
 def pairs(run: Path) -> pd.DataFrame:
-    p = run / "pairs.parquet"
-    return _pairs(str(p), _mtime(p))
+    """The usable pairs (:func:`pairs_checked`; shared, read-only)."""
+    return pairs_checked(run).table
 
 
 @dataclass(frozen=True)
@@ -144,32 +315,58 @@ class Dynamics:
 
     margins: dict[str, np.ndarray]  # model -> (epochs, N_train) float16
     column: pd.Index  # example_id -> column
+    problems: tuple[str, ...] = ()  # what was left out and why (plain text naming the file)
 
     def curves(self, example_id: str) -> pd.DataFrame:
         """Long table ``model, epoch, margin`` for one example (empty if it has none)."""
-        j = self.column.get_indexer([example_id])[0]
-        if j < 0:
+        j = self.column.get_indexer([example_id])[0] if len(self.column) else -1
+        if j < 0 or not self.margins:
             return pd.DataFrame(columns=["model", "epoch", "margin"])
         parts = [pd.DataFrame({"model": m, "epoch": np.arange(1, len(a) + 1), "margin": a[:, j].astype(np.float32)})
                  for m, a in self.margins.items()]
         return pd.concat(parts, ignore_index=True)
 
 
+def _checked_margins(z, ids: pd.Index) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The margin arrays of the models ``z`` names that are epochs × examples numbers; the others, said."""
+    out, problems = {}, []
+    models = z["models"] if "models" in z.files else np.array([])
+    if models.ndim != 1 or models.dtype.kind not in "US":
+        return {}, ["dynamics.npz: models is not a list of model names; training curves not shown"]
+    for m in (str(x) for x in models):
+        key = f"margin_{m}"
+        if key not in z.files:
+            continue
+        a = z[key]
+        if a.ndim != 2 or a.dtype.kind not in "fiu" or a.shape[1] != len(ids) or a.shape[0] > 100_000:
+            problems.append(f"dynamics.npz: {key[:70]} has shape {a.shape} and type {a.dtype}, not epochs × "
+                            f"{len(ids):,} numbers; its training curves are not shown")
+            continue
+        out[m] = a
+    return out, problems
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _dynamics(path: str, mtime: float) -> Dynamics | None:
-    from audit.errors import AuditInputError
-
-    if not mtime:
+    if not mtime and not os.path.lexists(path):
         return None
+    problem = file_problem(Path(path))
+    if problem:
+        return Dynamics({}, pd.Index([]), (f"{problem}; training curves not shown",))
     try:
-        if Path(path).is_symlink():
-            return None
         with np.load(path, allow_pickle=False) as z:  # margins only: the largest arrays are read once
-            models = [str(m) for m in z["models"]] if "models" in z.files else []
-            return Dynamics({m: z[f"margin_{m}"] for m in models if f"margin_{m}" in z.files},
-                            pd.Index(z["example_ids"].astype(str)))
-    except (OSError, ValueError, KeyError, AuditInputError):  # unreadable: the page says so instead of failing
-        return None
+            if "example_ids" not in z.files:
+                return Dynamics({}, pd.Index([]), ("dynamics.npz: no example_ids; training curves not shown",))
+            raw = z["example_ids"]
+            if raw.ndim != 1 or raw.dtype.kind not in "US":
+                return Dynamics({}, pd.Index([]), (f"dynamics.npz: example_ids has shape {raw.shape} and type "
+                                                   f"{raw.dtype}, not a list of ids; training curves not shown",))
+            ids = pd.Index(raw.astype(str))
+            margins, problems = _checked_margins(z, ids)
+            return Dynamics(margins, ids, tuple(problems))
+    except Exception as e:  # noqa: BLE001 - zip, npy and pickle-refusal errors alike: the page says so
+        return Dynamics({}, pd.Index([]), (f"dynamics.npz: cannot be read ({type(e).__name__}); training curves "
+                                           "not shown",))
 
 
 def dynamics(run: Path) -> Dynamics | None:
@@ -177,18 +374,48 @@ def dynamics(run: Path) -> Dynamics | None:
     return _dynamics(str(p), _mtime(p))
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _latest_decisions(run: str, version: int) -> pd.DataFrame:
+def _decisions_key(run: Path) -> tuple[str, int, float]:
+    """What the decisions in effect depend on: the log's version and the examples they are bound to."""
     from audit.decisions import DecisionStore
 
-    return DecisionStore(run).latest()
+    return str(run), DecisionStore(run).version(), _mtime(run / "examples.parquet")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _latest_decisions(run: str, version: int, examples_mtime: float) -> pd.DataFrame:
+    from audit.decisions import DecisionStore
+
+    out = DecisionStore(run).latest().copy()
+    out["example_id"] = out["example_id"].astype(str)
+    return out
 
 
 def latest_decisions(run: Path) -> pd.DataFrame:
-    """The effective decision per example, cached until anyone writes a new row (shared, read-only)."""
+    """The effective decision per example, those made about another label or image than the run shows
+    left out (:func:`stale_decisions`); cached until anyone writes a new row or the examples change
+    (shared, read-only)."""
+    return _latest_decisions(*_decisions_key(run))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _stale_decisions(run: str, version: int, examples_mtime: float) -> pd.DataFrame:
     from audit.decisions import DecisionStore
 
-    return _latest_decisions(str(run), DecisionStore(run).version())
+    store = DecisionStore(run)
+    stale = getattr(store, "stale", None)
+    if stale is None:  # a store without binding: nothing is stale
+        return pd.DataFrame(columns=["example_id", "decision", "new_label", "reviewer", "decided_at", "seq",
+                                     "given_label", "content", "stale_reason"])
+    out = stale().copy()
+    out["example_id"] = out["example_id"].astype(str)
+    return out
+
+
+def stale_decisions(run: Path) -> pd.DataFrame:
+    """Decisions in the log that are not applied because the run now shows another label or image for
+    the example, or no longer has it (:meth:`audit.decisions.DecisionStore.stale`: ``stale_reason``);
+    cached like :func:`latest_decisions` (shared, read-only)."""
+    return _stale_decisions(*_decisions_key(run))
 
 
 # -- images ---------------------------------------------------------------------------------------

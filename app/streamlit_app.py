@@ -11,6 +11,7 @@ import streamlit as st
 
 from app import data, ui
 from audit.commands.app import request_refusal
+from audit.errors import AuditInputError
 
 HERE = Path(__file__).resolve().parent
 # The page icon is a file served by the app itself: a ":material/...:" icon would make the browser fetch
@@ -57,15 +58,25 @@ def main() -> None:
     problem = data.run_problem(run_path)
     if problem:
         st.title("benign-audit")
-        st.error(ui.md(problem))
+        empty = data.no_examples(run_path)
+        if empty:  # nothing to review is not an error
+            st.info(ui.md(empty), icon=":material/info:")
+        else:
+            st.error(ui.md(problem))
         return
     run = ui.current_run()
     ui.style()
     sidebar_ui(run)
     dataset_notice_ui(run)
+    for line in data.examples_problems(run.dir):
+        st.warning(ui.md(line), icon=":material/warning:")
     pages = [st.Page(str(HERE / path), title=title, icon=icon, url_path=None if i == 0 else slug, default=(i == 0))
              for i, (path, title, icon, slug) in enumerate(PAGES)]
-    st.navigation(pages, position="top").run()
+    page = st.navigation(pages, position="top")
+    try:
+        page.run()
+    except AuditInputError as e:  # a run file refused while the page read it: its message, not a traceback
+        st.error(ui.md(e), icon=":material/error:")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def signal_title(name) -> str:
 DECISION_VERB = {"keep": "Kept", "relabel": "Relabelled", "remove": "Removed", "skip": "Skipped", "undo": "Undid"}
 DECISION_ICON = {"keep": "✓", "relabel": "✎", "remove": "✕", "skip": "↷", "undo": "↶"}
 MODEL_NAME = {"natural": "natural", "pgd": "PGD-AT", "trades": "TRADES"}
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 # -- text from data ------------------------------------------------------------------------------------
@@ -133,6 +134,33 @@ class Run:
         """The class name of label ``k`` for a string rendered as Markdown (:func:`md`)."""
         return md(self.name(k))
 
+    def has_keys(self) -> bool:
+        """Whether the review page relabels by the keys 0–9 (at most ten classes)."""
+        return len(self.class_names) <= 10
+
+    def key_label(self, k) -> str:
+        """"5 · seven": the relabel key of class ``k`` (its index) and the class it relabels to (plain text)."""
+        return f"{int(k)} · {self.name(k)}"
+
+    def keys_misleading(self) -> bool:
+        """Whether a class name could be read as another key: a digit string that is not its own index
+        (classes "1".."10" sorted as text put "10" on key 1) or a number word that is not it ("zero".."nine"
+        sorted put "seven" on key 5)."""
+        for i, name in enumerate(self.class_names):
+            n = name.strip().lower()
+            if (n.isdigit() and n != str(i)) or (n in NUMBER_WORDS and NUMBER_WORDS.index(n) != i):
+                return True
+        return False
+
+    def key_map_text(self) -> str:
+        """What each relabel key does, as plain text: "keys follow the class index: 0 → eight, 1 → five, …";
+        with a name that reads as another key, said outright."""
+        pairs = ", ".join(f"{i} → {n}" for i, n in enumerate(self.class_names))
+        if self.keys_misleading():
+            return (f"Keys follow the class index, not the class name: {pairs}. Press the key shown beside a "
+                    "class, not the digit in its name.")
+        return f"Keys follow the class index: {pairs}."
+
 
 def current_run() -> Run | None:
     run = data.run_dir_from_argv()
@@ -162,12 +190,34 @@ def reviewer() -> str:
     return (st.session_state.get("reviewer") or "").strip() or default_reviewer()
 
 
-def ago(iso: str) -> str:
-    """'3 min ago' for an ISO 8601 UTC time."""
+def parse_time(value) -> datetime | None:
+    """A decision's ``decided_at`` (ISO 8601, from the log: data) as an aware UTC time; a time without a
+    time zone is taken as UTC (what the store writes); None when it is not a time."""
     try:
-        t = datetime.fromisoformat(str(iso))
-    except ValueError:
-        return str(iso)
+        t = datetime.fromisoformat(str(value).strip())
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    try:
+        return t.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        return None
+
+
+def when(value) -> str:
+    """``decided_at`` as "YYYY-MM-DD HH:MM:SS" in UTC (a time without a zone read as UTC); the raw text
+    (cut to 40 characters) when it is not a time. Plain text."""
+    t = parse_time(value)
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t is not None else str(value)[:40]
+
+
+def ago(iso: str) -> str:
+    """'3 min ago' for an ISO 8601 time (one without a zone read as UTC), Markdown-safe: a value that is
+    not a time is shown as its own (escaped) text."""
+    t = parse_time(iso)
+    if t is None:
+        return md(str(iso)[:40])
     s = (datetime.now(timezone.utc) - t).total_seconds()
     if s < 60:
         return "just now"
@@ -176,6 +226,44 @@ def ago(iso: str) -> str:
     if s < 86400:
         return f"{int(s // 3600)} h ago"
     return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+# -- decisions made about another label or image ----------------------------------------------------------
+STALE_KINDS = (("label changed", "label changed"), ("image changed", "image changed"),
+               ("example not in this run", "example not in this run"))
+
+
+def stale_counts(stale) -> list[tuple[str, int]]:
+    """(kind, count) of stale decisions by reason, in a fixed order (only kinds that occur)."""
+    reasons = [str(r) for r in stale["stale_reason"]] if len(stale) else []
+    out = []
+    for prefix, kind in STALE_KINDS:
+        n = sum(r.startswith(prefix) for r in reasons)
+        if n:
+            out.append((kind, n))
+    other = len(reasons) - sum(n for _, n in out)
+    if other:
+        out.append(("other reasons", other))
+    return out
+
+
+def stale_text(stale) -> str | None:
+    """The sentence the Overview and the Decisions page show when decisions in the log are not applied
+    (:func:`app.data.stale_decisions`), or None. Markdown-safe (counts and fixed words only)."""
+    n = len(stale)
+    if not n:
+        return None
+    parts = ", ".join(f"{k:,} {kind}" for kind, k in stale_counts(stale))
+    were = "decision was" if n == 1 else "decisions were"
+    return (f"{n:,} {were} made on another label or image than this run shows ({parts}): they are kept in the "
+            "log, not applied, and these examples are back in the review queue.")
+
+
+def stale_notice(run: "Run") -> None:
+    """A warning when some decisions in the log are stale (none otherwise)."""
+    text = stale_text(data.stale_decisions(run.dir))
+    if text:
+        st.warning(text, icon=":material/history:")
 
 
 def decision_text(run: Run, decision: str, new_label, given_label=None) -> str:

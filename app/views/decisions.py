@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -14,25 +15,76 @@ from audit.export import cleaned_labels, csv_bytes, flagged_test_labels
 EXPORT_DIR = "exports"
 
 
+TABLE_COLUMNS = ["example_id", "split", "decision", "given", "final", "suggested", "category", "issue_score",
+                 "reviewer", "decided_at", "seq"]
+NOT_IN_RUN = "not in this run"
+
+
 def decisions_table(run: ui.Run) -> pd.DataFrame:
-    """Effective decisions joined with what the audit said about each example, newest first."""
+    """Effective decisions joined *by example id* with what the audit said about each example, newest
+    first. A decision whose example the run does not have keeps its own columns and says "not in this
+    run" (never another row's data)."""
     latest = data.latest_decisions(run.dir)
-    df, rows = data.examples(run.dir), data.row_of(run.dir)
     if not len(latest):
-        return pd.DataFrame(columns=["example_id", "split", "decision", "given", "final", "suggested", "category",
-                                     "issue_score", "reviewer", "decided_at", "seq"])
-    ex = df.iloc[rows.get_indexer(latest["example_id"])].reset_index(drop=True)
-    final = [run.name(n) if d == "relabel" else (run.name(g) if d == "keep" else "–")
-             for d, n, g in zip(latest["decision"], latest["new_label"], ex["given_label"])]
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    df, rows = data.examples(run.dir), data.row_of(run.dir)
+    pos = rows.get_indexer(latest["example_id"].astype(str))
+    found = pos >= 0
+    ex = df.iloc[np.where(found, pos, 0)].reset_index(drop=True) if len(df) else None
+
+    def col(name, fill):
+        if ex is None or name not in ex.columns:
+            return [fill] * len(latest)
+        return [v if ok else fill for v, ok in zip(ex[name].to_numpy(), found)]
+
+    given = col("given_label", None)
+    final = [run.name(n) if d == "relabel" else (run.name(g) if d == "keep" and g is not None else "–")
+             for d, n, g in zip(latest["decision"], latest["new_label"], given)]
     out = pd.DataFrame({
-        "example_id": latest["example_id"].to_numpy(), "split": ex["split"].to_numpy(),
-        "decision": latest["decision"].to_numpy(), "given": [run.name(g) for g in ex["given_label"]],
-        "final": final, "suggested": [run.name(s) for s in ex["suggested_label"]],
-        "category": ex.get("category", pd.Series([""] * len(ex))).to_numpy(),
-        "issue_score": ex["issue_score"].to_numpy(), "reviewer": latest["reviewer"].to_numpy(),
-        "decided_at": [str(t)[:19].replace("T", " ") for t in latest["decided_at"]], "seq": latest["seq"].to_numpy(),
+        "example_id": latest["example_id"].astype(str).to_numpy(),
+        "split": col("split", NOT_IN_RUN),
+        "decision": latest["decision"].to_numpy(),
+        "given": [run.name(g) if g is not None else "–" for g in given],
+        "final": final,
+        "suggested": [run.name(x) if x is not None else "–" for x in col("suggested_label", None)],
+        "category": [str(c) if c is not None else "" for c in col("category", None)],
+        "issue_score": pd.to_numeric(pd.Series(col("issue_score", np.nan)), errors="coerce").to_numpy(float),
+        "reviewer": latest["reviewer"].astype(str).to_numpy(),
+        "decided_at": [ui.when(t) for t in latest["decided_at"]],
+        "seq": latest["seq"].to_numpy(),
     })
     return out.sort_values("seq", ascending=False).reset_index(drop=True)
+
+
+def stale_table(run: ui.Run) -> pd.DataFrame:
+    """The decisions not applied (:func:`app.data.stale_decisions`), newest first: the example, what was
+    decided (about the label the reviewer saw), who, when (UTC) and why it no longer applies."""
+    stale = data.stale_decisions(run.dir)
+    if not len(stale):
+        return pd.DataFrame(columns=["example", "decision", "reviewer", "when", "reason"])
+    stale = stale.sort_values("seq", ascending=False)
+    was = stale["given_label"] if "given_label" in stale.columns else pd.Series([None] * len(stale))
+    reasons = [NOT_IN_RUN if str(r) == "example not in this run" else str(r) for r in stale["stale_reason"]]
+    return pd.DataFrame({
+        "example": stale["example_id"].astype(str).to_numpy(),
+        "decision": [ui.decision_text(run, d, n, None if pd.isna(g) else g)
+                     for d, n, g in zip(stale["decision"], stale["new_label"], was)],
+        "reviewer": stale["reviewer"].astype(str).to_numpy(),
+        "when": [ui.when(t) for t in stale["decided_at"]],
+        "reason": reasons,
+    })
+
+
+def stale_ui(run: ui.Run) -> None:
+    """The stale decisions as a table (the page's warning about them is above the decisions in effect)."""
+    table = stale_table(run)
+    if not len(table):
+        return
+    with st.expander(f"Decisions not applied ({len(table):,})", expanded=True):
+        st.dataframe(table, hide_index=True, width="stretch", key="stale_table",
+                     column_config={"when": st.column_config.TextColumn("when (UTC)")})
+        st.caption("Each was made while the run showed another label or image for the example (or the example "
+                   "is gone): review the example again to decide about what the run shows now.")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -46,19 +98,66 @@ def _exports(run_dir: str, version: int, apply: str, drop_flagged: bool) -> tupl
 def undo_selected(run_dir: str, picks: list[tuple[str, int]], reviewer: str) -> None:
     store = DecisionStore(run_dir)
     done = [store.record(ex, "undo", reviewer=reviewer, based_on=seq) for ex, seq in picks]
-    st.session_state["decisions_flash"] = (f"Undid {len(done)} decision{'s' if len(done) != 1 else ''}; the log keeps "
-                                           "them, marked undone.")
+    st.session_state["decisions_flash"] = ("success", f"Undid {len(done)} decision{'s' if len(done) != 1 else ''}; "
+                                                      "the log keeps them, marked undone.")
     st.session_state.pop("decisions_table", None)
 
 
+def export_target_problem(run_dir: str | Path) -> str | None:
+    """Why "Write to exports/" must not write into ``RUN/exports/``, or None: the folder (or a file to be
+    replaced in it) is a symbolic link, resolves outside the run directory, or is not a folder / regular
+    file. A run directory is input: a link there would make the app write wherever it points."""
+    run = Path(run_dir)
+    d = run / EXPORT_DIR
+    if d.is_symlink():
+        return f"{d}: a symbolic link; the export is written only into a real {EXPORT_DIR}/ folder inside the run"
+    if d.exists() and not d.is_dir():
+        return f"{d}: exists and is not a folder; move it away to write the export there"
+    try:
+        inside = d.resolve().is_relative_to(run.resolve()) and d.resolve() != run.resolve()
+    except (OSError, RuntimeError):
+        inside = False
+    if not inside:
+        return f"{d}: resolves outside the run directory {run}; not written"
+    for name in EXPORT_FILES:
+        f = d / name
+        if f.is_symlink():
+            return f"{f}: a symbolic link; the export does not write through links (remove it to write here)"
+        if f.exists() and not f.is_file():
+            return f"{f}: exists and is not a regular file; not written"
+    return None
+
+
+EXPORT_FILES = ("labels.reviewed.csv", "labels.reviewed.flagged-test.csv")
+
+
 def write_export(run_dir: str, apply: str, drop_flagged: bool) -> None:
-    """Write the reviewed labels into ``RUN/exports/`` (inside the run directory only)."""
+    """Write the reviewed labels into ``RUN/exports/`` (inside the run directory only; each file written to
+    a temporary name and renamed, by :func:`audit.export.export_labels`); a folder or file there that is a
+    link, or anything but a folder / regular file, is refused with a message."""
+    from audit.errors import AuditError
     from audit.export import export_labels
 
-    out = Path(run_dir) / EXPORT_DIR / "labels.reviewed.csv"
-    df = export_labels(run_dir, out, apply=apply, drop_flagged=drop_flagged)
-    st.session_state["decisions_flash"] = (f"Wrote {ui.md(out)} ({len(df):,} training rows) and its flagged-test "
-                                           "list.")
+    problem = export_target_problem(run_dir)
+    if problem is None:
+        d = Path(run_dir) / EXPORT_DIR
+        try:
+            d.mkdir(exist_ok=True)
+        except OSError as e:
+            problem = f"{d}: cannot be created ({e.strerror or type(e).__name__})"
+        else:
+            problem = export_target_problem(run_dir)  # what mkdir found there, checked again
+    if problem is not None:
+        st.session_state["decisions_flash"] = ("error", f"Not written: {ui.md(problem)}")
+        return
+    out = Path(run_dir) / EXPORT_DIR / EXPORT_FILES[0]
+    try:
+        df = export_labels(run_dir, out, apply=apply, drop_flagged=drop_flagged)
+    except (AuditError, OSError) as e:
+        st.session_state["decisions_flash"] = ("error", f"Not written: {ui.md(e)}")
+        return
+    st.session_state["decisions_flash"] = ("success", f"Wrote {ui.md(out)} ({len(df):,} training rows) and its "
+                                                      "flagged-test list.")
 
 
 def summary_ui(run: ui.Run, table: pd.DataFrame) -> None:
@@ -113,9 +212,14 @@ def main() -> None:
     st.header("Decisions", anchor=False)
     flash = st.session_state.pop("decisions_flash", None)
     if flash:
-        st.success(flash, icon=":material/check_circle:")
+        kind, text = flash if isinstance(flash, tuple) else ("success", flash)
+        if kind == "error":
+            st.error(text, icon=":material/block:")
+        else:
+            st.success(text, icon=":material/check_circle:")
     table = decisions_table(run)
     summary_ui(run, table)
+    ui.stale_notice(run)
     if len(table):
         show = table.drop(columns=["seq"])
         event = st.dataframe(show, hide_index=True, width="stretch", key="decisions_table", on_select="rerun",
@@ -133,7 +237,9 @@ def main() -> None:
             bar.page_link("views/review.py", label=f"Open {ui.md(picks[0][0])} in the review queue",
                           icon=":material/open_in_new:", query_params={"example": picks[0][0]})
     else:
-        st.info("No decisions yet. Open the Review queue and press K, A, X or a class key.", icon=":material/info:")
+        none = "No decisions in effect" if len(data.stale_decisions(run.dir)) else "No decisions yet"
+        st.info(f"{none}. Open the Review queue and press K, A, X or a class key.", icon=":material/info:")
+    stale_ui(run)
     with st.expander("Full decision log (append-only)"):
         st.dataframe(DecisionStore(run.dir).log().sort_values("seq", ascending=False), hide_index=True,
                      width="stretch")

@@ -133,9 +133,14 @@ def run_summary(run: ui.Run) -> str:
 def progress_ui(run: ui.Run) -> None:
     """How many label errors the review has left to find (audit.calibration), as plain sentences."""
     from audit.calibration import review_state
+    from audit.errors import AuditInputError
 
-    queue, recall = review_state(run.dir)
     st.subheader("Review progress", anchor=False)
+    try:
+        queue, recall = review_state(run.dir)
+    except AuditInputError as e:
+        st.warning(ui.md(e), icon=":material/warning:")
+        return
     for line in queue.lines() + recall.lines():
         st.markdown(ui.md(line))
     st.caption("Estimates from your decisions so far (keep = the flag was wrong; relabel or remove = it was "
@@ -149,14 +154,20 @@ def verify_ui(run: ui.Run) -> None:
 
     from audit.verify import summary_lines, summary_rows
 
-    path = run.dir / "verify.json"
-    if not path.is_file():
+    from audit.errors import AuditInputError
+
+    try:
+        raw = data.read_run_file(run.dir / "verify.json")  # a link or a non-regular file is refused, not followed
+    except AuditInputError as e:
+        st.warning(ui.md(e), icon=":material/warning:")
+        return
+    if raw is None:
         return
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(raw)
         head, rows = summary_rows(report)
         lines = summary_lines(report)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         st.warning("verify.json is unreadable; rerun `audit verify`.")
         return
     st.subheader("Did cleaning pay? (audit verify)", anchor=False)
@@ -191,6 +202,7 @@ def main() -> None:
     st.header("Overview", anchor=False)
     st.caption(ui.md(run_summary(run)))
     health_ui(run)
+    ui.stale_notice(run)
     headline_ui(run, df, decided)
     if decided < int(df.loc[df["split"] == "train", "is_label_issue"].sum()):
         st.page_link("views/review.py", label="Review the flagged examples", icon=":material/arrow_forward:")

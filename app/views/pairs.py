@@ -31,10 +31,13 @@ def pair_table(run: ui.Run, reason: str, flagged_only: bool) -> tuple[pd.DataFra
     """Pairs of one ``reason`` (rank order) and the test ids in display order: test images whose
     top-ranked training partner is flagged first, then by how strongly that partner pushed."""
     p = data.pairs(run.dir)
-    p = p[p["reason"] == reason] if "reason" in p.columns else p
+    p = p[p["reason"] == reason] if "reason" in p.columns and reason in REASONS else p
     df, rows = data.examples(run.dir), data.row_of(run.dir)
     flag = df["is_label_issue"].to_numpy(bool)
-    p = p.assign(train_flagged=flag[rows.get_indexer(p["train_id"])] if len(p) else [])
+    pos = rows.get_indexer(p["train_id"]) if len(p) else np.array([], dtype=int)
+    # joined by id: a pair naming an example the run lacks (data.pairs leaves those out) is never flagged
+    # by another row's flag (get_indexer's -1 would pick the last row)
+    p = p.assign(train_flagged=np.where(pos >= 0, flag[np.clip(pos, 0, None)], False) if len(p) else [])
     if flagged_only:
         p = p[p.groupby("test_id")["train_flagged"].transform("any")]
     top = p.sort_values(["test_id", "rank"]).groupby("test_id").first()
@@ -155,14 +158,18 @@ def main() -> None:
     run = ui.current_run()
     st.header("Pairs", anchor=False)
     flash_ui(run)
-    p_all = data.pairs(run.dir)
+    checked = data.pairs_checked(run.dir)
+    for problem in checked.problems:
+        st.warning(ui.md(problem), icon=":material/warning:")
+    p_all = checked.table
     if not len(p_all):
-        st.info("This run has no pairs (no misclassified test images, or no pairs.parquet).")
+        st.info("This run has no pairs to show (no misclassified test images, or no usable pairs.parquet).")
         return
-    reasons = [r for r in REASONS if r in set(p_all["reason"])] if "reason" in p_all.columns else ["all"]
+    reasons = [r for r in REASONS if r in set(p_all["reason"])] if "reason" in p_all.columns else []
+    reasons = reasons or ["all"]  # an older run's pairs carry no reason: one list of them all
     c1, c2 = st.columns([3, 2], vertical_alignment="bottom")
     reason = c1.segmented_control("Test errors of", reasons, default=reasons[0], required=True, key="pairs_reason",
-                                  format_func=lambda r: REASONS.get(r, r), persist_state="session")
+                                  format_func=lambda r: REASONS.get(r, "every test error"), persist_state="session")
     flagged_only = c2.toggle("Only where a partner is flagged", value=False, key="pairs_flagged",
                              persist_state="session")
     st.caption(REASON_HELP.get(reason, ""))

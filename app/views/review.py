@@ -2,8 +2,8 @@
 zoomed with its evidence, and one-click / one-key decisions that are written to the run's decision
 log inside the click's callback (nothing lives only in the browser).
 
-Keys: K keep · A accept the suggested label · 0–9 relabel to that class · X remove (training
-examples only) · S skip ·
+Keys: K keep · A accept the suggested label · 0–9 relabel to the class of that index (its name is on
+the button beside the key, whatever the class names say) · X remove (training examples only) · S skip ·
 U undo · ←/→ previous/next without deciding.
 """
 
@@ -127,7 +127,7 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
                                           key="f_status", **keep)
             page_size = st.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
             f = Filters(split="train", flagged_only=False, status=status or "to review", sample=sample)
-            _keys_caption()
+            _keys_caption(run)
             return f, int(page_size)
         split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split",
                                      **keep) or "train"
@@ -154,7 +154,7 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
         c1, c2 = st.columns(2)
         sort = c1.selectbox("Sort by", list(SORTS), key="f_sort", **keep)
         page_size = c2.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
-        _keys_caption()
+        _keys_caption(run)
     if none_flagged:
         st.info("Nothing is flagged in this split, so the queue lists all its examples, top-ranked by issue_score "
                 "first (the Overview says why so few were flagged).", icon=":material/info:")
@@ -164,9 +164,12 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
     return f, int(page_size)
 
 
-def _keys_caption() -> None:
-    st.caption("Keys: **K** keep · **A** accept suggestion · **0–9** relabel · **X** remove (training "
-               "examples) · **S** skip · **U** undo · **←/→** browse")
+def _keys_caption(run: ui.Run | None = None) -> None:
+    relabel = "**0–9** relabel to the class shown beside the key" if run is None or run.has_keys() else \
+        "**L** relabel to the class picked"
+    st.caption(f"Keys: **K** keep · **A** accept suggestion · {relabel} · **X** remove (training "
+               "examples) · **S** skip · **U** undo · **←/→** browse",
+               help=ui.md(run.key_map_text()) if run is not None and run.has_keys() else None)
 
 
 # -- the open example ---------------------------------------------------------------------------------
@@ -257,17 +260,27 @@ def actions_ui(run: ui.Run, r: pd.Series, based_on, next_id, prev_id, reviewer: 
     if is_test:
         st.caption(TEST_ROW_NOTE)
     k = len(run.class_names)
-    if k <= 10:
-        st.caption("Relabel to")
+    if run.has_keys():
+        # each button: the class name first, Streamlit shows its key beside it; the caption and the tooltip
+        # say which key relabels to which class (keys follow the class index, whatever the names say)
+        plain = all(n == str(i) for i, n in enumerate(run.class_names))  # digits named by their index
+        st.caption("Relabel to (each key is its class)" if plain else
+                   ui.md(f"Relabel to (key · class): {', '.join(run.key_label(c) for c in range(k))}"),
+                   help=ui.md(run.key_map_text()))
+        if run.keys_misleading():
+            st.caption(ui.md(run.key_map_text()))
         cls = st.container(horizontal=True, gap="xsmall")
         with cls:
             for c in range(k):
-                st.button(run.md_name(c), key=f"relabel_{c}", shortcut=str(c) if k <= 10 else None,
+                st.button(run.md_name(c), key=f"relabel_{c}", shortcut=str(c),
                           type="tertiary" if c == g else "secondary", disabled=(c == g),
+                          help=ui.md(f"key {run.key_label(c)}: relabel to {run.name(c)}"),
                           args=args("relabel", c), **common)
     else:
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        to = c1.selectbox("Relabel to", list(range(k)), index=s, format_func=run.name, key="relabel_to")
+        to = c1.selectbox("Relabel to", list(range(k)), index=s, format_func=run.name, key="relabel_to",
+                          help="pick the class, then Relabel (key L); the digit keys do not relabel past ten "
+                               "classes")
         c2.button("Relabel", key="decide_relabel", shortcut="L", disabled=(to == g), args=args("relabel", to), **common)
     nav = st.container(horizontal=True, gap="small")
     with nav:
@@ -349,12 +362,14 @@ def history_table(run: ui.Run, log: pd.DataFrame, given_label) -> pd.DataFrame:
     what = [ui.decision_text(run, d, n, given_label) if d in ("keep", "relabel", "remove")
             else {"skip": "skipped", "undo": "undid the previous decision"}.get(d, str(d))
             for d, n in zip(log["decision"], log["new_label"])]
-    return pd.DataFrame({"decided at (UTC)": [str(t)[:19].replace("T", " ") for t in log["decided_at"]],
+    return pd.DataFrame({"decided at (UTC)": [ui.when(t) for t in log["decided_at"]],
                          "reviewer": log["reviewer"].astype(str).to_numpy(), "decision": what})
 
 
 def dynamics_ui(run: ui.Run, r: pd.Series) -> None:
     dyn = data.dynamics(run.dir)
+    for problem in (dyn.problems if dyn is not None else ()):
+        st.warning(ui.md(problem), icon=":material/warning:")
     curves = dyn.curves(str(r["example_id"])) if dyn is not None else pd.DataFrame()
     if not len(curves):
         st.caption("No training dynamics for this example (test examples and canaries have none).")
@@ -376,10 +391,17 @@ def dynamics_ui(run: ui.Run, r: pd.Series) -> None:
 
 def neighbours_ui(run: ui.Run, r: pd.Series) -> None:
     ids, labels = r.get("neighbor_ids"), r.get("neighbor_labels")
-    ids = [] if ids is None else list(ids)
-    labels = [] if labels is None else list(labels)
+    try:  # a table is input: a neighbour list that is not ids and class indices is said, not shown
+        if isinstance(ids, (str, bytes)) or isinstance(labels, (str, bytes)):
+            raise TypeError("text, not a list")
+        ids = [] if ids is None or (isinstance(ids, float) and np.isnan(ids)) else [str(x) for x in list(ids)]
+        labels = [] if labels is None or (isinstance(labels, float) and np.isnan(labels)) else \
+            [int(x) for x in list(labels)]
+    except (TypeError, ValueError, OverflowError):
+        st.caption("examples.parquet: this example's neighbour list is unreadable; not shown.")
+        return
     ids, labels = ids[:NEIGHBOURS], labels[:NEIGHBOURS]
-    if not ids:
+    if not ids or len(labels) < len(ids):
         st.caption("No neighbours recorded.")
         return
     counts = pd.Series([int(x) for x in labels]).value_counts()
@@ -439,6 +461,12 @@ def detail_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, current: str, queue
     with t2:
         numbers_ui(run, r)
     with t3:
+        stale = data.stale_decisions(run.dir)
+        mine = stale[stale["example_id"] == current] if len(stale) else stale
+        for d in mine.itertuples(index=False):
+            st.caption(ui.md(f"Not applied: {d.reviewer} {ui.decision_text(run, d.decision, d.new_label)} "
+                             f"({ui.when(d.decided_at)} UTC) while the run showed another label or image "
+                             f"({d.stale_reason}); decide again."))
         log = store.log(current)
         if len(log):
             st.dataframe(history_table(run, log, r["given_label"]), hide_index=True, width="stretch",
