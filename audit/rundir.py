@@ -544,7 +544,8 @@ def check_out_dir(out: str | os.PathLike, spec: str | None = None) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AuditInputError(f"--out {out}: exists and is not a folder")
-    root = dataset_root(spec) if spec else None
+    # an image folder is rescanned on every load: a run inside it (its verify.png, an export) would join it
+    root = dataset_root(spec) if spec and spec.startswith("folder:") else None
     if root is not None and root.is_dir():
         o = out.resolve()
         if o == root or o.is_relative_to(root):

@@ -32,6 +32,7 @@ TINY = ('epochs = 3\nrobust_epochs = 1\ncv_epochs = 3\nfolds = 2\nsteps = 2\neva
     ('[defaults]\nepochz = 3\n[[run]]\nname = "a"\n', ["[defaults]", "epochz"]),
     ('[run]\nname = "a"\n', ["[[run]]"]),
     ('[[runs]]\nname = "a"\n', ["'runs'"]),
+    ('[[run]]\nname = "summary.csv"\n', ["summary.csv", "the batch's own summary file"]),
 ])
 def test_bad_batch_file_exits_2_before_any_training(tmp_path, capsys, text, words):
     f = tmp_path / "grid.toml"
@@ -111,3 +112,35 @@ def test_the_shipped_example_batch_file_checks():
     runs = load_batch(Path(__file__).resolve().parents[1] / "examples" / "batch.toml")
     assert [r.name for r in runs] == ["digits-clean", "digits-sym10", "digits-pair20"]
     assert runs[2].config.noise_kind == "pair" and runs[2].config.seed == 1 and runs[0].config.epochs == 30
+
+
+def test_two_local_runs_at_once_give_the_tables_one_at_a_time_gives(tmp_path):
+    """Issue #22 item 8: ``--max-concurrent 2`` on the local engine ran two audits in one process, whose
+    trainings shared torch's global RNG, so identical options gave different tables. Each run now has
+    its own process: both tables equal the one a run alone writes."""
+    f = tmp_path / "grid.toml"
+    f.write_text(f'[defaults]\nmodels = "natural"\nnoise = 0.1\n{TINY}[[run]]\nname = "a"\n[[run]]\nname = "b"\n')
+    assert cli(["batch", str(f), "--out", str(tmp_path / "both"), "--max-concurrent", "2", "--quiet"]) == 0
+    f1 = tmp_path / "one.toml"
+    f1.write_text(f'[defaults]\nmodels = "natural"\nnoise = 0.1\n{TINY}[[run]]\nname = "a"\n')
+    assert cli(["batch", str(f1), "--out", str(tmp_path / "alone"), "--quiet"]) == 0
+    alone = pd.read_parquet(tmp_path / "alone" / "a" / "examples.parquet")
+    for name in ("a", "b"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "both" / name / "examples.parquet"), alone)
+    summary = pd.read_csv(tmp_path / "both" / "summary.csv")
+    assert summary["status"].tolist() == ["complete", "complete"]
+
+
+def test_a_ray_address_without_a_cluster_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    for address, word in (("auto", "no Ray cluster there"), ("ray://127.0.0.1:1", "ray://")):
+        p = subprocess.run([sys.executable, "-m", "audit", "run", "--dataset", "digits", "--models", "natural",
+                            "--engine", "ray", "--ray-address", address, "--out", str(tmp_path / "r"), "--quiet"],
+                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        assert p.returncode == 2, p.stderr
+        assert word in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -511,3 +511,19 @@ def test_a_grey_palette_gif_keeps_a_grey_folder_grey_and_a_file_changed_in_place
     again = load_dataset(f"folder:{root}", cache_dir=cache, memory_budget_mb=0.0001)
     j = [str(p).endswith(os.path.join("b", "0.png")) for p in again.paths].index(True)
     assert np.array_equal(np.asarray(again.images[j, 0]), new)
+
+
+def test_more_classes_than_memory_holds_is_refused_before_training(tmp_path, capsys):
+    """Issue #22 item 9: 100,000 classes (the documented maximum) passed every check, then died after minutes
+    at 6.5 GB. The class-score tables are sized up front: exit 2 at once, naming the classes and the memory."""
+    import time
+
+    from audit.cli import main as cli
+
+    n = 100_000  # one 8x8 image per class
+    np.savez(tmp_path / "many.npz", images=np.zeros((n, 8, 8), np.uint8), labels=np.arange(n),
+             split=np.where(np.arange(n) % 4 == 0, "test", "train"))
+    t0 = time.monotonic()
+    assert cli(["run", "--dataset", f"npz:{tmp_path / 'many.npz'}", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "100,000 classes × 100,000 images" in err and "GiB" in err and time.monotonic() - t0 < 60

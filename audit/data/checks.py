@@ -7,6 +7,8 @@ raises one :class:`DatasetError` (exit code 2) listing them all (``str()`` shows
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from audit.errors import AuditInputError
@@ -127,6 +129,25 @@ def check_unique_names(names: list[str], where: str, problems: Problems) -> None
         seen.setdefault(nm, i)
 
 
+# How many N × K float32 tables of class scores an audit holds at once (the folds' out-of-sample
+# probabilities, each model's train and test probabilities and logits, cleanlab's copies), measured loosely.
+CLASS_SCORE_COPIES = 12
+
+
+def class_score_bytes(n: int, k: int) -> int:
+    """Memory the class scores of ``n`` images and ``k`` classes take: the per-example tables (float32, all
+    copies) and two class × class tables (cleanlab's confident joint and noise matrix, float64)."""
+    return int(n) * int(k) * 4 * CLASS_SCORE_COPIES + int(k) * int(k) * 8 * 2
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_loaded(ds) -> None:
     """Refuse a loaded :class:`AuditDataset` that no audit can use, naming what is wrong: no examples,
     zero-size images, no training or no test rows, more than ``MAX_CLASSES`` classes, duplicate class names."""
@@ -142,6 +163,11 @@ def check_loaded(ds) -> None:
         problems.add(f"images are {h}×{w} pixels: zero-size images cannot be audited")
     if ds.num_classes > MAX_CLASSES:
         problems.add(f"{ds.num_classes:,} classes, more than the maximum of {MAX_CLASSES:,}")
+    need, have = class_score_bytes(n, ds.num_classes), physical_memory()
+    if have and need > have / 2:
+        problems.add(f"{ds.num_classes:,} classes × {n:,} images: the class scores alone need about "
+                     f"{need / 2**30:.1f} GiB, more than half of this machine's {have / 2**30:.0f} GiB (merge classes "
+                     "or audit a subset)")
     check_unique_names(list(ds.class_names), "class names", problems)
     if n:
         for which in (TRAIN, TEST):
