@@ -24,6 +24,16 @@ and removed rows by source. The newest effective decision per example wins
 Every label index comes with its class name beside it (``given_class``, ``suggested_class``,
 ``final_class``; ``reviewed_class`` for test rows), from the run's class list.
 
+``drop`` removes training rows of other issue types (:mod:`audit.issues`) whatever their label:
+``near_duplicate`` keeps one image of each copy group (the one least likely mislabelled) and removes
+the others; ``leak`` removes the training copy of every leaked test image (so the test split is
+independent of what is trained on); any other type (``outlier``, ``dark``, ``light``, ``blurry``,
+``low_information``, ``odd_size``) removes its flagged rows. ``dropped_for`` names the types that
+removed a row; the summary counts them.
+
+:func:`label_studio_tasks` writes the rows a person should look at as Label Studio tasks (JSON), the
+suggested label as a prediction, with a labeling config listing the classes.
+
 A decision made about another label or image than the run now shows (a rerun into a reviewed directory
 with another seed, noise rate or changed files) is *stale* and is not applied
 (:meth:`audit.decisions.DecisionStore.stale`); :class:`ExportSummary` counts them and says so.
@@ -89,11 +99,65 @@ def _with_class_names(df: pd.DataFrame, run: RunDir, pairs: tuple[tuple[str, str
     return df
 
 
+DROP_ALIASES = {"duplicates": "near_duplicate", "near_duplicates": "near_duplicate", "leaks": "leak",
+                "outliers": "outlier"}
+
+
+def resolve_drop(drop: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """Issue types from ``--drop`` (comma-separated; ``duplicates``, ``leaks``, ``outliers`` as aliases)."""
+    from audit.issues.base import ISSUE_TYPES
+
+    if not drop:
+        return ()
+    items = drop.split(",") if isinstance(drop, str) else list(drop)
+    out = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        name = DROP_ALIASES.get(item, item)
+        if name not in ISSUE_TYPES or name == "class_imbalance":
+            known = sorted(set(ISSUE_TYPES) - {"class_imbalance"}) + sorted(DROP_ALIASES)
+            raise AuditInputError(f"--drop {item!r}: not an issue type (one of {', '.join(known)})")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+def _drop_issues(df: pd.DataFrame, drop: tuple[str, ...], path: str, leak_partners: tuple = ()) -> None:
+    """Mark rows ``removed`` for the issue types in ``drop`` (module docstring) and name them in ``dropped_for``."""
+    df["dropped_for"] = ""
+    for name in drop:
+        flag = f"is_{name}_issue"
+        if name == "leak":
+            col = "leak_partner"
+            if col not in df.columns:
+                raise AuditInputError(f"--drop {name}: {path} has no {col} column (a run from before issue types; "
+                                      "rerun `audit run`)")
+            hit = df["example_id"].isin(set(leak_partners)).to_numpy()
+        elif flag not in df.columns:
+            raise AuditInputError(f"--drop {name}: {path} has no {flag} column (a run from before issue types; "
+                                  "rerun `audit run`)")
+        elif name == "near_duplicate":
+            flagged = df[flag].to_numpy(bool) & (df["duplicate_group"].to_numpy() >= 0)
+            grp = df.loc[flagged, ["duplicate_group", "issue_score"]]
+            keep = grp.sort_values(["duplicate_group", "issue_score"], kind="stable").groupby("duplicate_group").head(1).index
+            hit = flagged.copy()
+            hit[df.index.get_indexer(keep)] = False
+        else:
+            hit = df[flag].to_numpy(bool)
+        df.loc[hit, "removed"] = True
+        df.loc[hit, "dropped_for"] = np.where(df.loc[hit, "dropped_for"] == "", name, df.loc[hit, "dropped_for"] + "," + name)
+
+
 def label_plan(run_dir: str | Path | RunDir, apply: str = "decisions", *, drop_flagged: bool = False,
-               examples: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every training row with ``final_label``, ``label_source`` and ``removed`` under the policy."""
+               examples: pd.DataFrame | None = None, drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every training row with ``final_label``, ``label_source``, ``removed`` and ``dropped_for`` under
+    the policy and ``drop`` (module docstring)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     df = run.examples() if examples is None else examples
+    partners: tuple = ()
+    if "leak_partner" in df.columns and "is_leak_issue" in df.columns:  # the training copies of leaked test rows
+        leaked = (df["split"] == "test").to_numpy() & df["is_leak_issue"].to_numpy(bool)
+        partners = tuple(p for p in df.loc[leaked, "leak_partner"] if isinstance(p, str) and p)
     df = df[df["split"] == "train"].copy()
     df["final_label"] = df["given_label"].astype(np.int64)
     df["label_source"] = "given"
@@ -113,6 +177,7 @@ def label_plan(run_dir: str | Path | RunDir, apply: str = "decisions", *, drop_f
         else:
             df.loc[auto, "final_label"] = df.loc[auto, "suggested_label"].astype(np.int64)
     df["final_label"] = df["final_label"].astype(np.int64)
+    _drop_issues(df, tuple(drop), str(run.path / "examples.parquet"), partners)
     _with_class_names(df, run, (("given_label", "given_class"), ("suggested_label", "suggested_class"),
                                 ("final_label", "final_class")))
     return df.reset_index(drop=True)
@@ -134,6 +199,7 @@ def cleaned_labels(run_dir: str | Path | RunDir, *, apply: str | None = None, dr
 
 def _kept(plan: pd.DataFrame, apply: str) -> pd.DataFrame:
     cols = EXPORT_COLUMNS + (PROVENANCE_COLUMNS if apply != "none" else [])
+    cols += [c for c in plan.columns if c.startswith("is_") and c.endswith("_issue") and c != "is_label_issue"]
     cols += [c for c in SIGNAL_COLUMNS if c in plan.columns]
     return plan.loc[~plan["removed"].to_numpy(bool), cols].reset_index(drop=True)
 
@@ -205,6 +271,7 @@ class ExportSummary:
     counts: dict
     flagged_undecided_given: int
     stale: int = 0
+    dropped: dict | None = None
 
     def line(self) -> str:
         parts = []
@@ -219,27 +286,33 @@ class ExportSummary:
         elif self.flagged_undecided_given:
             text += (f"; {self.flagged_undecided_given} flagged rows nobody decided on keep their given label "
                      "(--apply suggested applies the suggestions)")
+        if self.dropped:
+            text += "; --drop removed " + ", ".join(f"{n} {t.replace('_', ' ')}" for t, n in self.dropped.items())
         if self.stale and self.apply != "none":
             text += (f"; {self.stale} review decisions were made on another label or image than this run shows "
                      "and were not applied (review them again: `audit app`)")
         return text
 
 
-def summarise(plan: pd.DataFrame, apply: str, stale: int = 0) -> ExportSummary:
+def summarise(plan: pd.DataFrame, apply: str, stale: int = 0, drop: tuple[str, ...] = ()) -> ExportSummary:
     action = np.where(plan["removed"], "removed",
                       np.where(plan["final_label"] != plan["given_label"], "relabelled", "kept"))
     counts = Counter(zip(action.tolist(), plan["label_source"].tolist()))
     left = int((plan["is_label_issue"].to_numpy(bool) & (plan["label_source"] == "given").to_numpy()).sum())
-    return ExportSummary(apply, int((~plan["removed"]).sum()), dict(counts), left, stale)
+    dropped = {t: int(plan["dropped_for"].str.split(",").map(lambda v, t=t: t in v).sum()) for t in drop} \
+        if drop and "dropped_for" in plan.columns else None
+    return ExportSummary(apply, int((~plan["removed"]).sum()), dict(counts), left, stale, dropped)
 
 
 def write_export(run_dir: str | Path, out: str | Path, *, test_out: str | Path | None = None,
                  apply: str | None = None, drop_flagged: bool = False,
-                 use_decisions: bool | None = None) -> tuple[pd.DataFrame, ExportSummary]:
+                 use_decisions: bool | None = None, drop: str | tuple[str, ...] | None = None,
+                 ) -> tuple[pd.DataFrame, ExportSummary]:
     """Write the kept training labels to ``out`` (``.csv`` or ``.parquet``) and :func:`flagged_test_labels`
     to ``test_out`` (default :func:`flagged_test_path`), both atomically; neither may be one of the
     run's own files. Returns the kept rows and the summary."""
-    apply, drop = resolve_policy(apply, drop_flagged, use_decisions)
+    apply, drop_fl = resolve_policy(apply, drop_flagged, use_decisions)
+    types = resolve_drop(drop)
     run = RunDir(run_dir)
     out = Path(out)
     test_out = flagged_test_path(out) if test_out is None else Path(test_out)
@@ -250,14 +323,14 @@ def write_export(run_dir: str | Path, out: str | Path, *, test_out: str | Path |
     if test_out.resolve() == out.resolve():
         raise AuditInputError(f"--test-out {test_out}: must differ from --out")
     examples = run.examples()
-    plan = label_plan(run, apply, drop_flagged=drop, examples=examples)
+    plan = label_plan(run, apply, drop_flagged=drop_fl, examples=examples, drop=types)
     kept = _kept(plan, apply)
     test = flagged_test_labels(run, apply=apply, examples=examples)
-    meta = {"apply": apply, "drop_flagged": drop}
+    meta = {"apply": apply, "drop_flagged": drop_fl, "drop": list(types)}
     _write(kept, out, run, {"split": "train", **meta})
     _write(test, test_out, run, {"split": "test", "flagged_test_labels": True, **meta})
     stale = len(run.decisions().stale()) if apply != "none" else 0
-    return kept, summarise(plan, apply, stale)
+    return kept, summarise(plan, apply, stale, types)
 
 
 def export_labels(run_dir: str | Path, out: str | Path, *, test_out: str | Path | None = None,
@@ -265,3 +338,82 @@ def export_labels(run_dir: str | Path, out: str | Path, *, test_out: str | Path 
     """:func:`write_export`, returning the kept training rows. ``kwargs``: ``apply``, ``drop_flagged``,
     ``use_decisions`` (deprecated) as in :func:`cleaned_labels`."""
     return write_export(run_dir, out, test_out=test_out, **kwargs)[0]
+
+
+# -- Label Studio ----------------------------------------------------------------------------------
+LS_FROM, LS_TO = "label", "image"
+
+
+def label_studio_config(class_names: list[str]) -> str:
+    """A Label Studio labeling config: the image and one choice per class (names XML-escaped)."""
+    from xml.sax.saxutils import quoteattr
+
+    choices = "\n".join(f"    <Choice value={quoteattr(str(n))}/>" for n in class_names)
+    return (f'<View>\n  <Image name="{LS_TO}" value="$image"/>\n  <Text name="given" value="$given_class"/>\n'
+            f'  <Choices name="{LS_FROM}" toName="{LS_TO}" choice="single" showInLine="true">\n{choices}\n'
+            "  </Choices>\n</View>\n")
+
+
+def label_studio_tasks(run_dir: str | Path | RunDir, *, apply: str | None = None,
+                       all_rows: bool = False) -> tuple[str, list[dict]]:
+    """(labeling config, tasks): one Label Studio task per row a person should look at (flagged training
+    rows nobody decided on under ``apply``, flagged test rows; every training row with ``all_rows``),
+    most suspicious first. ``data`` holds the image (the source file's path where the dataset has files,
+    else the pixels as a PNG data URL, read only from the fingerprint-checked dataset), the example id,
+    split, given class, issue score and reason; the suggested class is a prediction with the issue score
+    as its score, so Label Studio shows it pre-selected for the annotator to confirm or change."""
+    import base64
+
+    apply = resolve_policy(apply)[0]
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    ex = run.examples()
+    names = [str(n) for n in run.class_names]
+    plan = label_plan(run, apply, examples=ex).set_index("example_id")
+    flagged = ex["is_label_issue"].to_numpy(bool).copy()
+    if apply != "none":
+        decided = ex["example_id"].isin(plan.index[plan["label_source"] == "reviewer"]).to_numpy()
+        flagged &= ~decided
+    rows = ex[flagged | ((ex["split"] == "train").to_numpy() & all_rows)]
+    rows = rows.sort_values("issue_score", ascending=False, kind="stable")
+    images = None
+    if "path" not in rows.columns or rows["path"].isna().any():
+        from audit.report import image_png
+
+        ds = run.dataset()  # DatasetUnverified (exit 2) when the files are not the audited ones
+        pos = pd.Index(np.asarray(ds.example_ids).astype(str)).get_indexer(rows["example_id"])
+        images = (ds, pos, image_png)
+    tasks = []
+    for i, r in enumerate(rows.itertuples(index=False)):
+        if images is None:
+            image = str(r.path)
+        else:
+            ds, pos, png = images
+            image = "data:image/png;base64," + base64.b64encode(png(np.asarray(ds.images[pos[i]]))).decode()
+        given, suggested = names[int(r.given_label)], names[int(r.suggested_label)]
+        task = {"data": {"image": image, "example_id": r.example_id, "split": r.split, "given_class": given,
+                         "given_label": int(r.given_label), "issue_score": float(r.issue_score),
+                         "reason": str(getattr(r, "category_reason", "") or "")},
+                "predictions": [{"model_version": "benign-audit", "score": float(r.issue_score),
+                                 "result": [{"from_name": LS_FROM, "to_name": LS_TO, "type": "choices",
+                                             "value": {"choices": [suggested]}}]}]}
+        tasks.append(task)
+    return label_studio_config(names), tasks
+
+
+def write_label_studio(run_dir: str | Path, out: str | Path, *, apply: str | None = None,
+                       all_rows: bool = False) -> tuple[Path, Path, int]:
+    """Write :func:`label_studio_tasks` to ``out`` (``.json``) and its config beside it
+    (``out`` with ``.label_config.xml``), atomically; returns (tasks file, config file, task count)."""
+    import json
+
+    run = RunDir(run_dir)
+    out = Path(out)
+    cfg_out = out.with_name(f"{out.stem}.label_config.xml")
+    for p, opt in ((out, "--out"), (cfg_out, "--out")):
+        run.check_output(p, opt)
+    if out.suffix != ".json":
+        raise AuditInputError(f"--out {out}: a Label Studio export is JSON; name it TASKS.json")
+    config, tasks = label_studio_tasks(run, apply=apply, all_rows=all_rows)
+    atomic_write_bytes(cfg_out, config.encode())
+    atomic_write_bytes(out, json.dumps(tasks, ensure_ascii=False).encode())
+    return out, cfg_out, len(tasks)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from audit.errors import AuditInputError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write the cleaned label list of a run (CSV or Parquet)",
@@ -22,20 +24,36 @@ def add_parser(sub) -> None:
     p.add_argument("--drop-flagged", action="store_true",
                    help="with --apply suggested (implied): remove flagged rows nobody decided on instead of "
                         "relabelling them")
+    p.add_argument("--drop", default=None, metavar="TYPES",
+                   help="also remove training rows of these issue types, comma-separated: duplicates (keeps one "
+                        "image per copy group), leaks (the training copy of each leaked test image), outliers, "
+                        "dark, light, blurry, low_information, odd_size")
+    p.add_argument("--format", choices=("labels", "label-studio"), default="labels",
+                   help="labels (default): the cleaned label list; label-studio: the rows to review as Label "
+                        "Studio tasks (TASKS.json, the suggested label as a prediction) and its labeling config")
     p.add_argument("--use-decisions", action="store_true",
                    help="deprecated: the same as --apply suggested (decisions, then suggestions)")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    from audit.export import flagged_test_path, write_export
+    from audit.export import flagged_test_path, write_export, write_label_studio
 
+    if args.format == "label-studio":
+        if args.drop or args.drop_flagged or args.test_out:
+            raise AuditInputError("--format label-studio: lists the rows to review; --drop, --drop-flagged and "
+                                  "--test-out belong to the label list")
+        tasks, config, n = write_label_studio(args.run, args.out, apply=args.apply)
+        print(f"wrote {tasks}: {n} Label Studio tasks (the rows to review, most suspicious first; the suggested "
+              f"label as a prediction) and {config} (the labeling config: Settings > Labeling Interface > Code)")
+        return 0
     if args.use_decisions and args.apply is None:
         print("audit: --use-decisions is deprecated; it means --apply suggested (decisions are now the default)",
               file=sys.stderr)
     test_out = args.test_out or flagged_test_path(args.out)
     _, summary = write_export(args.run, args.out, test_out=test_out, apply=args.apply,
-                              drop_flagged=args.drop_flagged, use_decisions=args.use_decisions or None)
+                              drop_flagged=args.drop_flagged, use_decisions=args.use_decisions or None,
+                              drop=args.drop)
     print(f"wrote {args.out}: {summary.line()}")
     print(f"wrote {test_out}: flagged test labels to check (test examples are never removed)")
     from audit.commands.run import next_steps
