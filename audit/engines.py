@@ -5,6 +5,14 @@ configs), so the same call runs here or on any Ray worker. ``run_all`` calls ``o
 seconds)`` as each task finishes, so the orchestrator caches every finished training at once: a run
 that fails later keeps them. With Ray, a worker that dies mid-task is retried (``max_retries``); a
 task that keeps failing ends the run with an error naming its stage.
+
+How the data reaches Ray workers: by value, through Ray's object store, never by a path only the driver
+can read. ``RayEngine.run_all`` ``ray.put``s each distinct positional argument of its tasks once (the
+:class:`audit.stages.TrainData` every training shares is one object, not one copy per task) and passes the
+references; a worker on any node fetches them from the object store. A memmapped dataset travels as its
+bytes (numpy pickles a memmap's data, not its file name). The one path a task carries is its resume
+checkpoint (``resume``, in the run directory): a worker whose node cannot create that directory (no
+shared file system) trains without one, which changes no result, only what an interrupted task resumes.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from audit.errors import AuditError, AuditInputError, describe_error
@@ -41,6 +49,23 @@ def execute(task: Task, threads: int) -> tuple[dict, float]:
     t0 = time.perf_counter()
     out = task.fn(*task.args, **task.kwargs)
     return out, time.perf_counter() - t0
+
+
+def execute_remote(task: Task, threads: int, *args) -> tuple[dict, float]:
+    """:func:`execute` on a Ray worker: ``args`` are the task's positional arguments, which Ray resolved
+    from the object store; ``task`` comes without them."""
+    kwargs = dict(task.kwargs)
+    if kwargs.get("resume") and not _writable_dir(os.path.dirname(kwargs["resume"])):
+        kwargs["resume"] = None  # the driver's run directory is not on this node's file system
+    return execute(replace(task, args=args, kwargs=kwargs), threads)
+
+
+def _writable_dir(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
 
 
 def _maybe_die(name: str) -> None:
@@ -89,7 +114,10 @@ def ray_address_problem(address: str | None, e: BaseException) -> str:
 
 class RayEngine:
     """Runs tasks as Ray tasks, each declaring its CPUs (``threads``) and GPUs; joins the cluster at
-    ``address`` (``auto``, ``ray://host:port``) or starts Ray on this machine."""
+    ``address`` (``host:port`` of a head started with ``ray start --head``, ``auto``, ``ray://host:port``)
+    or starts Ray on this machine. Each distinct task argument is ``ray.put`` once and reaches the
+    workers through the object store (see the module docstring); every node must be able to import
+    ``audit`` (benign-audit installed there, the same version as the driver's)."""
 
     def __init__(self, threads: int, address: str | None = None, max_retries: int = 2):
         self.threads, self.address, self.max_retries = threads, address, max_retries
@@ -114,13 +142,21 @@ class RayEngine:
         if not tasks:
             return
         ray = self._init()
-        remote = ray.remote(execute)
+        remote = ray.remote(execute_remote)
+        refs: dict[int, object] = {}  # id(argument) -> its object ref: one copy in the store per argument
+
+        def ref(arg):
+            if id(arg) not in refs:
+                refs[id(arg)] = ray.put(arg)
+            return refs[id(arg)]
+
         pending = {}
         for t in tasks:
             if on_start:
                 on_start(t)
             opts = dict(num_cpus=self.threads, num_gpus=t.num_gpus, max_retries=self.max_retries)
-            pending[remote.options(**opts).remote(t, self.threads)] = t
+            args = [ref(a) for a in t.args]
+            pending[remote.options(**opts).remote(replace(t, args=()), self.threads, *args)] = t
         failed = None
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
