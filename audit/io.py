@@ -16,9 +16,26 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = "1"
 
 
+def _cannot_write(path: Path, e: OSError):
+    """The one-line error for a write that failed (a full disk, a read-only folder): the target named,
+    the OS's reason, and that nothing was half-written (the temporary file is removed)."""
+    import errno
+
+    from audit.errors import AuditError, AuditInputError
+
+    why = e.strerror or type(e).__name__
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AuditInputError(f"{path}: cannot write there ({why}); choose another place")
+    return AuditError(f"{path}: cannot write ({why}); nothing was half-written: free some space and rerun "
+                      "(finished stages are kept)")
+
+
 def _tmp_path(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -32,6 +49,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -67,6 +86,8 @@ def write_parquet(path: str | os.PathLike, df: pd.DataFrame, metadata: dict[str,
     try:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -85,6 +106,8 @@ def save_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
         os.replace(tmp, path)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 

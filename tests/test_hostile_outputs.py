@@ -478,3 +478,25 @@ def test_fuzzed_manifests_open_or_exit_2(hostile):
         r.dataset_or_notice()
 
     check()
+
+
+@pytest.mark.parametrize("command", [REPORT, EXPORT])
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(hostile, capsys, monkeypatch, command):
+    """Issue #22 item 6: a full disk ended export and report in raw tracebacks. The OS's ENOSPC (raised
+    where the bytes are written) is one line naming the target, exit 1, and no temporary file is left."""
+    import errno
+    from pathlib import Path as P
+
+    run, tmp = hostile
+    real = P.write_bytes
+
+    def full(self, data):
+        real(self, data[:10])  # some bytes land, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(P, "write_bytes", full)
+    got = cli([a.format(run=run, tmp=tmp) for a in command])
+    err = capsys.readouterr().err
+    assert got == 1 and "No space left on device" in err and "nothing was half-written" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp.rglob("*.tmp")) and not list((tmp / "outside").iterdir())
