@@ -50,3 +50,20 @@ def test_unknown_option_exits_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli(["run", "--frobnicate"])
     assert e.value.code == 2
+
+
+def test_progress_to_a_file_leaves_no_bar_debris(tmp_path):
+    """Issue #26 item 7: with output going to a file, progress bars left lines of carriage-return debris.
+    Bars draw only on a terminal; the stage lines remain."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    with open(tmp_path / "log.txt", "w") as log:
+        p = subprocess.run([sys.executable, "-m", "audit", "run", "--dataset", "digits", "--models", "natural",
+                            "--epochs", "2", "--cv-epochs", "2", "--folds", "2", "--out", str(tmp_path / "r")],
+                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, timeout=600)
+    text = (tmp_path / "log.txt").read_text()
+    assert p.returncode == 0, text
+    assert "\r" not in text and "it/s" not in text and "flagged" in text

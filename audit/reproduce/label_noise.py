@@ -135,7 +135,7 @@ def run(cfg: LabelNoiseConfig, out: str | Path, *, device: str = "auto", threads
     write_json(meta_path, {"experiment": "label-noise-robustness", "config": key, "status": "running"})
     t0 = time.perf_counter()
     with cpu_threads(threads):
-        for eta in tqdm(cfg.etas, desc="label-noise", unit="η", disable=not progress):
+        for eta in tqdm(cfg.etas, desc="label-noise", unit="η", disable=None if progress else True):
             for seed in range(cfg.seeds):
                 if (eta, seed) in have:
                     continue

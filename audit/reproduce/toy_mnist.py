@@ -217,7 +217,7 @@ def run(cfg: ToyMnistConfig, out: str | Path, *, device: str = "auto", threads: 
     t0 = time.perf_counter()
     write_json(meta_path, {"experiment": "toy-mnist", "config": _jsonable(cfg), "status": "running"})
     with cpu_threads(threads):
-        for s, e, k in tqdm(cells, desc="toy-mnist", unit="model", disable=not progress):
+        for s, e, k in tqdm(cells, desc="toy-mnist", unit="model", disable=None if progress else True):
             if (s, e, k) in have:
                 continue
             done.extend(run_cell(base, s, e, k, cfg, dev))

@@ -118,7 +118,7 @@ def cross_validate(
     test_probs = np.zeros((m, len(test_images), k), np.float32)
     aum = np.zeros((m, n), np.float32)
     forgetting = np.zeros((m, n), np.float32)
-    for f in tqdm(range(m), desc="cross-validation", disable=not progress, unit="fold",
+    for f in tqdm(range(m), desc="cross-validation", disable=None if progress else True, unit="fold",
                   mininterval=0.1 if sys.stderr.isatty() else 30.0):
         tr = np.flatnonzero(masks[f])
         torch.manual_seed(spec.seed + 17 * (f + 1))

@@ -214,7 +214,8 @@ def train_model(
     for _ in range(start_epoch):  # keep the batch order of an uninterrupted run
         torch.randperm(n, generator=gen)
     torch.manual_seed(spec.seed + start_epoch)
-    bar = tqdm(range(start_epoch, spec.epochs), desc=desc or f"train {spec.method}", disable=not progress,
+    # disable=None: tqdm draws bars only on a terminal; output to a file gets the stage lines, not bar debris
+    bar = tqdm(range(start_epoch, spec.epochs), desc=desc or f"train {spec.method}", disable=None if progress else True,
                leave=False, unit="ep", mininterval=_bar_interval())
     for epoch in bar:
         _train_epoch(net, opt, images, labels, spec, epoch, gen, rec, device)
