@@ -536,6 +536,17 @@ def thumbnail(run: Path, example_id: str, side: int = THUMB) -> bytes:
     return png if png is not None else _placeholder_png(side)
 
 
+def decoded_source(im):
+    """A source file's picture decoded as the dataset loader decodes it (:func:`audit.data.images._mode_array`):
+    grey or RGB 8-bit, a 16-bit grey image scaled to 0–255 (``convert`` would clip it to white), a palette or
+    alpha image as its grey or RGB pixels."""
+    from PIL import Image
+
+    from audit.data.images import _mode_array
+
+    return Image.fromarray(np.ascontiguousarray(_mode_array(im)))
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
 def _file_png(path: str, mtime: float, side: int) -> bytes | None:
     from PIL import Image
@@ -543,7 +554,7 @@ def _file_png(path: str, mtime: float, side: int) -> bytes | None:
     try:
         with Image.open(path) as im:
             im.load()
-            return _resized_png(im.convert("RGB") if im.mode not in ("L", "RGB") else im, side)
+            return _resized_png(decoded_source(im), side)
     except Exception:  # noqa: BLE001 - a broken file falls back to the decoded array
         return None
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from app import issue_types
+
 CATEGORIES = ("mislabelled", "ambiguous", "atypical", "ok")
 STATUSES = ("to review", "decided", "all")
 # Which examples to review: the flagged queue, or the random samples that keep the app's estimates
@@ -38,12 +40,18 @@ class Filters:
     status: str = "to review"
     sort: str = "issue score"
     sample: str = "flagged queue"
+    # "label" (label issues, the default) or an issue type (app.issue_types): its flagged rows, both splits,
+    # in the type's own order; only the classes and status filters apply
+    issue_type: str = issue_types.LABEL
     extra: dict = field(default_factory=dict, compare=False)
 
 
 def signal_names(df: pd.DataFrame) -> list[str]:
-    """Signals in the run, from the ``is_<name>_issue`` columns (cleanlab Datalab's naming)."""
-    return [c[3:-6] for c in df.columns if c.startswith("is_") and c.endswith("_issue") and c != "is_label_issue"]
+    """Signals in the run, from the ``is_<name>_issue`` columns (cleanlab Datalab's naming), less the issue
+    types beyond label errors (:mod:`app.issue_types`), which share the shape but are no label signal."""
+    types = set(issue_types.TYPES)
+    return [c[3:-6] for c in df.columns if c.startswith("is_") and c.endswith("_issue") and c != "is_label_issue"
+            and c[3:-6] not in types]
 
 
 def nothing_flagged(df: pd.DataFrame, split: str) -> bool:
@@ -57,6 +65,8 @@ def review_queue(df: pd.DataFrame, decided_ids: pd.Index | np.ndarray | list, f:
     random sample (:data:`SAMPLES`), its rows in the sample's own order, filtered by status only."""
     if SAMPLES.get(f.sample) is not None:
         return _sample_rows(df, decided_ids, f)
+    if f.issue_type != issue_types.LABEL:
+        return _issue_type_queue(df, decided_ids, f)
     m = np.array(df["split"].to_numpy() == f.split, dtype=bool)
     if f.flagged_only and nothing_flagged(df, f.split):
         pass  # never a silent zero: with nothing flagged the queue is the top-ranked examples
@@ -88,6 +98,17 @@ def review_queue(df: pd.DataFrame, decided_ids: pd.Index | np.ndarray | list, f:
     ids = df["example_id"].to_numpy()[rows].astype(str)
     order = np.lexsort((ids, key if ascending else -key))
     return rows[order]
+
+
+def _issue_type_queue(df: pd.DataFrame, decided_ids, f: Filters) -> np.ndarray:
+    """The flagged rows of issue type ``f.issue_type`` (both splits, in the type's order), by class and status."""
+    rows = issue_types.ordered_rows(df, f.issue_type)
+    if f.classes:
+        rows = rows[df["given_label"].iloc[rows].isin(f.classes).to_numpy()]
+    if f.status != "all":
+        is_decided = df["example_id"].iloc[rows].isin(pd.Index(decided_ids)).to_numpy()
+        rows = rows[is_decided if f.status == "decided" else ~is_decided]
+    return rows
 
 
 def sample_rows(df: pd.DataFrame, sample: str) -> np.ndarray:

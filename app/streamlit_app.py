@@ -1,6 +1,6 @@
 """Review app over one run directory: ``audit app RUN`` (or ``streamlit run app/streamlit_app.py -- RUN``).
 
-Pages (``st.navigation``): Overview, Review queue, Pairs, Decisions; each lives in ``app/views/``.
+Pages (``st.navigation``): Overview, Review queue, Pairs, Other issues, Decisions; each lives in ``app/views/``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ PAGES = (
     ("views/overview.py", "Overview", ":material/dashboard:", "overview"),
     ("views/review.py", "Review queue", ":material/checklist:", "review"),
     ("views/pairs.py", "Pairs", ":material/compare:", "pairs"),
+    ("views/issues.py", "Other issues", ":material/content_copy:", "issues"),
     ("views/decisions.py", "Decisions", ":material/fact_check:", "decisions"),
 )
 

@@ -13,8 +13,11 @@ Sections:
 6. natural versus robust accuracy (train, clean test, adversarial test);
 7. galleries of the top flagged training examples (with nothing flagged, the top-ranked ones, said
    in a sentence) and the top train→test pairs;
-8. the review decisions (counts and the decided rows) when ``decisions.sqlite`` exists;
-9. ``verify.json`` (retraining on the cleaned labels) when it exists: variants × models, each metric
+8. the other issue types (:mod:`audit.issues`: near duplicates, leaks, outliers, image quality, class
+   imbalance): a table of each type's description, count and threshold, and a bar chart of the counts
+   (an SVG, so a reader can zoom it); left out for a run made before the issue types existed;
+9. the review decisions (counts and the decided rows) when ``decisions.sqlite`` exists;
+10. ``verify.json`` (retraining on the cleaned labels) when it exists: variants × models, each metric
    with its 95% interval, and the share of the ceiling's gain that cleaning recovered.
 
 The run directory is untrusted input (:mod:`audit.rundir`): images come only from a dataset whose
@@ -40,6 +43,7 @@ from audit.rundir import RunDir, load_json_object
 CATEGORY_COLORS = {"mislabelled": "#d62728", "ambiguous": "#ff7f0e", "atypical": "#9467bd", "ok": "#8c8c8c"}
 MODEL_COLORS = {"natural": "#1f77b4", "pgd": "#d62728", "trades": "#2ca02c", "fgsm": "#ff7f0e"}
 PNG_PREFIX = "data:image/png;base64,"
+SVG_PREFIX = "data:image/svg+xml;base64,"
 
 
 # -- loading ----------------------------------------------------------------------------------------
@@ -83,6 +87,17 @@ def _fig_png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _fig_svg(fig) -> str:
+    """A figure as an SVG data URL (text drawn as paths: no font or text from anywhere reaches the file)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    with plt.rc_context({"svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    return SVG_PREFIX + base64.b64encode(buf.getvalue()).decode()
 
 
 def _legend(ax, **kw) -> None:
@@ -263,6 +278,93 @@ def plot_accuracy(man: dict) -> bytes:
     return _fig_png(fig)
 
 
+def plot_issue_types(rows: list[dict]) -> str:
+    """Horizontal bars: images flagged per issue type (``rows``: :func:`issue_types_section`'s), as an SVG
+    data URL."""
+    plt = _plt()
+    names = [r["type"] for r in rows][::-1]
+    counts = [r["count"] for r in rows][::-1]
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(rows) + 1.1))
+    y = np.arange(len(rows))
+    ax.barh(y, counts, 0.65, color=["#d62728" if c else "#cccccc" for c in counts])
+    top = max(counts + [1])
+    for yi, c in zip(y, counts):
+        ax.text(c + top * 0.01, yi, f"{c:,}", va="center", fontsize=8)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, top * 1.12)
+    ax.set_xlabel("flagged images")
+    ax.set_title("Images flagged per issue type", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _fig_svg(fig)
+
+
+def _issue_flag(ex: pd.DataFrame, name: str) -> np.ndarray:
+    """``is_<name>_issue`` as bool: True only where it holds True (the table is data)."""
+    s = ex[f"is_{name}_issue"]
+    if pd.api.types.is_bool_dtype(s):
+        return s.fillna(False).to_numpy(bool)
+    return s.map(lambda x: x is True or (isinstance(x, np.bool_) and bool(x))).to_numpy(bool)
+
+
+def _number(x) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if np.isfinite(x) else None
+
+
+def issue_types_section(man: dict, ex: pd.DataFrame, names: list[str]) -> dict | None:
+    """The other issue types: per type in the examples table, its description (the type's own), the rows it
+    judges, its count (the table's), its threshold and a note (the manifest's, where it holds what the
+    pipeline writes); the class balance in a sentence; the chart. None when the table has no issue type
+    (a run made before them)."""
+    from audit.issues import ISSUE_TYPES, ROW_TYPES
+
+    present = [n for n in ROW_TYPES if f"is_{n}_issue" in ex.columns]
+    if not present:
+        return None
+    info = man.get("issue_types") if isinstance(man.get("issue_types"), dict) else {}
+    rows = []
+    for n in present:
+        t = info.get(n) if isinstance(info.get(n), dict) else {}
+        flag = _issue_flag(ex, n)
+        note = ""
+        if n == "near_duplicate" and "duplicate_group" in ex.columns:
+            g = pd.to_numeric(ex.loc[flag, "duplicate_group"], errors="coerce")
+            in_group = (g >= 0).to_numpy()
+            groups = int(g[in_group].nunique())
+            lab = ex.loc[flag, "given_label"][in_group]
+            conflicting = int((lab.groupby(g[in_group]).nunique() > 1).sum()) if groups else 0
+            note = f"{groups:,} group{'s' * (groups != 1)}, {conflicting:,} with labels that disagree"
+        elif n == "leak" and _number(t.get("exact")) is not None:
+            note = f"{int(t['exact']):,} exact copies"
+        elif n == "outlier" and isinstance(t.get("threshold_rule"), str):
+            note = t["threshold_rule"][:300]
+        elif n == "odd_size" and isinstance(t.get("note"), str):
+            note = t["note"][:300]
+        rows.append({"type": n, "description": ISSUE_TYPES[n].description, "judges": ", ".join(ISSUE_TYPES[n].splits),
+                     "count": int(flag.sum()), "threshold": readable(_number(t.get("threshold"))), "note": note})
+    return {"rows": rows, "plot": plot_issue_types(rows), "classes": _class_balance_line(info, names)}
+
+
+def _class_balance_line(info: dict, names: list[str]) -> str:
+    """Rare and under-performing classes from the manifest's ``class_imbalance`` (class indices to names)."""
+    ci = info.get("class_imbalance") if isinstance(info.get("class_imbalance"), dict) else {}
+    per = ci.get("per_class") if isinstance(ci.get("per_class"), list) else []
+    rare, under = [], []
+    for e in per:
+        c = e.get("class") if isinstance(e, dict) else None
+        if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names):
+            rare += [names[c]] * (e.get("rare") is True)
+            under += [names[c]] * (e.get("under_performing") is True)
+    if not per:
+        return ""
+    overall = _number(ci.get("overall_test_accuracy_natural"))
+    vs = f", {overall:.1%}" if overall is not None else ""
+    return (f"Class balance: rare classes (far fewer training images than the median class): "
+            f"{', '.join(rare) if rare else 'none'}; under-performing classes (natural test accuracy well below "
+            f"the overall{vs}): {', '.join(under) if under else 'none'}.")
+
+
 # -- HTML: one autoescaping template ---------------------------------------------------------------
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -298,6 +400,12 @@ influenced it (robust errors first: the atypical training image the natural mode
 <div>{{ img(c.train_uri, c.train_id) }}train</div></div><b>{{ c.reason }}</b><br>test {{ c.test_id }}: label {{ c.test_label }}; {{ c.preds }}<br>
 train {{ c.train_id }}: label {{ c.train_label }}{% if c.clean %} <b style="color:#d62728">(injected; was {{ c.clean }})</b>{% endif %}<br>
 TracIn influence {{ c.tracin }} · FZ influence {{ c.fz }} · similarity {{ "%.2f" | format(c.sim) }}</div>{% endfor %}</div>
+{% if issues %}<h2>Other issues</h2><p class="muted">Issue types beyond label errors: each flags the images it
+describes; the review app's Other issues page shows them side by side.</p>
+<table><tr><th>type</th><th>description</th><th>judges</th><th>count</th><th>threshold</th><th>note</th></tr>
+{% for r in issues.rows %}<tr><td>{{ r.type }}</td><td>{{ r.description }}</td><td>{{ r.judges }}</td><td>{{ r.count }}</td><td>{{ r.threshold }}</td><td>{{ r.note }}</td></tr>{% endfor %}</table>
+{% if issues.classes %}<p class="muted">{{ issues.classes }}</p>{% endif %}
+<img class="plot" src="{{ issues.plot }}" alt="images flagged per issue type">{% endif %}
 {% if decisions %}<h2>Review decisions</h2>
 <table>{% for k, v in decisions.counts %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
 <p class="muted">The effective decision per example (newest wins; undone ones left out){% if decisions.more %}, newest {{ decisions.rows | length }} of {{ decisions.rows | length + decisions.more }}{% endif %}.</p>
@@ -594,6 +702,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, top: int
         "device": man.get("device", ""), "notes": [] if images else ["Images left out (--no-images): the dataset was not read."],
         "summary": _summary(man), "plots": plots, "flagged": cards, "pairs": pair_cards,
         "any_flagged": any_flagged, "nothing_flagged": nothing_flagged_text(man),
+        "issues": issue_types_section(man, ex, names),
         "decisions": decisions_section(run, ex), "verify": verify_section(run),
         "config_json": json.dumps(man["config"], indent=1),
         "n_plots": sum(p["uri"] is not None for p in plots), "n_flagged": sum(c["uri"] is not None for c in cards),

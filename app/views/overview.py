@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import data, ui
+from app import data, issue_types, ui
 from app.queue import CATEGORIES
 
 
@@ -237,7 +237,30 @@ def main() -> None:
     verify_ui(run)
 
     per_class_ui(run, df)
+    other_issues_ui(run, df)
     selection_ui(run)
+
+
+def other_issues_ui(run: ui.Run, df: pd.DataFrame) -> None:
+    """One line per issue type beyond label errors, its count (the table's) linking to the Other issues page,
+    then the class balance: rare and under-performing classes. Nothing for a run without issue types."""
+    types = issue_types.types_in(df)
+    if not types:
+        return
+    from app.views.issues import class_table_ui
+
+    st.subheader("Other issues", anchor=False)
+    counts = issue_types.counts(df)
+    cols = st.columns(3)
+    for j, t in enumerate(types):
+        with cols[j % 3]:
+            st.page_link("views/issues.py", label=f"{t}: {counts[t]:,} flagged", query_params={"issue_type": t},
+                         icon=":material/error:" if counts[t] else ":material/check:",
+                         help=ui.md(issue_types.description(t)))
+    st.caption("Class balance: rare classes (few training images) and classes the natural model does worst on")
+    for line in issue_types.class_lines(df, run.manifest, run.class_names):
+        st.markdown(ui.md(line))
+    class_table_ui(run, df, key="class_balance_table")
 
 
 FLAG_COLUMNS = ("class", "train", "flagged", "flagged %", "mislabelled", "ambiguous", "atypical", "most often really")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import data, ui
+from app import data, issue_types, ui
 from app.queue import (
     CATEGORIES,
     SAMPLES,
@@ -113,6 +113,7 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
     hides the filters it ignores, and a split with nothing flagged shows "Flagged only" off (the queue
     then lists every example of the split, top-ranked first)."""
     keep = dict(on_change=_filters_changed, persist_state="session")
+    _adopt_issue_type_link(df)
     with st.sidebar:
         st.subheader("Queue", anchor=False)
         sample = st.selectbox("Review", list(SAMPLES), key="f_sample", **keep,
@@ -129,6 +130,19 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
             f = Filters(split="train", flagged_only=False, status=status or "to review", sample=sample)
             _keys_caption(run)
             return f, int(page_size)
+        kind = issue_type_ui(df)
+        if kind != issue_types.LABEL:  # its flagged rows: split, flags, category, signals, score, sort do not apply
+            n = int(issue_types.flags(df, kind).sum())
+            st.caption(ui.md(f"Listing the {n:,} {issue_types.judged(kind)} flagged as {kind}, "
+                             f"{issue_types.order_text(kind)}: {issue_types.description(kind)}."))
+            status = st.segmented_control("Status", list(STATUSES), default="to review", required=True,
+                                          key="f_status", **keep)
+            classes = st.multiselect("Given label", list(range(len(run.class_names))), format_func=run.name,
+                                     key="f_classes", placeholder="every class", **keep)
+            page_size = st.selectbox("Per page", PAGE_SIZES, index=1, key="f_page_size", persist_state="session")
+            _keys_caption(run)
+            return Filters(issue_type=kind, flagged_only=True, classes=tuple(classes or ()),
+                           status=status or "to review"), int(page_size)
         split = st.segmented_control("Split", ["train", "test"], default="train", required=True, key="f_split",
                                      **keep) or "train"
         none_flagged = nothing_flagged(df, split)
@@ -162,6 +176,47 @@ def filters_ui(run: ui.Run, df: pd.DataFrame) -> tuple[Filters, int]:
                 classes=tuple(classes or ()), signals=tuple(signals or ()), score=tuple(score),
                 status=status or "to review", sort=sort, sample=sample or "flagged queue")
     return f, int(page_size)
+
+
+def _adopt_issue_type_link(df: pd.DataFrame) -> None:
+    """``?f_issue_type=NAME`` (a link from the Other issues page) sets the queue to that type's flagged
+    images once, before the filters are drawn; without ``?example=`` the new queue opens at its top."""
+    qp = st.query_params.get("f_issue_type")
+    if not qp or qp == st.session_state.get("_qp_issue_type"):
+        return
+    st.session_state["_qp_issue_type"] = qp
+    if qp == issue_types.LABEL or (qp in issue_types.types_in(df) and issue_types.flags(df, qp).any()):
+        st.session_state["f_issue_type"] = qp
+        st.session_state["f_sample"] = "flagged queue"
+        if not st.query_params.get("example"):
+            _set_current(None)
+
+
+def _issue_type_changed() -> None:
+    """A type picked here: the link's ``?f_issue_type=`` no longer says what is shown, so it goes."""
+    st.query_params.pop("f_issue_type", None)
+    st.session_state["_qp_issue_type"] = None
+    _filters_changed()
+
+
+def issue_type_ui(df: pd.DataFrame) -> str:
+    """Which issues the queue lists: label issues (the default), or one issue type with something flagged
+    (:mod:`app.issue_types`; the Other issues page links here with ``?f_issue_type=NAME``). A run without
+    issue types (an older run) shows no selector."""
+    found = {n: c for n, c in issue_types.counts(df).items() if c}
+    if not found:
+        return issue_types.LABEL
+    n_label = int(df["is_label_issue"].to_numpy(bool).sum())
+
+    def name(t: str) -> str:
+        return f"label errors ({n_label:,} flagged)" if t == issue_types.LABEL else f"{t} ({found[t]:,} flagged)"
+
+    kind = st.selectbox("Issue type", [issue_types.LABEL, *found], format_func=name, key="f_issue_type",
+                        on_change=_issue_type_changed, persist_state="session",
+                        help="label errors: the examples whose label looks wrong, ranked by issue_score; another "
+                             "type lists the images it flags (the Other issues page shows them side by side), to "
+                             "keep, relabel or remove with the same keys")
+    return kind if kind in found else issue_types.LABEL
 
 
 def _keys_caption(run: ui.Run | None = None) -> None:
@@ -429,8 +484,34 @@ def recent_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, latest: pd.DataFram
                   on_click=_set_current, args=(str(d.example_id),))
 
 
+def issue_notes_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, i: int, kind: str) -> None:
+    """What the other issue types say about the open example (one caption each); with the queue on near
+    duplicates or leaks, its copies beside it."""
+    for name, reason in issue_types.row_issues(df, i):
+        st.caption(f"**{ui.md(name)}**: {ui.md(reason) if reason else 'flagged'}",
+                   help=ui.md(issue_types.description(name)))
+    if kind not in (issue_types.DUPLICATE, issue_types.LEAK):
+        return
+    if kind == issue_types.DUPLICATE:
+        group = next((g for g in issue_types.duplicate_groups(df) if i in g.rows), None)
+        others = [int(j) for j in group.rows if j != i][:NEIGHBOURS] if group is not None else []
+        what = "Its copies"
+    else:
+        pair = next((p for p in issue_types.leak_pairs(df) if p[0] == i), None)
+        others = [pair[1]] if pair is not None and pair[1] >= 0 else []
+        what = "Its copy in training"
+    if not others:
+        return
+    ids = [str(df.at[j, "example_id"]) for j in others]
+    st.caption(f"{what}: " + ", ".join(f"{ui.md(e)} (labelled {run.md_name(df.at[j, 'given_label'])})"
+                                       for e, j in zip(ids, others)))
+    with st.container(key="copies"):
+        st.image([data.thumbnail(run.dir, e, 56) for e in ids],
+                 caption=[run.md_name(df.at[j, "given_label"]) for j in others], width="content")
+
+
 def detail_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, current: str, queue_ids: np.ndarray,
-              latest: pd.DataFrame, reviewer: str) -> None:
+              latest: pd.DataFrame, reviewer: str, kind: str = issue_types.LABEL) -> None:
     r = df.loc[rows.get_loc(current)]
     hit = np.flatnonzero(queue_ids == current)
     pos = int(hit[0]) if len(hit) else -1
@@ -449,6 +530,7 @@ def detail_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, current: str, queue
                 st.caption(ui.md(src))
     with ic:
         labels_ui(run, r)
+        issue_notes_ui(run, df, rows, int(rows.get_loc(current)), kind)
         if effective is not None:
             st.button("Undo this decision", key="undo_this", icon=":material/undo:", type="tertiary",
                       on_click=undo_example, args=(str(run.dir), current, based_on, reviewer))
@@ -509,6 +591,12 @@ def queue_counts(df: pd.DataFrame, latest: pd.DataFrame, f: Filters) -> dict:
         what = sample_text(f.sample, len(rows))
         return {"done": done, "total": len(rows), "headline": f"**{done:,} of {len(rows):,}** in {what} reviewed",
                 "what": what[:1].upper() + what[1:], "order": "in the order drawn"}
+    if f.issue_type != issue_types.LABEL:
+        rows = issue_types.ordered_rows(df, f.issue_type)
+        done = int(df["example_id"].iloc[rows].isin(decided).sum())
+        return {"done": done, "total": len(rows), "order": issue_types.order_text(f.issue_type),
+                "headline": f"**{done:,} of {len(rows):,}** images flagged as {f.issue_type} reviewed",
+                "what": f"{len(rows):,} images flagged as {f.issue_type}"}
     split = df[df["split"] == f.split]
     order = f"by {f.sort}"
     if nothing_flagged(df, f.split):
@@ -570,7 +658,7 @@ def review_fragment(run: ui.Run, f: Filters, page_size: int) -> None:
     with right:
         notices_ui(run, df, rows)
         if current is not None:
-            detail_ui(run, df, rows, current, queue_ids, latest, reviewer)
+            detail_ui(run, df, rows, current, queue_ids, latest, reviewer, f.issue_type)
 
 
 def main() -> None:
