@@ -101,7 +101,7 @@ def test_planted_copies_and_leaks_are_found(digits):
     summary = issue_summary(arrays, NAMES)
     assert summary["near_duplicate"]["conflicting_groups"] >= 1
     assert summary["leak"]["count"] == int(cols["is_leak_issue"].sum())
-    assert "near-duplicate groups" in summary["summary"] and "with conflicting labels" in summary["summary"]
+    assert "near-duplicate group" in summary["summary"] and "with conflicting labels" in summary["summary"]
 
 
 def test_clean_digits_have_few_near_copies(digits):

@@ -199,12 +199,16 @@ def summary_line(issue_types: dict) -> str:
     if nd.get("count"):
         conflict = nd.get("conflicting_groups")
         extra = f", {conflict} with conflicting labels" if conflict else ""
-        parts.append(f"{nd.get('groups', 0)} near-duplicate groups ({nd['count']} training images{extra})")
-    words = {"leak": "test images copied from training", "outlier": "outliers", "dark": "dark", "light": "washed out",
-             "blurry": "blurry", "low_information": "near blank", "odd_size": "odd size"}
-    for name, word in words.items():
-        if issue_types.get(name, {}).get("count"):
-            parts.append(f"{issue_types[name]['count']} {word}")
+        g = nd.get("groups", 0)
+        parts.append(f"{g} near-duplicate group{'s' if g != 1 else ''} ({nd['count']} training images{extra})")
+    words = {"leak": ("test image copied from training", "test images copied from training"),
+             "outlier": ("outlier", "outliers"), "dark": ("dark", "dark"), "light": ("washed out", "washed out"),
+             "blurry": ("blurry", "blurry"), "low_information": ("near blank", "near blank"),
+             "odd_size": ("odd size", "odd size")}
+    for name, (one, many) in words.items():
+        n = issue_types.get(name, {}).get("count")
+        if n:
+            parts.append(f"{n} {one if n == 1 else many}")
     ci = issue_types.get("class_imbalance", {})
     if ci.get("rare_classes"):
         parts.append(f"rare classes {', '.join(ci['rare_classes'])}")
