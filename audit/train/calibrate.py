@@ -39,8 +39,9 @@ MIN_STEPS = 60
 # Radii tried, largest first, in [0, 1] pixel units per architecture (the literature's radius first:
 # Madry et al. 2018 MNIST 0.3, CIFAR-10 8/255; the tiny 8×8 digits' tuned 0.1).
 LADDERS = {"linf": {"mlp": (0.1, 0.05, 0.025), "mnist_cnn": (0.3, 0.2, 0.1, 0.05),
-                    "resnet18": (8 / 255, 4 / 255, 2 / 255)},
-           "l2": {"mlp": (0.5, 0.25), "mnist_cnn": (2.0, 1.0, 0.5), "resnet18": (0.5, 0.25)}}
+                    "resnet18": (8 / 255, 4 / 255, 2 / 255), "airbench": (8 / 255, 4 / 255, 2 / 255)},
+           "l2": {"mlp": (0.5, 0.25), "mnist_cnn": (2.0, 1.0, 0.5), "resnet18": (0.5, 0.25),
+                  "airbench": (0.5, 0.25)}}
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,97 @@ class ResNet18(_Classifier):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
+# Whitening regulariser: eigenvalues of the patch covariance get this share of their mean added before
+# the inverse square root, so that directions the data barely varies in (flat tinted backgrounds) are
+# not amplified a thousandfold into an attack surface.
+WHITEN_EPS = 0.01
+WHITEN_MAX_PATCHES = 100_000
+
+
+class _AirBlock(nn.Module):
+    """conv 3×3 → max-pool 2 → BN → GELU → conv 3×3 → BN → GELU (airbench's block)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        # fast-tracking running statistics (PyTorch momentum 0.6, as airbench): the attacks run the
+        # model in eval mode from the first step, and a few-epoch training has few steps to converge
+        self.c1 = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout, momentum=0.6)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout, momentum=0.6)
+
+    def forward(self, x):
+        x = F.gelu(self.b1(F.max_pool2d(self.c1(x), 2)))
+        return F.gelu(self.b2(self.c2(x)))
+
+
+@register("airbench")
+class AirBench(_Classifier):
+    """A small fast net after Keller Jordan's airbench94 (CIFAR-10 94% in seconds on a GPU), own code.
+
+    A frozen 2×2 patch-whitening convolution (2·4·C channels: each eigenvector of the data's 2×2 patch
+    covariance, scaled by 1/sqrt(eigenvalue + ``WHITEN_EPS``·mean eigenvalue), and its negation) with the
+    patch mean subtracted in its bias, so inputs stay in [0, 1] and the normalisation is inside the model;
+    GELU; three :class:`_AirBlock` of widths ``width`` × (64, 256, 256); a global max-pool; the head.
+    32×32 input: 31 → 15 → 7 → 3 pixels. ``width`` 0.25 costs ~12 M multiply-adds an image (ResNet-18 at
+    0.25: ~35 M).
+
+    The whitening comes from the first batch the model sees (its first ``features`` call, in training
+    the first batch of the seeded order), computed in float64 with eigenvector signs fixed, so it is a
+    function of those images alone; ``fit_whitening`` sets it from chosen images. It is held in buffers
+    (``whiten_weight``, ``whiten_bias``, ``whitened``), so checkpoints carry it and load with
+    ``weights_only=True``.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, width: float = 0.25):
+        super().__init__()
+        c = in_shape[0]
+        if min(in_shape[1:]) < 16:
+            raise ValueError(f"airbench needs images of at least 16×16 pixels, got {in_shape[1]}×{in_shape[2]}")
+        ch = [max(8, int(round(w * width))) for w in (64, 256, 256)]
+        k = 2 * 4 * c
+        self.register_buffer("whiten_weight", torch.zeros(k, c, 2, 2))
+        self.register_buffer("whiten_bias", torch.zeros(k))
+        self.register_buffer("whitened", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # a Python copy of ``whitened``: no device sync per forward, no graph break
+        self.blocks = nn.Sequential(_AirBlock(k, ch[0]), _AirBlock(ch[0], ch[1]), _AirBlock(ch[1], ch[2]))
+        self.head = nn.Linear(ch[2], num_classes)
+
+    @torch.no_grad()
+    def fit_whitening(self, x: torch.Tensor) -> None:
+        """Set the whitening from float images ``x`` (N, C, H, W) in [0, 1] (at most
+        ``WHITEN_MAX_PATCHES`` patches, taken evenly)."""
+        with torch.autocast(x.device.type, enabled=False):
+            p = F.unfold(x.detach().double(), 2).transpose(1, 2).reshape(-1, 4 * x.shape[1])
+            if len(p) > WHITEN_MAX_PATCHES:
+                p = p[torch.linspace(0, len(p) - 1, WHITEN_MAX_PATCHES, device=p.device).long()]
+            mean = p.mean(0)
+            cov = torch.cov(p.T)
+            lam, vec = torch.linalg.eigh(cov)
+            lam = lam.clamp_min(0)
+            # the sign of an eigenvector is arbitrary: make its largest entry positive
+            big = vec.abs().argmax(0)
+            vec = vec * torch.sign(vec[big, torch.arange(vec.shape[1], device=vec.device)])
+            w = vec.T / torch.sqrt(lam + WHITEN_EPS * lam.mean().clamp_min(1e-12))[:, None]
+            w = torch.cat([w, -w])
+        self.whiten_weight.copy_(w.reshape(self.whiten_weight.shape).to(self.whiten_weight))
+        self.whiten_bias.copy_((-w @ mean).to(self.whiten_bias))
+        self.whitened.fill_(True)
+        self._ready = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = bool(self.whitened)
+
+    def features(self, x):
+        if not self._ready:
+            self.fit_whitening(x)
+        out = self.blocks(F.gelu(F.conv2d(x, self.whiten_weight, self.whiten_bias)))
+        return F.adaptive_max_pool2d(out, 1).flatten(1)
+
+
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> nn.Module:
-    """Instantiate ``arch`` (``mlp``, ``mnist_cnn``, ``resnet18``) for images of ``in_shape`` (C, H, W)."""
+    """Instantiate ``arch`` (``mlp``, ``mnist_cnn``, ``resnet18``, ``airbench``) for images of ``in_shape`` (C, H, W)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
     if arch == "mlp":
