@@ -26,8 +26,8 @@ def _cannot_write(path: Path, e: OSError):
     why = e.strerror or type(e).__name__
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return AuditInputError(f"{path}: cannot write there ({why}); choose another place")
-    return AuditError(f"{path}: cannot write ({why}); nothing was half-written: free some space and rerun "
-                      "(finished stages are kept)")
+    return AuditError(f"{path}: cannot write ({why}); nothing was half-written and finished stages are kept: "
+                      "free some space and rerun")
 
 
 def _tmp_path(path: Path) -> Path:

@@ -553,7 +553,7 @@ def check_out_dir(out: str | os.PathLike, spec: str | None = None) -> Path:
                                   "of the dataset); write the run elsewhere")
     if out.is_dir():
         try:
-            names = [n for n in os.listdir(out) if n not in (".audit.lock",)]
+            names = [n for n in os.listdir(out) if not n.startswith(".audit.lock")]  # a writer's lock: its own error
         except OSError as e:
             raise AuditInputError(f"--out {out}: cannot be read ({e.strerror or e})") from None
         if names and not is_run_manifest(out / MANIFEST):

@@ -233,7 +233,7 @@ def test_folder_normalisation_rule_mixed_modes_and_sizes(tmp_path):
     assert np.array_equal(ds.images[3, 1], grey)  # palette expanded
     assert (ds.images[4] == 90).all()  # a flat image stays flat through the bilinear resize
     assert (ds.images[5] == 100).all()  # 16 bits scaled by 1/257
-    assert ds.extra["resized"] == 1 and ds.extra["source_modes"] == {"L": 2, "RGB": 1, "RGBA": 1, "P": 1, "I;16": 1}
+    assert ds.extra["resized"] == 1 and ds.extra["source_modes"] == {"L": 2, "RGB": 1, "RGBA": 1, "P;grey": 1, "I;16": 1}
     (root / "a" / "1_rgb.png").unlink()
     (root / "b" / "2_rgba.png").unlink()
     (root / "b" / "3_palette.gif").unlink()

@@ -429,7 +429,7 @@ def test_a_full_disk_is_one_line_and_nothing_half_written(verified, tmp_path, mo
     assert cli(["verify", str(run), *FAST]) == 1
     assert _err_lines(capsys) == [
         f"audit: error: {run / 'verify.json'}: cannot write (No space left on device); nothing was half-written "
-        "and finished trainings are kept: free some space and rerun"]
+        "and finished stages are kept: free some space and rerun"]  # (audit.io's atomic writer says it)
     assert (run / "verify.json").read_bytes() == before and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     # the disk fills while a training saves its resume checkpoint (torch's writer raises RuntimeError)
     monkeypatch.undo()

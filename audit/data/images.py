@@ -44,7 +44,7 @@ from audit.data.limits import MAX_IMAGE_PIXELS
 from audit.errors import describe_error as _describe
 
 RULE_VERSION = 1
-GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "P;grey", "PA;grey"})
 DEFAULT_MEMORY_BUDGET_MB = 2048.0
 PARALLEL_MIN_IMAGES = 2000  # below this, starting worker processes costs more than it saves
 
@@ -105,8 +105,9 @@ def _grey_palette(img) -> bool:
 
 
 def effective_mode(img) -> str:
-    """``img.mode``, except ``L`` for a palette image whose palette is grey (:func:`_grey_palette`)."""
-    return "L" if img.mode in ("P", "PA") and _grey_palette(img) else img.mode
+    """``img.mode``, except ``P;grey`` (``PA;grey``) for a palette image whose palette is grey
+    (:func:`_grey_palette`): a grey mode, reported as what the file is."""
+    return f"{img.mode};grey" if img.mode in ("P", "PA") and _grey_palette(img) else img.mode
 
 
 def _mode_array(img) -> np.ndarray:
