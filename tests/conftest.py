@@ -19,3 +19,19 @@ def digits_run(tmp_path_factory):
     manifest = run_audit(RunConfig(dataset="digits", models=("natural", "pgd"), noise=0.1, seed=0), out,
                          progress=False)
     return out, manifest
+
+
+ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
+
+
+@pytest.fixture
+def run_copy(digits_run, tmp_path):
+    """A copy of the session's digits run (its tables and manifest, no checkpoints) to edit or review."""
+    import shutil
+
+    src, _ = digits_run
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ARTIFACTS:
+        shutil.copy2(src / name, run / name)
+    return run

@@ -8,7 +8,6 @@ a trigger is refused; a full disk and a read-only run directory say what they ar
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 
 import numpy as np
@@ -18,17 +17,7 @@ import pytest
 from audit.decisions import DecisionStore
 from audit.errors import AuditError, AuditInputError
 
-ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
 
-
-@pytest.fixture
-def run_copy(digits_run, tmp_path):
-    src, _ = digits_run
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ARTIFACTS:
-        shutil.copy2(src / name, run / name)
-    return run
 
 
 def _train(run):

@@ -4,7 +4,6 @@ with Label Studio's own validator (label-studio-sdk's LabelInterface)."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -12,17 +11,7 @@ import pytest
 
 from audit.cli import main as cli
 
-ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
 
-
-@pytest.fixture
-def run_copy(digits_run, tmp_path):
-    src, _ = digits_run
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ARTIFACTS:
-        shutil.copy2(src / name, run / name)
-    return run
 
 
 def _plant(run):
