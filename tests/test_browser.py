@@ -37,7 +37,6 @@ sync_playwright = pytest.importorskip("playwright.sync_api", reason="pip install
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 SCREENS = Path(os.environ.get("AUDIT_SCREENSHOTS", "/tmp/audit-screens"))
-ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
 GRID = 24  # the review queue's default page size
 NEIGHBOURS = 10
 
@@ -101,13 +100,8 @@ class AppServer:
 
 
 @pytest.fixture
-def browser_run(digits_run, tmp_path):
-    src, _ = digits_run
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ARTIFACTS:
-        shutil.copy2(src / name, run / name)
-    return run
+def browser_run(run_copy):
+    return run_copy  # conftest's copy of the session's digits run
 
 
 @pytest.fixture
