@@ -18,6 +18,7 @@ shared file system) trains without one, which changes no result, only what an in
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -95,9 +96,25 @@ class LocalEngine:
             on_done(t, out, seconds)
 
 
+def _gist(e: BaseException) -> str:
+    """The line of an exception's message that says what went wrong: its first line, or, where that only
+    introduces a traceback (Ray's client ends it with ``Initialization failure from server:``), the last."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()] or [type(e).__name__]
+    first = lines[0]
+    if first.endswith(":") and len(lines) > 1:
+        first = f"{first} {lines[-1]}"
+    return first[:300]
+
+
+# Ray's client proxy can lose the server it starts for a new client (it forks while gRPC threads run:
+# ray-project/ray#63202); a new connection usually gets a working one.
+_CLIENT_START_RACE = "Initialization failure from server"
+RAY_CLIENT_ATTEMPTS = 3
+
+
 def ray_address_problem(address: str | None, e: BaseException) -> str:
     """One line on why Ray could not start or join ``address``, with what to do."""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    first = _gist(e)
     if address and address.startswith("ray://"):
         try:
             import ray.util.client  # noqa: F401
@@ -130,11 +147,24 @@ class RayEngine:
         with _RAY_INIT:
             if not ray.is_initialized():
                 env = {"env_vars": {k: os.environ[k] for k in (FAULT_ENV, "OMP_NUM_THREADS") if k in os.environ}}
-                try:
-                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                             ignore_reinit_error=True, runtime_env=env)
-                except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
-                    raise AuditInputError(ray_address_problem(self.address, e)) from None
+                client = bool(self.address and self.address.startswith("ray://"))
+                for attempt in range(1, RAY_CLIENT_ATTEMPTS + 1):
+                    try:
+                        ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                                 ignore_reinit_error=True, runtime_env=env)
+                        break
+                    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+                        if client and _CLIENT_START_RACE in str(e) and attempt < RAY_CLIENT_ATTEMPTS:
+                            print(f"audit: Ray's client server at {self.address} failed to start for this driver "
+                                  f"(attempt {attempt} of {RAY_CLIENT_ATTEMPTS}: {_gist(e)[:160]}); connecting again",
+                                  file=sys.stderr, flush=True)
+                            try:
+                                ray.shutdown()
+                            except Exception:  # noqa: BLE001 - nothing to shut down after a failed connect
+                                pass
+                            time.sleep(1.0 * attempt)
+                            continue
+                        raise AuditInputError(ray_address_problem(self.address, e)) from None
         return ray
 
     def run_all(self, tasks: list[Task], on_done: Callable[[Task, dict, float], None],

@@ -146,3 +146,41 @@ def test_a_ray_address_without_a_cluster_is_one_line(tmp_path):
         last = p.stderr.strip().splitlines()[-1]  # (Ray's client may log an INFO line before it)
         assert last.startswith(f"audit: error: --ray-address {address}") and word in last
         assert "Traceback" not in p.stderr
+
+
+def test_ray_client_start_race_is_retried_then_named(monkeypatch, capsys):
+    """Ray's client proxy can lose the server it forks for a new driver (ray-project/ray#63202): the
+    engine connects again, says so, and after the last attempt names the traceback's last line."""
+    ray = pytest.importorskip("ray")
+    from audit import engines
+    from audit.errors import AuditInputError
+
+    race = ConnectionAbortedError("Initialization failure from server:\nTraceback (most recent call last):\n"
+                                  "  File \"proxier.py\", line 396\npsutil.ZombieProcess: PID still exists")
+    calls = []
+
+    def init(**kw):
+        calls.append(kw["address"])
+        if len(calls) < 3:
+            raise race
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(engines.time, "sleep", lambda s: None)
+    engines.RayEngine(1, "ray://10.0.0.1:10001")._init()
+    assert calls == ["ray://10.0.0.1:10001"] * 3
+    err = capsys.readouterr().err
+    assert err.count("failed to start for this driver") == 2 and "attempt 2 of 3" in err
+
+    calls.clear()
+    monkeypatch.setattr(engines, "RAY_CLIENT_ATTEMPTS", 2)
+    with pytest.raises(AuditInputError, match=r"could not connect .*Initialization failure from server: "
+                                              r"psutil.ZombieProcess"):
+        engines.RayEngine(1, "ray://10.0.0.1:10001")._init()
+    assert len(calls) == 2
+    # a head address (no client server in between) is not retried
+    calls.clear()
+    with pytest.raises(AuditInputError):
+        engines.RayEngine(1, "10.0.0.1:6379")._init()
+    assert len(calls) == 1

@@ -139,7 +139,9 @@ class Cluster:
         raise AssertionError(f"the cluster never reported {n} nodes: {self.logs()}")
 
     def logs(self) -> str:
-        return "\n".join(p.read_text()[-2000:] for p in sorted(self.root.glob("*.log")))
+        """The nodes' output, then the head's Ray client server logs (where a ray:// connection fails)."""
+        files = sorted(self.root.glob("*.log")) + sorted(self.root.glob("head/session_2*/logs/ray_client_server*.err"))
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in files)
 
     def stop(self) -> None:
         """End what this cluster started, and nothing else: each node's process group (SIGTERM, then
