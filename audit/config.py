@@ -119,7 +119,14 @@ class RunConfig:
 
     dataset: str = opt("digits", "dataset spec: digits (bundled with scikit-learn), npz:PATH, mnist:ROOT, "
                        "fashion-mnist:ROOT, cifar10:ROOT, cifar100:ROOT, folder:PATH, csv:PATH, parquet:PATH")
-    models: tuple[str, ...] = opt(("natural", "pgd"), "comma list of natural, pgd, trades, fgsm",
+    pred_probs: str | None = opt(None, "your own model's out-of-sample class probabilities, FILE.npy or FILE.parquet "
+                                 "(N x K in dataset order, the training rows only, or keyed by example_id): "
+                                 "scored as the signal given_cleanlab beside the audit's own")
+    features: str | None = opt(None, "your own embeddings, FILE.npy or FILE.parquet (N x D, every example, dataset "
+                               "order or keyed by example_id): used instead of the natural model's for "
+                               "neighbours, pairs, near duplicates and outliers")
+    models: tuple[str, ...] = opt(("natural", "pgd"), "comma list of natural, pgd, trades, fgsm; none: train "
+                                  "nothing, audit --pred-probs alone (seconds)",
                                   choices=tuple(MODEL_METHODS))
     noise: float = opt(0.0, "fraction of training labels to flip (experiments)", lo=0, hi=1, hi_open=True)
     noise_kind: str = opt("symmetric", "how injected labels are flipped", choices=NOISE_KINDS)
@@ -198,8 +205,9 @@ class RunConfig:
 
 
 OPTIONS = {f.name: f for f in fields(RunConfig)}
-# Options that change results yet stay None in a resolved config: no preset, the files' own image size.
-NONE_WHEN_RESOLVED = ("preset", "image_size")
+# Options that change results yet stay None in a resolved config: no preset, the files' own image size,
+# no input of the user's own model. (With --models none nothing is resolved: no model trains.)
+NONE_WHEN_RESOLVED = ("preset", "image_size", "pred_probs", "features")
 
 
 def stable_hash(obj: Any) -> str:
@@ -234,6 +242,8 @@ def check_value(name: str, value: Any, where: str = "") -> Any:
     if t is tuple:
         if isinstance(value, str):
             value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if name == "models" and isinstance(value, (list, tuple)) and (list(value) == ["none"] or not value):
+            return ()  # --models none: no training, an audit of --pred-probs alone
         if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) for v in value):
             raise AuditInputError(f"{label}: must be a non-empty list of names")
         bad = [v for v in value if m["choices"] and v not in m["choices"]]
@@ -272,7 +282,11 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     """Check every option before any work: one problem, one line naming the option. Returns ``cfg``."""
     for f in fields(RunConfig):
         check_value(f.name, getattr(cfg, f.name))
-    if "natural" not in cfg.models:
+    if not cfg.models:
+        if not cfg.pred_probs:
+            raise AuditInputError("--models none trains nothing: give your model's out-of-sample probabilities "
+                                  "with --pred-probs FILE")
+    elif "natural" not in cfg.models:
         raise AuditInputError("--models must include natural (the embeddings and influence come from it)")
     if len(set(cfg.models)) != len(cfg.models):
         raise AuditInputError(f"--models {','.join(cfg.models)}: a model is named twice")

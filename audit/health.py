@@ -136,6 +136,42 @@ def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_
     return out
 
 
+# Given probabilities that fit this share of the training labels, and as much of the labels the audit's
+# own out-of-sample models doubt, came from a model that trained on those rows.
+IN_SAMPLE_FIT = 0.99
+
+
+def check_given(probs_train: np.ndarray, probs_test: np.ndarray | None, oos_probs: np.ndarray | None,
+                train_labels: np.ndarray, test_labels: np.ndarray) -> list[Check]:
+    """The checks of the user's own probabilities (``--pred-probs``; model ``given``): ``beats_chance``
+    on the test rows they cover, and ``out_of_sample``: they must not fit ≥ ``IN_SAMPLE_FIT`` of the
+    training labels *and* ≥ ``IN_SAMPLE_FIT`` of the (≥ ``MIN_DOUBTED``) training labels the audit's own
+    out-of-sample models (``oos_probs``) doubt. Training rows without the canaries. In-sample probabilities have memorized the noise: cleanlab's scores of
+    them miss it, while the canaries (copies of correctly labelled images) would still look easy to
+    find, so the canaries would choose the signal wrongly. Never retried: a file is what it is."""
+    chance = chance_level(test_labels)
+    out = []
+    if probs_test is not None and len(test_labels):
+        out.append(_beats_chance("given", float((probs_test.argmax(1) == test_labels).mean()), chance))
+    else:
+        out.append(Check("given", "beats_chance", None, float("nan"), chance_bound(chance),
+                         "no test rows in --pred-probs: could not check against chance"))
+    fit = float((probs_train.argmax(1) == train_labels).mean())
+    doubted = oos_probs.argmax(1) != train_labels if oos_probs is not None else np.zeros(len(train_labels), bool)
+    if doubted.sum() < MIN_DOUBTED:
+        out.append(Check("given", "out_of_sample", None, fit, IN_SAMPLE_FIT,
+                         f"only {int(doubted.sum())} training labels doubted out of sample: not checked"))
+        return out
+    fit_doubted = float((probs_train.argmax(1)[doubted] == train_labels[doubted]).mean())
+    ok = not (fit >= IN_SAMPLE_FIT and fit_doubted >= IN_SAMPLE_FIT)
+    out.append(Check("given", "out_of_sample", ok, fit_doubted, IN_SAMPLE_FIT,
+                     f"agree with {fit:.1%} of the given training labels and {fit_doubted:.0%} of the "
+                     f"{int(doubted.sum())} the out-of-sample folds doubt"
+                     + ("" if ok else ": they look in-sample (from a model trained on these rows); cleanlab needs "
+                        "out-of-sample probabilities, e.g. from cross-validation")))
+    return out
+
+
 def failures(checks: list[Check]) -> dict[str, list[str]]:
     """model -> names of its failed checks (models that pass are absent)."""
     out: dict[str, list[str]] = {}
@@ -184,7 +220,7 @@ def retry_recipe(recipe, failed: list[str], attempt: int):
 def model_signals(model: str, signal_names) -> list[str]:
     """The signals that come from one model's arrays (see :mod:`audit.signals.registry`)."""
     own = {"natural": ("aum_natural", "aum_early", "self_influence", "steps_to_flip"),
-           "aug": ("aum_aug",), "crossval": ("cleanlab", "cv_aum", "memorization")}
+           "aug": ("aum_aug",), "crossval": ("cleanlab", "cv_aum", "memorization"), "given": ("given_cleanlab",)}
     if model in own:
         return [s for s in signal_names if s in own[model]]
     return [s for s in signal_names if s in (f"robust_margin_{model}", f"robust_aum_{model}")]

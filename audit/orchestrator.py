@@ -29,7 +29,8 @@ from audit.train.engine import save_atomic
 
 # Bumped when a stage's algorithm changes, so a rerun recomputes it instead of reusing old outputs.
 # v4: canaries are flipped copies whose source leaves training (no correctly labelled twin).
-STAGE_VERSIONS = {"train": 4, "train_aug": 4, "crossval": 4, "influence": 4, "apgd": 1, "calibrate": 1, "issues": 1}
+STAGE_VERSIONS = {"train": 4, "train_aug": 4, "crossval": 4, "influence": 4, "apgd": 1, "calibrate": 1, "issues": 1,
+                  "given": 1}
 LOCK_NAME = ".audit.lock"
 OWNER_NAME = ".audit.lock.owner"
 

@@ -89,6 +89,40 @@ def prepare_dataset(cfg: RunConfig) -> AuditDataset:
     return ds
 
 
+def load_inputs(cfg: RunConfig, ds: AuditDataset) -> dict:
+    """``--pred-probs`` / ``--features``, checked against the dataset (:mod:`audit.data.given`)."""
+    from audit.data.given import load_given
+
+    out = {}
+    for name in ("pred_probs", "features"):
+        path = getattr(cfg, name)
+        if path:
+            out[name] = load_given(path, ds, "--" + name.replace("_", "-"))
+    return out
+
+
+def _with_given_checks(health: dict, probs, ds: AuditDataset, canaries: CanarySet, data: TrainData, cv: dict) -> dict:
+    """The health record with the checks of ``--pred-probs`` (:func:`audit.health.check_given`): a file
+    that fails is named, and its signal leaves the choice like a failed model's."""
+    from audit import health as h
+    from audit.data.given import train_order
+
+    te = ds.split_indices(TEST)
+    test = probs.values[te] if probs.covered[te].all() and len(te) else None
+    real = ~data.is_canary  # a canary's label is not the one its source's probabilities were made for
+    checks = h.check_given(train_order(probs.values, ds, canaries)[real], test, cv["oos_probs"][real],
+                           data.train_labels[real], data.test_labels)
+    failed = h.failures(checks)
+    out = {**health, "checks": health["checks"] + [c.as_dict() for c in checks],
+           "failed": {**health["failed"], **failed}, "warnings": list(health["warnings"])}
+    if failed:
+        texts = "; ".join(c.text for c in checks if c.ok is False)
+        out["ok"] = False
+        out["warnings"].append(f"--pred-probs failed {', '.join(failed['given'])} ({texts}); "
+                               f"given_cleanlab was left out of issue_score")
+    return out
+
+
 def build_train_data(ds: AuditDataset, cfg: RunConfig) -> tuple[TrainData, CanarySet]:
     """The training set every model sees: the real training rows except the canaries' sources, then
     the canaries (their images with a flipped label); and the test rows. Images stay where the dataset
@@ -121,9 +155,14 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
     if out.exists() and not out.is_dir():
         raise AuditInputError(f"--out {out}: exists and is not a directory")
     ds = prepare_dataset(cfg)
+    if not cfg.models:  # --models none: no training, the user's probabilities alone
+        from audit.given_run import run_given
+
+        return run_given(cfg, ds, load_inputs(cfg, ds), out, progress=progress, t_start=t_start)
     n_train = int((ds.split == TRAIN).sum())
     if n_train < 2 * cfg.folds:
         raise AuditInputError(f"--dataset {cfg.dataset}: {n_train} training examples, need at least {2 * cfg.folds}")
+    inputs = load_inputs(cfg, ds)
     given = cfg
     cfg = validate_config(resolve_defaults(cfg, ds.shape, n_train, device.type == "cuda"))
     data, canaries = build_train_data(ds, cfg)
@@ -132,17 +171,29 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
         cfg, recipe = _calibrated(orch, given, cfg, data, device)
         _drop_stale_outputs(out, cfg, fingerprint)
         base = {**_manifest_base(cfg, ds, data, device, fingerprint), "recipe": recipe}
+        if inputs:
+            base["inputs"] = {k.replace("_", "-"): v.record() for k, v in inputs.items()}
         if progress:
             orch.log(plan_line(cfg, data, recipe, estimate_seconds(cfg, data, device)))
         orch.write_manifest(base, "running")
         numpy_seed(cfg.seed)
         try:
-            trained, cv, infl, health = _run_stages(orch, cfg, data, device, threads, base)
+            features = None
+            if "features" in inputs:
+                from audit.data.given import train_order
+
+                fv = inputs["features"].values
+                features = {"train_features": train_order(fv, ds, canaries), "test_features": fv[ds.split_indices(TEST)],
+                            "fingerprint": inputs["features"].fingerprint}
+            trained, cv, infl, health = _run_stages(orch, cfg, data, device, threads, base, features)
+            if "pred_probs" in inputs:
+                health = _with_given_checks(health, inputs["pred_probs"], ds, canaries, data, cv)
         except BaseException:
             orch.write_manifest(base, "failed")
             raise
         try:
-            issues = _run_issues(orch, ds, canaries, trained["natural"], health["final_stages"]["natural"], device)
+            issues = _run_issues(orch, ds, canaries, trained["natural"], health["final_stages"]["natural"], device,
+                                 inputs.get("features"))
         except BaseException:
             if orch.stages.get("issues", {}).get("status") == "running":
                 orch.stages["issues"]["status"] = "failed"
@@ -150,7 +201,8 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
             raise
         t0 = time.perf_counter()
         ctx = TableContext(models=tuple(cfg.models), ds=ds, data=data, canaries=canaries,
-                           fingerprint=fingerprint, config_hash=cfg.hash(), unhealthy=health["failed"])
+                           fingerprint=fingerprint, config_hash=cfg.hash(), unhealthy=health["failed"],
+                           given_probs=inputs.get("pred_probs"))
         tables = build_tables(ctx, trained, cv, infl, issues=issues)
         if tables.extra.get("issue_types", {}).get("summary"):
             orch.log(tables.extra["issue_types"]["summary"])
@@ -213,19 +265,21 @@ def in_dataset_order(ds: AuditDataset, canaries: CanarySet, train_values: np.nda
 
 
 def _run_issues(orch: Orchestrator, ds: AuditDataset, canaries: CanarySet, natural: dict, natural_stage: str,
-                device: torch.device) -> dict:
+                device: torch.device, features=None) -> dict:
     """The ``issues`` stage (:func:`audit.stages.issues_stage`), cached like the others: its key is the
     issue thresholds, the natural model's stage (its embeddings and predictions) and the data."""
     from audit.issues import IssueConfig
 
     ic = IssueConfig()
-    orch.key("issues", "issues", {"issues": ic}, (natural_stage,))
+    orch.key("issues", "issues", {"issues": ic, **({"features": features.fingerprint} if features else {})},
+             (natural_stage,))
     arrays = orch.cached("issues")
     if arrays is not None:
         return arrays
     orch.start("issues")
     t0 = time.perf_counter()
-    emb = in_dataset_order(ds, canaries, natural["train_features"], natural["test_features"]).astype(np.float32)
+    emb = (features.values if features is not None else
+           in_dataset_order(ds, canaries, natural["train_features"], natural["test_features"])).astype(np.float32)
     pred = in_dataset_order(ds, canaries, natural["train_logits"].argmax(1), natural["test_logits"].argmax(1))
     sizes = ds.extra.get("source_wh")
     sizes = np.asarray(sizes, np.int64) if sizes is not None and len(sizes) == len(ds.labels) else None
@@ -320,7 +374,7 @@ def _role(name: str) -> str:
 
 
 def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: torch.device, threads: int,
-                base: dict) -> tuple[dict, dict, dict, dict]:
+                base: dict, features: dict | None = None) -> tuple[dict, dict, dict, dict]:
     """Key every stage, load the cached ones, run the rest (trainings through the engine), check each
     trained model (:mod:`audit.health`) and retrain the ones that fail, at most ``MAX_RETRIES`` times.
     Returns (trained arrays per role, cross-validation arrays, influence arrays, the health record)."""
@@ -389,12 +443,16 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
         record = _health_record(checks, attempts, final)
         pc_name = "influence"
         _, pconf, _ = graph[pc_name]
+        if features is not None:  # --features: its neighbours, so its content is part of the key
+            pconf = {**pconf, "features": features["fingerprint"]}
         orch.key(pc_name, "influence", pconf, tuple(final[m] for m in cfg.models) + (final["crossval"],))
         infl = _cached(orch, pc_name)
         if infl is None:
             pc = pconf["pairs"]
             robust = {m: trained[m] for m in pc.robust_models}
-            task = Task(pc_name, influence_stage, (data, pc, trained["natural"], robust, cv), {"device": dev})
+            feats = {k: v for k, v in features.items() if k != "fingerprint"} if features is not None else None
+            task = Task(pc_name, influence_stage, (data, pc, trained["natural"], robust, cv),
+                        {"device": dev, "features": feats})
             make_engine("local", threads, None).run_all([task], done, started)
             infl = results[pc_name]
         _run_apgd(orch, graph, data, trained, final, dev, threads, done, started)

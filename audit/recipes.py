@@ -109,4 +109,6 @@ def as_key(obj):
     """A sub-config (or a dict of them) as plain JSON for hashing."""
     if isinstance(obj, dict):
         return {k: as_key(v) for k, v in obj.items()}
+    if isinstance(obj, (str, int, float, bool)) or obj is None:  # e.g. an input file's fingerprint
+        return obj
     return asdict(obj)

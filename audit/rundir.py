@@ -195,7 +195,7 @@ def check_manifest(man: dict, path: Path) -> dict:
     except AuditInputError as e:
         raise AuditInputError(f"{path}: field config: {e} (not a manifest benign-audit wrote)") from None
     unresolved = [k for k, f in OPTIONS.items() if getattr(cfg, k) is None and f.metadata["results"]
-                  and k not in NONE_WHEN_RESOLVED]
+                  and k not in NONE_WHEN_RESOLVED and cfg.models]  # --models none resolves no recipe
     if unresolved:
         raise AuditInputError(f"{path}: field config.{unresolved[0]}: missing (not a manifest benign-audit wrote)")
     ds = man["dataset"]

@@ -144,7 +144,7 @@ def crossval_stage(data: TrainData, cv: CrossValConfig, *, device: str = "cpu", 
 
 
 def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict[str, dict], cv: dict, *,
-                    device: str = "cpu") -> dict:
+                    device: str = "cpu", features: dict | None = None) -> dict:
     """Self-influence (TracIn), the train→test pairs behind test errors, and neighbour evidence.
 
     Pairs: for every test example the natural model gets wrong (``natural_error``) and every one a
@@ -153,6 +153,9 @@ def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict
     for natural errors the strongest opponents first (training images that pushed it to the wrong
     class), for robust errors the strongest proponents first (the atypical images the natural model
     memorized and the robust model refused to fit).
+
+    ``features`` (``--features``: ``train_features`` (N_aug, D), ``test_features``) replaces the models'
+    embeddings for the nearest neighbours of the pairs and of the neighbour evidence.
     """
     dev = torch.device(device)
     nat_wrong = natural["test_logits"].argmax(1) != data.test_labels
@@ -161,8 +164,9 @@ def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict
         rob_wrong |= robust[m]["test_logits"].argmax(1) != data.test_labels
     query = np.flatnonzero(nat_wrong | rob_wrong)
     reason = np.where(nat_wrong[query], "natural_error", "robust_error")
-    base = natural["train_features"][:data.num_real].astype(np.float32)
-    sims, cand, pair_info = search(base, natural["test_features"].astype(np.float32)[query], pc.knn_k,
+    space = features or natural
+    base = space["train_features"][:data.num_real].astype(np.float32)
+    sims, cand, pair_info = search(base, space["test_features"].astype(np.float32)[query], pc.knn_k,
                                    device=dev.type)
     self_infl, pair_infl = _tracin(data, pc, natural, query, cand, dev)
     fz, fz_se = feldman_zhang_influence(cv["test_probs"], cv["masks"][:, :data.num_real], data.test_labels, query, cand)
@@ -181,7 +185,7 @@ def influence_stage(data: TrainData, pc: PairConfig, natural: dict, robust: dict
         "pair_reason": np.repeat(reason, keep).astype(str),
     }
     # Neighbour evidence: in a robust model's embedding when there is one (it did not memorize the noise).
-    emb = robust[pc.robust_models[0]] if pc.robust_models else natural
+    emb = features or (robust[pc.robust_models[0]] if pc.robust_models else natural)
     nidx, nsim, ev_info = _neighbour_evidence(emb, data.num_real, dev.type)
     info = json.dumps({"pairs": pair_info, "evidence": ev_info})
     return {"self_influence": self_infl, "neighbor_idx": nidx, "neighbor_sim": nsim, "neighbors_info": np.array(info),

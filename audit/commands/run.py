@@ -68,6 +68,9 @@ def summary_lines(man: dict, out: str) -> list[str]:
         lines.append(f"{model:>8} model: test accuracy {m[f'{model}_test_accuracy']:.3f}, under attack "
                      f"{m[f'{model}_test_adv_accuracy']:.3f}" + (f" (APGD {apgd:.3f})" if apgd is not None else "")
                      + f", train accuracy {m[f'{model}_train_accuracy']:.3f}")
+    if "given_train_accuracy" in m:  # --pred-probs alone (--models none)
+        lines.append(f"   given probabilities: train agreement {m['given_train_accuracy']:.3f}"
+                     + (f", test accuracy {m['given_test_accuracy']:.3f}" if "given_test_accuracy" in m else ""))
     health = man.get("health") or {}
     if health.get("ok") is False or man.get("warnings"):
         lines += [f"warning: {w}" for w in man.get("warnings", [])]

@@ -34,6 +34,7 @@ class SignalInputs:
     aug: dict | None
     cv: dict
     infl: dict
+    given_probs: np.ndarray | None = None  # --pred-probs on the training rows (canaries: their source's)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,18 @@ def cleanlab_signal(x: SignalInputs) -> np.ndarray:
     from cleanlab.rank import get_label_quality_scores
 
     return 1.0 - get_label_quality_scores(x.labels, x.cv["oos_probs"])
+
+
+@register_signal("given_cleanlab")
+def given_cleanlab(x: SignalInputs) -> np.ndarray | None:
+    """1 − cleanlab label quality (self-confidence) of the user's own probabilities (``--pred-probs``).
+    A canary gets its source image's probabilities with its flipped label, so the canaries judge it like
+    the others; only out-of-sample probabilities make that fair (:func:`audit.health.check_given`)."""
+    if x.given_probs is None:
+        return None
+    from cleanlab.rank import get_label_quality_scores
+
+    return 1.0 - get_label_quality_scores(x.labels, x.given_probs)
 
 
 # AUM over the natural model's whole run, memorization phase included. Kept out of the choice since the

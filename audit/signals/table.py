@@ -49,6 +49,15 @@ class TableContext:
     fingerprint: str
     config_hash: str
     unhealthy: dict = field(default_factory=dict)  # model -> its failed health checks (audit.health)
+    given_probs: object = None  # --pred-probs: an audit.data.given.GivenArray (dataset order), or None
+
+    def given_train_probs(self) -> np.ndarray | None:
+        """--pred-probs on the models' training rows (canaries: their source image's)."""
+        if self.given_probs is None:
+            return None
+        from audit.data.given import train_order
+
+        return train_order(self.given_probs.values, self.ds, self.canaries).astype(np.float64)
 
     @property
     def robust(self) -> list[str]:
@@ -193,7 +202,8 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
     robust = [m for m in run.models if m != "natural"]
     sig, not_judged = compute_signals(SignalInputs(labels=y, natural=trained["natural"],
                                                    robust={m: trained[m] for m in robust},
-                                                   aug=trained.get("aug"), cv=cv, infl=infl))
+                                                   aug=trained.get("aug"), cv=cv, infl=infl,
+                                                   given_probs=run.given_train_probs()))
     excluded = tuple(excluded_signals(run.unhealthy, sig))
     rule = flag_count(y[real], cv["oos_probs"][real], {m: trained[m]["train_logits"][real].argmax(1) for m in run.robust},
                       unhealthy=tuple(m for m in robust if m in run.unhealthy))
@@ -385,12 +395,16 @@ def _signal_columns(df, run: TableContext, trained, cv, infl, sc: Scores, ev: Ev
     if "aug" in trained:
         df["aum_aug"] = _train_only(-sc.signals["aum_aug"][real], n)
     df["label_quality"] = np.r_[1.0 - sc.signals["cleanlab"][real], ev.test_quality]  # cleanlab signal = 1 − quality
+    if "given_cleanlab" in sc.signals:
+        df["given_label_quality"] = np.r_[1.0 - sc.signals["given_cleanlab"][real], _given_test_quality(run)]
     fired = np.zeros((n, 0), bool)
     for name, v in sc.signals.items():  # every signal in the detector shape: <name>_score, is_<name>_issue
         df[f"{name}_score"] = _train_only(v[real], n)
         iss = np.zeros(n, bool)
         if name == "cleanlab":  # cleanlab's own decision, the documented baseline workflow
             iss[:n_tr] = find_label_issues(y_tr, cv["oos_probs"][real]) if n_tr > k else False
+        elif name == "given_cleanlab":  # cleanlab's own decision on the user's probabilities
+            iss[:n_tr] = find_label_issues(y_tr, run.given_train_probs()[real]) if n_tr > k else False
         elif sc.n_issues:
             iss[np.argsort(-v[real], kind="stable")[:sc.n_issues]] = True
         df[f"is_{name}_issue"] = iss
@@ -411,6 +425,18 @@ def _signal_columns(df, run: TableContext, trained, cv, infl, sc: Scores, ev: Ev
     if run.ds.clean_labels is not None:
         df["clean_label"] = run.ds.clean_labels[np.r_[run.train_rows, run.test_rows]].astype(np.int64)
         df["is_injected_noise"] = df["clean_label"].to_numpy() != df["given_label"].to_numpy()
+
+
+def _given_test_quality(run: TableContext) -> np.ndarray:
+    """cleanlab label quality of --pred-probs on the test rows it covers (NaN elsewhere)."""
+    from cleanlab.rank import get_label_quality_scores
+
+    te = run.test_rows
+    out = np.full(len(te), np.nan)
+    cov = run.given_probs.covered[te]
+    if cov.any():
+        out[cov] = get_label_quality_scores(run.test_labels[cov], run.given_probs.values[te][cov].astype(np.float64))
+    return out
 
 
 def _with_canary_sources(df: pd.DataFrame, run: TableContext, trained: dict, cv: dict, infl: dict,
@@ -457,6 +483,9 @@ def _with_canary_sources(df: pd.DataFrame, run: TableContext, trained: dict, cv:
            "neighbor_labels": [list(map(int, r)) for r in nb_lab], "signals_fired": ""}
     if ds.paths is not None:
         new["path"] = np.asarray(ds.paths)[rows].astype(str)
+    if run.given_probs is not None:
+        glq = get_label_quality_scores(given, run.given_probs.values[rows].astype(np.float64))
+        new.update(given_label_quality=glq, given_cleanlab_score=1.0 - glq)
     for m in run.models:
         lg = trained[m]["train_logits"][can]
         p = softmax(lg)
