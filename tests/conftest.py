@@ -1,4 +1,5 @@
-"""Shared fixtures: one seeded audit of the bundled digits with 10% injected noise, run once per session."""
+"""Shared fixtures: one seeded audit of the bundled digits with 10% injected noise, run once per session;
+a private copy of it to edit, and that copy as the review app's run (helpers for the app's tests: apphelpers.py)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,12 @@ def run_copy(digits_run, tmp_path):
     for name in ARTIFACTS:
         shutil.copy2(src / name, run / name)
     return run
+
+
+@pytest.fixture
+def review_run(run_copy, digits_run, monkeypatch):
+    """``run_copy`` as the review app's run directory, reviewed by "tester": what a test decides or changes
+    stays in that copy. Returns (run, the session run's manifest)."""
+    monkeypatch.setenv("AUDIT_RUN_DIR", str(run_copy))
+    monkeypatch.setenv("AUDIT_REVIEWER", "tester")
+    return run_copy, digits_run[1]

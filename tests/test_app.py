@@ -4,7 +4,6 @@ reflects decisions, one page of images at most, and the file-access rule."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,48 +15,11 @@ from streamlit.testing.v1 import AppTest
 from audit.commands.app import app_path
 from audit.decisions import DecisionStore
 
-REVIEW = "views/review.py"
-DECISIONS = "views/decisions.py"
-ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
-
-
-@pytest.fixture
-def review_run(digits_run, tmp_path, monkeypatch):
-    """A private copy of the session's run (no checkpoints), so decisions made here stay here."""
-    src, man = digits_run
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ARTIFACTS:
-        shutil.copy2(src / name, run / name)
-    monkeypatch.setenv("AUDIT_RUN_DIR", str(run))
-    monkeypatch.setenv("AUDIT_REVIEWER", "tester")
-    return run, man
-
-
-def open_app(page: str | None = None, **query) -> AppTest:
-    """A new browser session on ``page`` (a page's url_path is its file name, so it opens directly)."""
-    at = AppTest.from_file(str(app_path()), default_timeout=60)
-    at.query_params.update(query)
-    if page:
-        at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+from apphelpers import DECISIONS, REVIEW, flagged_train, open_app, pictures, raw_leaks, set_columns
 
 
 def current_id(at: AppTest) -> str:
     return at.session_state["current"]
-
-
-def pictures(at: AppTest) -> int:
-    """Pictures on the page: an ``st.image`` list (the neighbour strip) counts each of its images."""
-    return sum(len(e.proto.imgs) for e in at.get("image"))
-
-
-def flagged_train(run: Path) -> pd.DataFrame:
-    df = pd.read_parquet(run / "examples.parquet")
-    return df[(df.split == "train") & df.is_label_issue].sort_values(["issue_score", "example_id"],
-                                                                      ascending=[False, True])
 
 
 def test_app_renders_flagged_grid(digits_run, monkeypatch):
@@ -283,7 +245,6 @@ HOSTILE_REVIEWER = "<svg onload=window.__x=5> **me**"
 # What must never reach the page as it is, outside the components that show plain text.
 RAW = ("<img src=x onerror=", "<style>*{visibility", "](javascript:", "**bold**", ":red[red]", "![i](",
        "<iframe srcdoc=", "<svg onload=", "**me**")
-PLAIN_TEXT = {"dataframe", "vega_lite_chart", "selectbox", "multiselect", "text", "code", "text_input"}
 
 
 def _hostile_ids(run: Path) -> None:
@@ -321,27 +282,14 @@ def hostile_run(review_run):
     return run
 
 
-def raw_leaks(at: AppTest) -> list[tuple[str, str]]:
-    """(element type, text) for every element outside PLAIN_TEXT whose content carries a hostile string
-    unescaped (Streamlit renders all of those as Markdown, or as HTML)."""
-    leaks = []
-    for node in at._tree:
-        proto = getattr(node, "proto", None)
-        if proto is None or node.type in PLAIN_TEXT:
-            continue
-        text = str(proto)  # st.html takes no Markdown: there only tags count
-        leaks += [(node.type, raw) for raw in RAW if raw in text and (node.type != "html" or raw[0] == "<")]
-    return leaks
-
-
 def test_names_from_data_reach_every_page_escaped(hostile_run):
     from app import ui
 
     at = open_app()
-    assert raw_leaks(at) == []
+    assert raw_leaks(at, RAW) == []
     assert list(at.dataframe[1].value["class"]) == HOSTILE_CLASSES  # tables show the names as they are
     at.switch_page(REVIEW).run()
-    assert not at.exception and raw_leaks(at) == []
+    assert not at.exception and raw_leaks(at, RAW) == []
     # the open example's id and label go into HTML escaped; a button label carries the name escaped
     ex = pd.read_parquet(hostile_run / "examples.parquet").set_index("example_id")
     given = HOSTILE_CLASSES[int(ex.at[current_id(at), "given_label"])]
@@ -351,18 +299,18 @@ def test_names_from_data_reach_every_page_escaped(hostile_run):
     assert ui.md(HOSTILE_CLASSES[3]) == r"\*\*bold\*\* \_it\_" and ui.md("a\nb") == "a b"
     decided = DecisionStore(hostile_run).latest()["example_id"].iloc[0]
     at = open_app(REVIEW, example=decided)  # a decision by the hostile reviewer
-    assert any(ui.md(HOSTILE_REVIEWER) in s.value for s in at.success) and raw_leaks(at) == []
+    assert any(ui.md(HOSTILE_REVIEWER) in s.value for s in at.success) and raw_leaks(at, RAW) == []
     at.segmented_control(key="f_split").set_value("test").run()
     at.segmented_control(key="f_status").set_value("all").run()
-    assert not at.exception and raw_leaks(at) == []
+    assert not at.exception and raw_leaks(at, RAW) == []
     at = open_app(REVIEW, example=HOSTILE_CLASSES[0])  # a link naming no example: the warning quotes it as text
-    assert any(ui.md(HOSTILE_CLASSES[0]) in w.value for w in at.warning) and raw_leaks(at) == []
+    assert any(ui.md(HOSTILE_CLASSES[0]) in w.value for w in at.warning) and raw_leaks(at, RAW) == []
     for reason in ("robust_error", "natural_error"):
         at = open_app("views/pairs.py")
         at.segmented_control(key="pairs_reason").set_value(reason).run()
-        assert not at.exception and raw_leaks(at) == []
+        assert not at.exception and raw_leaks(at, RAW) == []
     at = open_app(DECISIONS)
-    assert not at.exception and raw_leaks(at) == []
+    assert not at.exception and raw_leaks(at, RAW) == []
     assert set(at.dataframe[0].value["reviewer"]) == {HOSTILE_REVIEWER}
 
 
@@ -477,13 +425,8 @@ def test_overview_names_failed_models_and_the_queue_never_shows_nothing(review_r
     assert [w.value for w in at.warning] == ["pgd model failed no\\_memorizing after 3 trainings \\(fits 97\\% of the "
                                              "doubted labels\\)"]
     assert any("PGD\\-AT\\: retrained 1x after failed health checks" in c.value for c in at.caption)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(run / "examples.parquet")  # nothing flagged, the table's metadata kept
-    i = t.schema.get_field_index("is_label_issue")
-    pq.write_table(t.set_column(i, "is_label_issue", pa.array([False] * len(t))), run / "examples.parquet")
-    df = t.to_pandas()
+    df = pd.read_parquet(run / "examples.parquet")
+    _nothing_flagged(run)
     at = open_app(REVIEW)
     assert any("Nothing is flagged in this split" in i.value for i in at.info)
     top = df[df.split == "train"].sort_values(["issue_score", "example_id"], ascending=[False, True])
@@ -493,12 +436,7 @@ def test_overview_names_failed_models_and_the_queue_never_shows_nothing(review_r
 # -- rough edges (issue 26) ---------------------------------------------------------------------------------
 def _nothing_flagged(run: Path) -> None:
     """The run's examples with nothing flagged (the table's schema metadata kept)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(run / "examples.parquet")
-    i = t.schema.get_field_index("is_label_issue")
-    pq.write_table(t.set_column(i, "is_label_issue", pa.array([False] * len(t))), run / "examples.parquet")
+    set_columns(run, {"is_label_issue": [False] * len(pd.read_parquet(run / "examples.parquet"))})
 
 
 def _toggles(at: AppTest) -> dict:

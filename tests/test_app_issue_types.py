@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,39 +22,22 @@ import pyarrow.parquet as pq
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from audit.commands.app import app_path
 from audit.decisions import DecisionStore
 
-REVIEW = "views/review.py"
-ISSUES = "views/issues.py"
-ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
+from apphelpers import ISSUES, REVIEW, open_app, pictures, raw_leaks, set_columns
+
 TYPES = ("near_duplicate", "leak", "outlier", "dark", "light", "blurry", "low_information", "odd_size",
          "class_imbalance")
 HOSTILE = '<img src=x onerror="window.__x=1"> **bold** [a](javascript:alert(1))'
 RAW = ("<img src=x onerror=", "**bold**", "](javascript:")
-PLAIN_TEXT = {"dataframe", "vega_lite_chart", "selectbox", "multiselect", "text", "code", "text_input"}
 PLANTED_GROUP = 7
 
 
-def set_columns(run: Path, columns: dict) -> None:
-    """Replace (or add) columns of the run's examples table, its schema metadata kept."""
-    t = pq.read_table(run / "examples.parquet")
-    for name, values in columns.items():
-        arr = pa.array(values)
-        i = t.schema.get_field_index(name)
-        t = t.set_column(i, name, arr) if i >= 0 else t.append_column(name, arr)
-    pq.write_table(t, run / "examples.parquet")
-
-
 @pytest.fixture
-def issue_run(digits_run, tmp_path, monkeypatch):
+def issue_run(review_run):
     """A private copy of the digits run with a planted near-duplicate group of three (one label) and a
     planted leak whose reason holds HTML and Markdown."""
-    src, man = digits_run
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ARTIFACTS:
-        shutil.copy2(src / name, run / name)
+    run, man = review_run
     ex = pd.read_parquet(run / "examples.parquet")
     free = (ex.split == "train") & ~ex.is_near_duplicate_issue & (ex.given_label == 3)
     members = np.flatnonzero(free.to_numpy())[:3]
@@ -74,19 +56,7 @@ def issue_run(digits_run, tmp_path, monkeypatch):
                       "near_duplicate_reason": reason.astype(str).tolist(), "near_duplicate_score": score.tolist(),
                       "is_leak_issue": leak.tolist(), "leak_partner": partner.astype(str).tolist(),
                       "leak_reason": lreason.astype(str).tolist(), "leak_score": lscore.tolist()})
-    monkeypatch.setenv("AUDIT_RUN_DIR", str(run))
-    monkeypatch.setenv("AUDIT_REVIEWER", "tester")
     return run, man
-
-
-def open_app(page: str | None = None, **query) -> AppTest:
-    at = AppTest.from_file(str(app_path()), default_timeout=60)
-    at.query_params.update(query)
-    if page:
-        at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def shown_ids(at: AppTest) -> list[str]:
@@ -99,21 +69,6 @@ def shown_ids(at: AppTest) -> list[str]:
         if body.startswith("<span class='audit-id'>"):
             out.append(html.unescape(body[len("<span class='audit-id'>"):-len("</span>")]))
     return out
-
-
-def pictures(at: AppTest) -> int:
-    return sum(len(e.proto.imgs) for e in at.get("image"))
-
-
-def raw_leaks(at: AppTest) -> list[tuple[str, str]]:
-    leaks = []
-    for node in at._tree:
-        proto = getattr(node, "proto", None)
-        if proto is None or node.type in PLAIN_TEXT:
-            continue
-        text = str(proto)
-        leaks += [(node.type, raw) for raw in RAW if raw in text and (node.type != "html" or raw[0] == "<")]
-    return leaks
 
 
 def table(run: Path) -> pd.DataFrame:
@@ -161,7 +116,7 @@ def test_other_issues_page_counts_groups_side_by_side_and_leaks_test_train(issue
     pairs = [x for t, p in zip(leaks.example_id, leaks.leak_partner) for x in (t, p)]
     assert shown_ids(at) == pairs
     assert any("test" == c.value for c in at.caption) and any("train" == c.value for c in at.caption)
-    assert raw_leaks(at) == []  # the planted reason's HTML and Markdown are text
+    assert raw_leaks(at, RAW) == []  # the planted reason's HTML and Markdown are text
     # outliers: a grid, highest score first, one page at most
     at.selectbox(key="issue_type").set_value("outlier").run()
     assert not at.exception
@@ -230,7 +185,7 @@ def test_queue_filter_lists_exactly_the_flagged_rows_of_the_type_and_decides_the
     at.selectbox(key="f_issue_type").set_value("leak").run()
     assert at.session_state["current"] in set(ex.example_id[ex.split == "test"])
     assert not [b for b in at.button if b.key == "decide_remove"]
-    assert raw_leaks(at) == []
+    assert raw_leaks(at, RAW) == []
     # the signal filter lists label signals, not the issue types
     at.selectbox(key="f_issue_type").set_value("label").run()
     assert not set(at.multiselect(key="f_signals").options) & set(TYPES)
@@ -329,15 +284,15 @@ def test_issue_columns_that_are_not_what_the_pipeline_writes_render_as_text(issu
                       "dark_reason": pa.array([1.5] * n)})
     for page in (None, ISSUES, REVIEW):
         at = open_app(page)
-        assert raw_leaks(at) == [], page
+        assert raw_leaks(at, RAW) == [], page
     at = open_app(ISSUES)
     counts = at.dataframe[0].value.set_index("issue type")
     assert counts.at["outlier", "flagged"] == int(ex.is_outlier_issue.sum())
     assert counts.at["near_duplicate", "flagged"] == int(ex.is_near_duplicate_issue.sum())
     assert shown_ids(at)  # each flagged row stands alone without a usable group
     at.selectbox(key="issue_type").set_value("leak").run()
-    assert not at.exception and raw_leaks(at) == []
+    assert not at.exception and raw_leaks(at, RAW) == []
     assert any("not a training image of this run" in c.value for c in at.caption)
     at = open_app(REVIEW, f_issue_type="leak")
-    assert not at.exception and raw_leaks(at) == []
+    assert not at.exception and raw_leaks(at, RAW) == []
     assert _report(run).count("<h2>Other issues</h2>") == 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -18,44 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from audit.commands.app import app_path
 from audit.decisions import DecisionStore
 
-REVIEW = "views/review.py"
-PAIRS = "views/pairs.py"
-DECISIONS = "views/decisions.py"
+from apphelpers import DECISIONS, PAIRS, REVIEW, flagged_train, open_app, set_columns
+
 PAGES = (None, REVIEW, PAIRS, DECISIONS)
-ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
-
-
-@pytest.fixture
-def review_run(digits_run, tmp_path, monkeypatch):
-    """A private copy of the session's run (no checkpoints), so what a test changes stays in it."""
-    src, man = digits_run
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ARTIFACTS:
-        shutil.copy2(src / name, run / name)
-    monkeypatch.setenv("AUDIT_RUN_DIR", str(run))
-    monkeypatch.setenv("AUDIT_REVIEWER", "tester")
-    return run, man
-
-
-def open_app(page: str | None = None, **query) -> AppTest:
-    """A new browser session on ``page``; the page must render without an exception."""
-    at = AppTest.from_file(str(app_path()), default_timeout=60)
-    at.query_params.update(query)
-    if page:
-        at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def flagged_train(run: Path) -> pd.DataFrame:
-    df = pd.read_parquet(run / "examples.parquet")
-    return df[(df.split == "train") & df.is_label_issue].sort_values(["issue_score", "example_id"],
-                                                                      ascending=[False, True])
 
 
 def texts(at: AppTest, kind: str) -> list[str]:
@@ -65,11 +31,7 @@ def texts(at: AppTest, kind: str) -> list[str]:
 
 def set_column(run: Path, name: str, values) -> None:
     """Replace one column of the run's examples table, its schema metadata kept."""
-    t = pq.read_table(run / "examples.parquet")
-    arr = values if isinstance(values, pa.Array) else pa.array(values)
-    i = t.schema.get_field_index(name)
-    t = t.set_column(i, name, arr) if i >= 0 else t.append_column(name, arr)
-    pq.write_table(t, run / "examples.parquet")
+    set_columns(run, {name: values})
 
 
 def write_pairs(run: Path, df: pd.DataFrame) -> None:
