@@ -286,6 +286,13 @@ def class_summary(df: pd.DataFrame, man: dict, class_names) -> pd.DataFrame:
     return out.iloc[order].reset_index(drop=True)
 
 
+def accuracy_owner(man: dict) -> str:
+    """Whose test accuracy the class balance reads: the natural model's, or, for a run that trained none
+    (``--models none``), the user's model's (its probabilities' top class)."""
+    cfg = man.get("config") if isinstance(man.get("config"), dict) else {}
+    return "your model's" if cfg.get("models") == [] else "the natural model's"
+
+
 def class_lines(df: pd.DataFrame, man: dict, class_names) -> list[str]:
     """The class balance in sentences (plain text: names come from data): the median class size, the rare
     classes and the under-performing ones."""
@@ -302,6 +309,6 @@ def class_lines(df: pd.DataFrame, man: dict, class_names) -> list[str]:
     lines = [f"Median class: {med:,.0f} training images. Rare classes{below}: {', '.join(rare) if rare else 'none'}."]
     if IMBALANCE in manifest_types(man) or under:
         vs = f" (overall {overall:.1%})" if overall is not None else ""
-        lines.append("Under-performing classes, well below the natural model's overall test accuracy"
+        lines.append(f"Under-performing classes, well below {accuracy_owner(man)} overall test accuracy"
                      f"{vs}: {', '.join(under) if under else 'none'}.")
     return lines

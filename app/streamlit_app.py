@@ -34,6 +34,10 @@ def sidebar_ui(run: ui.Run) -> str:
         ds = run.manifest["dataset"]
         st.caption(f"**{ui.md(ds.get('name', ds['spec']))}** · {ui.md(ds.get('num_train', '?'))} train / "
                    f"{ui.md(ds.get('num_test', '?'))} test · {len(run.class_names)} classes  \n{ui.md(run.dir)}")
+        if not run.trained:  # said on every page: what needs a model is missing everywhere
+            src = run.given_input()
+            st.caption(f"{ui.NO_MODELS}: the audit reads your model's probabilities"
+                       + (f" ({ui.md(src)})" if src else "") + " alone.")
         name = st.text_input("Reviewer", value=ui.default_reviewer(), key="reviewer", bind="query-params",
                              help="Stored with every decision you make.")
     return (name or "").strip() or ui.default_reviewer()

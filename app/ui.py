@@ -65,6 +65,15 @@ def signal_title(name) -> str:
     return f"{name} — {desc}" if desc and desc != str(name) else str(name)
 
 
+NO_MODELS = "No models trained (`--models none`)"  # what a page says where its part needs trained models
+
+
+def no_models_note(what: str) -> None:
+    """One line where a part of a page needs trained models and the run trained none: what is missing
+    (``what``: fixed text, Markdown)."""
+    st.caption(f":material/info: {NO_MODELS}: {what}")
+
+
 DECISION_VERB = {"keep": "Kept", "relabel": "Relabelled", "remove": "Removed", "skip": "Skipped", "undo": "Undid"}
 DECISION_ICON = {"keep": "✓", "relabel": "✎", "remove": "✕", "skip": "↷", "undo": "↶"}
 MODEL_NAME = {"natural": "natural", "pgd": "PGD-AT", "trades": "TRADES"}
@@ -123,6 +132,19 @@ class Run:
     class_names: tuple[str, ...]
     models: tuple[str, ...]
 
+    @property
+    def trained(self) -> bool:
+        """Whether the run trained models (``audit run --models none`` trains none: the user's own
+        probabilities alone, :mod:`audit.given_run`)."""
+        return bool(self.models)
+
+    def given_input(self, option: str = "pred-probs") -> str:
+        """The file name of the run's ``--pred-probs``/``--features`` input as plain text ("" without one)."""
+        inputs = self.manifest.get("inputs")
+        rec = inputs.get(option) if isinstance(inputs, dict) else None
+        path = rec.get("path") if isinstance(rec, dict) else None
+        return Path(path).name[:120] if isinstance(path, str) and path else ""
+
     def name(self, k) -> str:
         """The class name of label ``k`` as plain text (for components that show plain text)."""
         try:
@@ -171,7 +193,9 @@ def current_run() -> Run | None:
     if not names:
         k = int(data.examples(run)["given_label"].max()) + 1
         names = tuple(str(i) for i in range(k))
-    models = tuple(man.get("config", {}).get("models") or ("natural",))
+    models = man.get("config", {}).get("models")
+    # a run before models were recorded trained the natural one; ``[]`` is ``--models none`` (nothing trained)
+    models = ("natural",) if models is None else tuple(str(m) for m in models)
     return Run(run, man, names, models)
 
 

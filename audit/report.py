@@ -20,6 +20,11 @@ Sections:
 10. ``verify.json`` (retraining on the cleaned labels) when it exists: variants × models, each metric
    with its 95% interval, and the share of the ceiling's gain that cleaning recovered.
 
+A run that trained no models (``audit run --models none``: the user's own probabilities alone,
+:mod:`audit.given_run`) says so at the top; each section that needs a trained model (Figures 5a and 5b,
+the accuracies) is one line saying what is missing, and its pairs (nearest training images in
+``--features``, no influence) are ranked by similarity.
+
 The run directory is untrusted input (:mod:`audit.rundir`): images come only from a dataset whose
 fingerprint matches the manifest's, else the command exits 2 (``images=False`` leaves them out). The
 page is one Jinja2 template with autoescaping, so every string from the data (ids, class names,
@@ -252,11 +257,14 @@ def plot_test_influence(te: pd.DataFrame, pairs: pd.DataFrame, robust: list[str]
     return _fig_png(fig)
 
 
-def plot_accuracy(man: dict) -> bytes:
-    """Grouped bars: train accuracy (given labels), clean test accuracy and adversarial test accuracy, one bar per model."""
-    plt = _plt()
+def plot_accuracy(man: dict) -> bytes | None:
+    """Grouped bars: train accuracy (given labels), clean test accuracy and adversarial test accuracy, one bar
+    per model; None for a run that trained none."""
     m = man["metrics"]
     models = list(man["config"]["models"])
+    if not models:
+        return None
+    plt = _plt()
     parts = [("train_accuracy", "train\n(given labels)"), ("test_accuracy", "test\n(clean)"),
              ("test_adv_accuracy", "test\n(under PGD)")]
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
@@ -343,10 +351,11 @@ def issue_types_section(man: dict, ex: pd.DataFrame, names: list[str]) -> dict |
             note = t["note"][:300]
         rows.append({"type": n, "description": ISSUE_TYPES[n].description, "judges": ", ".join(ISSUE_TYPES[n].splits),
                      "count": int(flag.sum()), "threshold": readable(_number(t.get("threshold"))), "note": note})
-    return {"rows": rows, "plot": plot_issue_types(rows), "classes": _class_balance_line(info, names)}
+    return {"rows": rows, "plot": plot_issue_types(rows),
+            "classes": _class_balance_line(info, names, trained=bool(man["config"].get("models")))}
 
 
-def _class_balance_line(info: dict, names: list[str]) -> str:
+def _class_balance_line(info: dict, names: list[str], trained: bool = True) -> str:
     """Rare and under-performing classes from the manifest's ``class_imbalance`` (class indices to names)."""
     ci = info.get("class_imbalance") if isinstance(info.get("class_imbalance"), dict) else {}
     per = ci.get("per_class") if isinstance(ci.get("per_class"), list) else []
@@ -360,8 +369,9 @@ def _class_balance_line(info: dict, names: list[str]) -> str:
         return ""
     overall = _number(ci.get("overall_test_accuracy_natural"))
     vs = f", {overall:.1%}" if overall is not None else ""
+    whose = "natural" if trained else "your model's"
     return (f"Class balance: rare classes (far fewer training images than the median class): "
-            f"{', '.join(rare) if rare else 'none'}; under-performing classes (natural test accuracy well below "
+            f"{', '.join(rare) if rare else 'none'}; under-performing classes ({whose} test accuracy well below "
             f"the overall{vs}): {', '.join(under) if under else 'none'}.")
 
 
@@ -385,8 +395,8 @@ TEMPLATE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 {% for n in notes %}<p class="note">{{ n }}</p>{% endfor %}
 <h2>Summary</h2><table>{% for k, v in summary %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
 {% for p in plots %}<h2>{{ p.title }}</h2>
-{% if p.uri %}<img class="plot" src="{{ p.uri }}" alt="{{ p.title }}">{% else %}<p class="muted">(not available for this run)</p>{% endif %}
-<p class="muted">{{ p.caption }}</p>{% endfor %}
+{% if p.uri %}<img class="plot" src="{{ p.uri }}" alt="{{ p.title }}">{% elif p.note %}<p class="note">{{ p.note }}</p>{% else %}<p class="muted">(not available for this run)</p>{% endif %}
+{% if p.caption %}<p class="muted">{{ p.caption }}</p>{% endif %}{% endfor %}
 {% macro img(uri, alt) %}{% if uri %}<img src="{{ uri }}" alt="{{ alt }}" title="{{ alt }}">{% else %}<div class="muted">(no image)</div>{% endif %}{% endmacro %}
 {% if any_flagged %}<h2>Top {{ flagged | length }} flagged training examples</h2>{% else %}<h2>Top {{ flagged | length }} training examples by issue_score (none flagged)</h2>
 <p class="note">{{ nothing_flagged }}</p>{% endif %}<div class="grid">
@@ -394,12 +404,11 @@ TEMPLATE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 score {{ "%.3f" | format(c.score) }} <span class="badge" style="background:{{ c.color }}">{{ c.category }}</span>
 {% if c.injected %}<br><b style="color:#d62728">injected: was {{ c.injected }}</b>{% elif c.injected is not none %}<br><span class="muted">label not injected</span>{% endif %}</div>
 {% endfor %}</div>
-<h2>Top train → test pairs</h2><p class="muted">Each test image the models get wrong, beside the training image that most
-influenced it (robust errors first: the atypical training image the natural model memorized and the robust model refused to fit).</p>
+<h2>Top train → test pairs</h2>{% if pairs %}<p class="muted">{{ pairs_text }}</p>{% else %}<p class="note">{{ no_pairs }}</p>{% endif %}
 <div class="grid">{% for c in pairs %}<div class="card pair"><div class="imgs"><div>{{ img(c.test_uri, c.test_id) }}test</div>
 <div>{{ img(c.train_uri, c.train_id) }}train</div></div><b>{{ c.reason }}</b><br>test {{ c.test_id }}: label {{ c.test_label }}; {{ c.preds }}<br>
 train {{ c.train_id }}: label {{ c.train_label }}{% if c.clean %} <b style="color:#d62728">(injected; was {{ c.clean }})</b>{% endif %}<br>
-TracIn influence {{ c.tracin }} · FZ influence {{ c.fz }} · similarity {{ "%.2f" | format(c.sim) }}</div>{% endfor %}</div>
+{% if c.tracin is none %}similarity {{ "%.2f" | format(c.sim) }} · no influence (no model trained){% else %}TracIn influence {{ c.tracin }} · FZ influence {{ c.fz }} · similarity {{ "%.2f" | format(c.sim) }}{% endif %}</div>{% endfor %}</div>
 {% if issues %}<h2>Other issues</h2><p class="muted">Issue types beyond label errors: each flags the images it
 describes; the review app's Other issues page shows them side by side.</p>
 <table><tr><th>type</th><th>description</th><th>judges</th><th>count</th><th>threshold</th><th>note</th></tr>
@@ -497,6 +506,8 @@ METRIC_LABELS = {
     "noise_auroc": ("issue_score AUROC on the injected errors", lambda v: f"{float(v):.3f}"),
     "noise_auprc": ("issue_score AUPRC on the injected errors", lambda v: f"{float(v):.3f}"),
     "num_pairs": ("train → test pairs", str),
+    "given_train_accuracy": ("training labels your model's top class agrees with", _share),
+    "given_test_accuracy": ("your model's test accuracy", _share),
     "wall_seconds": ("run time", _seconds),
 }
 
@@ -510,8 +521,13 @@ def _noise_injected(cfg: dict) -> bool:
 
 def _summary(man: dict) -> list[tuple[str, object]]:
     m, ds, cfg = man["metrics"], man["dataset"], man["config"]
+    models = ", ".join(cfg["models"]) if cfg["models"] else "none (--models none)"
     rows = [("dataset", f"{ds['spec']} ({ds['num_train']} train / {ds['num_test']} test, {'×'.join(map(str, ds['shape']))})"),
-            ("models", ", ".join(cfg["models"])), ("seed", cfg.get("seed"))]
+            ("models", models), ("seed", cfg.get("seed"))]
+    for opt in ("pred-probs", "features"):
+        src = given_input(man, opt)
+        if src:
+            rows.append((f"--{opt}", src))
     if _noise_injected(cfg):  # only what the tool planted: a run on the data as it is has no such line
         rows.append(("injected label noise", f"{float(cfg['noise']):.1%} of training labels ({cfg.get('noise_kind', '?')})"))
     for k, (label, fmt) in METRIC_LABELS.items():
@@ -521,6 +537,23 @@ def _summary(man: dict) -> list[tuple[str, object]]:
             except (TypeError, ValueError):  # a manifest is data: show what it holds
                 rows.append((label, m[k]))
     return rows
+
+
+def given_input(man: dict, option: str) -> str:
+    """The file the run read for ``--pred-probs``/``--features`` (its manifest's ``inputs``), or ""."""
+    inputs = man.get("inputs")
+    rec = inputs.get(option) if isinstance(inputs, dict) else None
+    path = rec.get("path") if isinstance(rec, dict) else None
+    return path[:500] if isinstance(path, str) else ""
+
+
+def no_models_text(man: dict) -> str:
+    """The page's note on a run that trained no models (``--models none``)."""
+    src = given_input(man, "pred-probs")
+    return (f"No models were trained in this run (--models none): it audits your model's probabilities"
+            + (f" ({src})" if src else "") + " alone. issue_score is cleanlab's label quality of them; "
+            "self_influence and memorization (which need trained models) are NaN, and the sections that need "
+            "a trained model say so.")
 
 
 def gallery_rows(tr: pd.DataFrame, top: int) -> tuple[pd.DataFrame, bool]:
@@ -547,8 +580,13 @@ def top_pairs(pairs: pd.DataFrame, n: int) -> pd.DataFrame:
     first = pairs[pairs["rank"] == 1]
     rob = first[first["reason"] == "robust_error"].sort_values("influence", ascending=False, kind="stable")
     nat = first[first["reason"] != "robust_error"]
-    nat = nat.iloc[np.argsort(-nat["influence"].abs().to_numpy(), kind="stable")]
+    # no influence (a run that trained no model, --models none): the most similar partner first
+    strength = nat["influence"].abs().fillna(-np.inf).to_numpy(float)
+    nat = nat.iloc[np.lexsort((-nat["similarity"].to_numpy(float), -strength))]
     return pd.concat([rob, nat]).head(n)
+
+
+PAIR_REASONS = {"given_error": "your model's error"}  # a reason as the page words it (else its name, spaced)
 
 
 def _pair_cards(ex: pd.DataFrame, pairs: pd.DataFrame, images: dict, names: list[str], n: int,
@@ -563,11 +601,15 @@ def _pair_cards(ex: pd.DataFrame, pairs: pd.DataFrame, images: dict, names: list
         clean = ""
         if "clean_label" in ex.columns and int(s["clean_label"]) != int(s["given_label"]):
             clean = _label(names, s["clean_label"])
+        # no model trained: a test row's suggestion is the top class of the user's probabilities
+        preds = (", ".join(f"{m} → {_label(names, t.get(f'pred_{m}'))}" for m in models) if models
+                 else f"your model → {_label(names, t['suggested_label'])}")
+        tracin = None if not models and _number(r.influence) is None else readable(r.influence)
         cards.append({"test_uri": _uri(images, r.test_id), "train_uri": _uri(images, r.train_id),
-                      "reason": str(getattr(r, "reason", "")).replace("_", " "), "test_id": r.test_id,
-                      "train_id": r.train_id, "test_label": _label(names, t["given_label"]),
-                      "preds": ", ".join(f"{m} → {_label(names, t.get(f'pred_{m}'))}" for m in models),
-                      "train_label": _label(names, s["given_label"]), "clean": clean, "tracin": readable(r.influence),
+                      "reason": PAIR_REASONS.get(str(getattr(r, "reason", "")),
+                                                 str(getattr(r, "reason", "")).replace("_", " ")), "test_id": r.test_id,
+                      "train_id": r.train_id, "test_label": _label(names, t["given_label"]), "preds": preds,
+                      "train_label": _label(names, s["given_label"]), "clean": clean, "tracin": tracin,
                       "fz": readable(getattr(r, "fz_influence", np.nan)), "sim": float(r.similarity)})
     return cards
 
@@ -651,7 +693,14 @@ CAPTIONS = {
               "the test points some model misclassifies, so the grey histogram covers those, not the whole test split."),
     "accuracy": ("Train accuracy is measured on the given (possibly noisy) labels: a natural model fits them all; "
                  "robust models refuse some."),
+    "pairs": ("Each test image the models get wrong, beside the training image that most influenced it (robust "
+              "errors first: the atypical training image the natural model memorized and the robust model "
+              "refused to fit)."),
+    "pairs_given": ("Each test image your model gets wrong (the top class of its probabilities), beside its "
+                    "nearest training image in --features, most similar first: no model was trained, so there is "
+                    "no influence to rank them by."),
 }
+NO_MODELS = "No models trained (--models none)"
 def nothing_flagged_text(man: dict) -> str:
     """Why the gallery shows unflagged examples, in a sentence (the manifest's flagging reason, if any)."""
     fl = man.get("flagging") if isinstance(man.get("flagging"), dict) else {}
@@ -662,19 +711,33 @@ def nothing_flagged_text(man: dict) -> str:
 
 
 def _plots(man: dict, tr: pd.DataFrame, te: pd.DataFrame, pr: pd.DataFrame, names: list[str]) -> list[dict]:
-    robust = [m for m in man["config"]["models"] if m != "natural"]
+    """The plots: title, image (or None) and caption each; for a run that trained no models, the ones
+    that need a model hold a one-line ``note`` instead of an image."""
+    models = list(man["config"]["models"])
+    robust = [m for m in models if m != "natural"]
     any_flagged = bool(tr["is_label_issue"].astype(bool).any())
     plots = [("issue_score by category", plot_issue_scores(tr),
-              CAPTIONS["scores"] if any_flagged else CAPTIONS["scores_none"])]
+              CAPTIONS["scores"] if any_flagged else CAPTIONS["scores_none"], None)]
     if any_flagged:  # nothing flagged: no chart of nothing (the gallery says so)
-        plots.append(("Flagged per class", plot_flagged_per_class(tr, names), CAPTIONS["per_class"]))
+        plots.append(("Flagged per class", plot_flagged_per_class(tr, names), CAPTIONS["per_class"], None))
+    fig5a = "Self-influence of what robust models refuse to fit (paper's Figure 5a)"
+    fig5b = "Influence on test points robust models get wrong (paper's Figure 5b)"
     if robust:
-        plots += [("Self-influence of what robust models refuse to fit (paper's Figure 5a)",
-                   plot_self_influence(tr, robust), CAPTIONS["fig5a"]),
-                  ("Influence on test points robust models get wrong (paper's Figure 5b)",
-                   plot_test_influence(te, pr, robust), CAPTIONS["fig5b"])]
-    plots.append(("Natural vs robust accuracy", plot_accuracy(man), CAPTIONS["accuracy"]))
-    return [{"title": t, "uri": _b64_png(png) if png else None, "caption": c} for t, png, c in plots]
+        plots += [(fig5a, plot_self_influence(tr, robust), CAPTIONS["fig5a"], None),
+                  (fig5b, plot_test_influence(te, pr, robust), CAPTIONS["fig5b"], None)]
+    if models:
+        plots.append(("Natural vs robust accuracy", plot_accuracy(man), CAPTIONS["accuracy"], None))
+    else:  # --models none: what needs a model says so, in one line each
+        m = man["metrics"]
+        acc = ", ".join(f"{label} {_share(m[k])}" for k, label in (("given_train_accuracy", "train agreement"),
+                                                                  ("given_test_accuracy", "test accuracy"))
+                        if _number(m.get(k)) is not None)
+        plots += [(fig5a, None, "", f"{NO_MODELS}: self-influence needs trained natural and robust models."),
+                  (fig5b, None, "", f"{NO_MODELS}: influence on test points needs trained natural and robust models."),
+                  ("Natural vs robust accuracy", None, "", f"{NO_MODELS}: no natural or robust accuracy"
+                   + (f"; your model's probabilities: {acc}." if acc else "."))]
+    return [{"title": t, "uri": _b64_png(png) if png else None, "caption": c, "note": note}
+            for t, png, c, note in plots]
 
 
 def build_report(run_dir: str | Path, *, out: str | Path | None = None, top: int = 24, pairs: int = 12,
@@ -696,10 +759,22 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, top: int
     pics = _images(run, {str(i) for i in shown}) if images else {}
     plots = _plots(man, tr, te, pr, names)
     cards = _flagged_cards(tr, pics, names, top)
-    pair_cards = _pair_cards(ex, pr, pics, names, pairs, list(man["config"]["models"]))
+    models = list(man["config"]["models"])
+    pair_cards = _pair_cards(ex, pr, pics, names, pairs, models)
+    notes = [] if models else [no_models_text(man)]
+    if not images:
+        notes.append("Images left out (--no-images): the dataset was not read.")
+    if models:
+        no_pairs = "No pairs: no test image that a model gets wrong has pairs in this run."
+    elif given_input(man, "features"):
+        no_pairs = f"No pairs: your model gets no test image wrong ({NO_MODELS})."
+    else:
+        no_pairs = (f"{NO_MODELS}: no pairs (the nearest training images of a test image need a model's "
+                    "embeddings or yours: rerun with --features FILE).")
     page = render({
         "run_name": run.path.resolve().name, "version": man.get("version", ""), "config_hash": man.get("config_hash", ""),
-        "device": man.get("device", ""), "notes": [] if images else ["Images left out (--no-images): the dataset was not read."],
+        "device": man.get("device", ""), "notes": notes, "no_pairs": no_pairs,
+        "pairs_text": CAPTIONS["pairs"] if models else CAPTIONS["pairs_given"],
         "summary": _summary(man), "plots": plots, "flagged": cards, "pairs": pair_cards,
         "any_flagged": any_flagged, "nothing_flagged": nothing_flagged_text(man),
         "issues": issue_types_section(man, ex, names),

@@ -388,12 +388,14 @@ class RunDir:
         """The ``state_dict`` of model ``name``, loaded with ``torch.load(weights_only=True)``."""
         import torch
 
+        has = (f"run has {', '.join(self.models)}" if self.models else
+               "the run trained no models (--models none), so it has no checkpoints")
         if name not in self.models:
-            raise AuditInputError(f"model {name!r}: not in this run (run has {', '.join(self.models)})")
+            raise AuditInputError(f"model {name!r}: not in this run ({has})")
         path = self.file(f"checkpoints/{name}.pt")
         _regular(path.parent)
         if not path.is_file():
-            raise AuditInputError(f"{path}: no checkpoint for model {name!r} (run has {', '.join(self.models)})")
+            raise AuditInputError(f"{path}: no checkpoint for model {name!r} ({has})")
         try:
             with warnings.catch_warnings():  # torch's notes on odd pickle protocols: the file is refused anyway
                 warnings.simplefilter("ignore", UserWarning)

@@ -32,6 +32,13 @@ None (before version 2 it was the ratio of means whenever true and given differe
 ``gain_recovered_interval.<metric>`` holds the estimate, its interval, whether it is measurable and why
 not, and both paired gains with their intervals.
 
+A run that trained no models (``audit run --models none``: the user's own probabilities alone) has no
+recipe to retrain with. Verify then resolves the audit's own for the data, as ``audit run --models natural``
+would on this device (:func:`audit.config.resolve_defaults` with the dataset's shape and training-set size,
+the attack radius its default: no robust model calibrates one), trains the natural model alone, and says
+so: ``verify.json``'s ``recipe`` (``resolved_by`` "verify", and why) and a line of the summary. What it
+measures is whether the cleaned labels train the audit's natural model better, not the user's model.
+
 The run directory is untrusted input (someone may have sent it), and so is everything verify caches in
 it:
 
@@ -82,7 +89,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from audit.config import RunConfig, config_from_dict, default_threads
+from audit.config import RunConfig, config_from_dict, default_threads, resolve_defaults, validate_config
 from audit.errors import AuditError, AuditInputError
 from audit.io import atomic_write_bytes
 from audit.recipes import eval_config, train_recipe
@@ -149,6 +156,27 @@ def load_run_data(run_dir: str | Path) -> RunData:
     train = examples.set_index("example_id").loc[ds.example_ids[tr].astype(str)].reset_index()
     return RunData(run_dir, cfg, manifest, train, torch.from_numpy(np.asarray(ds.images[tr])),
                    torch.from_numpy(np.asarray(ds.images[te])), ds.labels[te].astype(np.int64))
+
+
+RESOLVED_BY_VERIFY = ("the run trained no models (--models none), so verify resolved the audit's own recipe for "
+                      "this data (as `audit run --models natural` would on this device) and trains the natural "
+                      "model alone")
+
+
+def resolve_recipe(data: RunData, on_gpu: bool) -> tuple[RunConfig, dict]:
+    """The config verify trains with and the ``recipe`` ``verify.json`` records: the run's own; for a run
+    that trained none (``--models none``), the audit's natural recipe resolved for the data's shape and
+    training-set size (:func:`audit.config.resolve_defaults`, as :func:`audit.pipeline.run_audit` does;
+    the attack radius its default, as for any run without a robust model)."""
+    cfg, by = data.cfg, "run"
+    if not cfg.models:
+        shape = tuple(int(x) for x in data.train_images.shape[1:])
+        cfg = validate_config(resolve_defaults(replace(cfg, models=("natural",), pred_probs=None, features=None),
+                                               shape, len(data.train), on_gpu))
+        by = "verify"
+    recipe = {"resolved_by": by, "note": RESOLVED_BY_VERIFY if by == "verify" else None, "arch": cfg.arch,
+              "width": cfg.width, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr}
+    return cfg, recipe
 
 
 def variant_labels(data: RunData, apply: str = DEFAULT_APPLY) -> dict[str, dict]:
@@ -530,6 +558,9 @@ def _verify_locked(run_dir: Path, out_dir: Path, seeds, apply, epochs, epochs_sc
     data = load_run_data(run_dir)
     variants = variant_labels(data, apply)
     dev = resolve_device(device)
+    data.cfg, recipe = resolve_recipe(data, dev.type == "cuda")
+    if recipe["note"]:
+        log(recipe["note"])
     models = ["natural"] + (["pgd"] if "pgd" in data.cfg.models else [])
     secret = machine_secret(log)
     # every file this call may read or write, checked before any training
@@ -589,7 +620,7 @@ def _verify_locked(run_dir: Path, out_dir: Path, seeds, apply, epochs, epochs_sc
         "run": str(data.run_dir), "out": str(out_dir), "version": VERIFY_VERSION, "dataset": data.cfg.dataset,
         "apply": apply, "seeds": [data.cfg.seed + s for s in range(seeds)], "models": models, "epochs": epochs_used,
         "eps": data.cfg.eps, "small_eps": data.cfg.eps / 4, "norm": data.cfg.norm,
-        "attack": {"steps": data.cfg.eval_steps, "restarts": data.cfg.eval_restarts},
+        "attack": {"steps": data.cfg.eval_steps, "restarts": data.cfg.eval_restarts}, "recipe": recipe,
         "variants": out_variants,
         "gain_recovered": {k: (g["estimate"] if g and g["measurable"] else None) for k, g in interval.items()},
         "gain_recovered_interval": interval,
@@ -731,8 +762,14 @@ def _gain_part(g: dict, eps: float) -> str:
 
 
 def summary_lines(report: dict) -> list[str]:
-    """What was cleaned and how much of the ceiling's gain cleaning recovered, in words."""
-    lines = [_cleaned_line(report)]
+    """What was cleaned and how much of the ceiling's gain cleaning recovered, in words; first, where verify
+    resolved the recipe itself (a run that trained none), that it did."""
+    recipe = report.get("recipe") if isinstance(report.get("recipe"), dict) else {}
+    lines = []
+    if recipe.get("resolved_by") == "verify":
+        epochs = (report.get("epochs") or {}).get("natural", recipe.get("epochs"))
+        lines.append(f"recipe: {RESOLVED_BY_VERIFY} ({recipe.get('arch')}, {epochs} epoch{'' if epochs == 1 else 's'})")
+    lines.append(_cleaned_line(report))
     eps = {"adv_accuracy": float(report["eps"]), "adv_accuracy_small": float(report["small_eps"])}
     head = "gain recovered (natural model's adversarial accuracy, (cleaned − given) / (true − given)"
     detail = report.get("gain_recovered_interval")

@@ -137,7 +137,7 @@ def class_table_ui(run: ui.Run, df: pd.DataFrame, key: str) -> None:
            "ratio to median": st.column_config.NumberColumn(format="%.2f", width=110,
                                                            help="its training count over the median class's"),
            "test accuracy": st.column_config.NumberColumn(format="percent", width=110,
-                                                         help="the natural model's accuracy on its test images"),
+                                                         help=f"{issue_types.accuracy_owner(run.manifest)} accuracy on its test images"),
            "flags": st.column_config.TextColumn(width=170, help="rare: far fewer training images than the median "
                                                 "class; under-performing: test accuracy well below the overall")}
     st.dataframe(t, hide_index=True, width="stretch", key=key, column_config=cfg,

@@ -39,6 +39,16 @@ def accuracy_table(run: ui.Run, df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def given_accuracy_table(run: ui.Run) -> pd.DataFrame:
+    """``--models none``: the user's probabilities' top class against the given labels (train agreement,
+    test accuracy), from the manifest."""
+    m = run.manifest.get("metrics", {})
+    src = run.given_input()
+    return pd.DataFrame([{"model": f"your model ({src})" if src else "your model",
+                          "train (given labels)": m.get("given_train_accuracy"),
+                          "test, clean": m.get("given_test_accuracy")}])
+
+
 def per_class_table(run: ui.Run, df: pd.DataFrame) -> pd.DataFrame:
     """One row per class: size, flags by category, the class flagged examples most often belong to
     instead, and per model clean and adversarial test accuracy."""
@@ -124,8 +134,12 @@ def confusion_ui(run: ui.Run, df: pd.DataFrame) -> None:
 def run_summary(run: ui.Run) -> str:
     """Dataset spec, models, attack, seed and injected noise, as plain text (from the manifest)."""
     cfg = run.manifest.get("config", {})
-    models = ", ".join(ui.MODEL_NAME.get(m, m) for m in run.models)
     noise = f" · {ui.pct(cfg['noise'])} {cfg.get('noise_kind', '')} noise injected" if cfg.get("noise") else ""
+    if not run.trained:  # no model, no attack: the user's probabilities
+        src = run.given_input()
+        return (f"{run.manifest['dataset']['spec']} · no models trained (--models none): your probabilities"
+                + (f" {src}" if src else "") + f" · seed {cfg.get('seed', '?')}{noise}")
+    models = ", ".join(ui.MODEL_NAME.get(m, m) for m in run.models)
     return (f"{run.manifest['dataset']['spec']} · models {models} · {cfg.get('norm', '')} eps {ui.eps_text(cfg.get('eps'))}"
             f" · seed {cfg.get('seed', '?')}{noise}")
 
@@ -209,15 +223,7 @@ def main() -> None:
 
     left, right = st.columns([3, 2], gap="large")
     with left:
-        st.subheader("Natural versus robust training", anchor=False)
-        acc = accuracy_table(run, df)
-        acc[acc.columns[1:]] = acc[acc.columns[1:]].astype(float) * 100
-        pct = st.column_config.NumberColumn(format="%.1f%%")
-        st.dataframe(acc, hide_index=True, width="stretch", key="accuracy_table",
-                     column_config={c: pct for c in acc.columns[1:]})
-        st.caption("A natural network fits the wrong labels (high training accuracy on noisy labels) and is "
-                   "easily attacked; a robustly trained one refuses them and stays accurate under attack. "
-                   "The examples robust models refuse are the ones flagged here.")
+        accuracy_ui(run, df)
         m = run.manifest.get("metrics", {})
         if "noise_auroc" in m:
             st.info(f"**Planted noise** (this run flipped labels on purpose): flagged examples catch "
@@ -241,6 +247,28 @@ def main() -> None:
     selection_ui(run)
 
 
+def accuracy_ui(run: ui.Run, df: pd.DataFrame) -> None:
+    """Natural versus robust accuracy; for a run that trained none, the user's probabilities' accuracy."""
+    pct = st.column_config.NumberColumn(format="%.1f%%")
+    if not run.trained:
+        st.subheader("Your model's probabilities", anchor=False)
+        acc = given_accuracy_table(run)
+        acc[acc.columns[1:]] = acc[acc.columns[1:]].astype(float) * 100
+        st.dataframe(acc, hide_index=True, width="stretch", key="accuracy_table",
+                     column_config={c: pct for c in acc.columns[1:]})
+        ui.no_models_note("no natural versus robust comparison; issue_score is cleanlab's label quality of "
+                          "your probabilities (their top class against the given labels above).")
+        return
+    st.subheader("Natural versus robust training", anchor=False)
+    acc = accuracy_table(run, df)
+    acc[acc.columns[1:]] = acc[acc.columns[1:]].astype(float) * 100
+    st.dataframe(acc, hide_index=True, width="stretch", key="accuracy_table",
+                 column_config={c: pct for c in acc.columns[1:]})
+    st.caption("A natural network fits the wrong labels (high training accuracy on noisy labels) and is "
+               "easily attacked; a robustly trained one refuses them and stays accurate under attack. "
+               "The examples robust models refuse are the ones flagged here.")
+
+
 def other_issues_ui(run: ui.Run, df: pd.DataFrame) -> None:
     """One line per issue type beyond label errors, its count (the table's) linking to the Other issues page,
     then the class balance: rare and under-performing classes. Nothing for a run without issue types."""
@@ -257,7 +285,8 @@ def other_issues_ui(run: ui.Run, df: pd.DataFrame) -> None:
             st.page_link("views/issues.py", label=f"{t}: {counts[t]:,} flagged", query_params={"issue_type": t},
                          icon=":material/error:" if counts[t] else ":material/check:",
                          help=ui.md(issue_types.description(t)))
-    st.caption("Class balance: rare classes (few training images) and classes the natural model does worst on")
+    st.caption("Class balance: rare classes (few training images) and classes "
+               + ("the natural model" if run.trained else "your model") + " does worst on")
     for line in issue_types.class_lines(df, run.manifest, run.class_names):
         st.markdown(ui.md(line))
     class_table_ui(run, df, key="class_balance_table")
@@ -281,6 +310,8 @@ def per_class_ui(run: ui.Run, df: pd.DataFrame) -> None:
                                                            "class's flagged examples move to, and how many")
     st.dataframe(pc[list(FLAG_COLUMNS)], hide_index=True, width="stretch", key="per_class_table", column_config=cfg)
     acc_cols = [c for c in pc.columns if c not in FLAG_COLUMNS]
+    if not run.trained:
+        ui.no_models_note("no test accuracy per class and model (the class balance below has your model's).")
     if acc_cols:
         st.caption("Test accuracy per class: clean, and under the evaluation attack (adv.)")
         acfg = {c: st.column_config.NumberColumn(format="%.1f%%", width=110,
@@ -333,15 +364,20 @@ def selection_text(run: ui.Run, sel: dict) -> list[str]:
     text: the names come from the manifest)."""
     n_can = sel.get("num_canaries")
     planted = f"{n_can:,} " if isinstance(n_can, int) else ""
-    lines = [
-        "Every signal scores each training image for how likely its label is wrong. To find out which score "
-        f"to trust on this data, the run planted {planted}known label errors (canaries): real training images "
-        "given a random wrong label, with their correctly labelled originals taken out of training.",
-        "Each signal, and the average rank of the best 2, 3 and 4 signals, was graded on how high it ranks "
-        "the canaries, three ways that differ in which other images it is compared against (so that a "
-        "signal that also finds the real label errors is not marked down). The candidate with the best "
-        "ranks over the three grades became issue_score.",
-    ]
+    if run.trained:
+        lines = [
+            "Every signal scores each training image for how likely its label is wrong. To find out which score "
+            f"to trust on this data, the run planted {planted}known label errors (canaries): real training images "
+            "given a random wrong label, with their correctly labelled originals taken out of training.",
+            "Each signal, and the average rank of the best 2, 3 and 4 signals, was graded on how high it ranks "
+            "the canaries, three ways that differ in which other images it is compared against (so that a "
+            "signal that also finds the real label errors is not marked down). The candidate with the best "
+            "ranks over the three grades became issue_score.",
+        ]
+    else:  # --models none: one signal, nothing to choose between
+        lines = ["No models trained (--models none): issue_score is one signal, cleanlab's label quality of your "
+                 "model's probabilities (given_cleanlab). No canaries were planted and no signal was chosen among "
+                 "others."]
     left_out = [str(x) for x in (sel.get("not_eligible") or [])]
     if left_out:
         lines.append(f"Not eligible: {', '.join(left_out)} (the canaries cannot judge it fairly; it is still "

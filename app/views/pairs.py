@@ -15,7 +15,8 @@ from audit.decisions import DecisionStore
 
 PER_PAGE = 6
 REMOVE = -1  # the joint fix's "remove the training example" choice
-REASONS = {"robust_error": "robust model's errors", "natural_error": "natural model's errors"}
+REASONS = {"robust_error": "robust model's errors", "natural_error": "natural model's errors",
+           "given_error": "your model's errors"}
 REASON_HELP = {
     "robust_error": "Test images the robust model gets wrong while the natural one gets right, beside the training "
                     "images that most helped the natural model (TracIn proponents, strongest first): usually one "
@@ -24,6 +25,9 @@ REASON_HELP = {
     "natural_error": "Test images the natural model gets wrong, beside the training images that pushed it hardest "
                      "towards the mistake (TracIn opponents, most negative influence first): often mislabelled "
                      "look-alikes.",
+    "given_error": "Test images your model gets wrong (its probabilities, --pred-probs), beside their nearest "
+                   "training images in your --features, most similar first: often a mislabelled look-alike. "
+                   "No models trained (--models none), so there is no influence to rank them by.",
 }
 
 
@@ -41,7 +45,9 @@ def pair_table(run: ui.Run, reason: str, flagged_only: bool) -> tuple[pd.DataFra
     if flagged_only:
         p = p[p.groupby("test_id")["train_flagged"].transform("any")]
     top = p.sort_values(["test_id", "rank"]).groupby("test_id").first()
-    order = top.assign(k=-top["train_flagged"].astype(int), inf=-top["influence"].abs()).sort_values(["k", "inf"]).index
+    # influence NaN (no model trained, --models none): by the partner's similarity instead
+    order = top.assign(k=-top["train_flagged"].astype(int), inf=-top["influence"].abs(),
+                       sim=-top["similarity"]).sort_values(["k", "inf", "sim"], kind="stable").index
     return p, np.asarray(order)
 
 
@@ -103,6 +109,8 @@ def test_cell_ui(run: ui.Run, t: pd.Series, latest_by_id: dict) -> None:
     st.image(data.thumbnail(run.dir, test_id, 120), width="content")
     preds = " · ".join(f"{ui.md(ui.MODEL_NAME.get(m, m))} → **{run.md_name(t[f'pred_{m}'])}**"
                        for m in run.models if f"pred_{m}" in t.index)
+    if not run.trained:  # a test row's suggestion is the top class of the user's probabilities
+        preds = f"your model → **{run.md_name(t['suggested_label'])}**"
     st.markdown(f"test, labelled **{run.md_name(t['given_label'])}**  \n{preds}")
     st.caption(ui.md(test_id))
     decision_caption(run, latest_by_id, test_id, t["given_label"])
@@ -117,10 +125,21 @@ def partner_cell_ui(run: ui.Run, tr: pd.Series, pr, latest_by_id: dict) -> None:
     moved = tr["is_label_issue"] and tr["suggested_label"] != tr["given_label"]
     st.markdown(f"#{int(pr.rank)} labelled **{run.md_name(tr['given_label'])}**"
                 + (f" → {run.md_name(tr['suggested_label'])}" if moved else "") + badge)
-    st.caption(f"influence {ui.md(ui.signed(pr.influence))} · similarity {ui.md(ui.sig(pr.similarity, 2))}")
+    if np.isfinite(_number(pr.influence)):
+        st.caption(f"influence {ui.md(ui.signed(pr.influence))} · similarity {ui.md(ui.sig(pr.similarity, 2))}")
+    else:  # no influence recorded: none to show (a run that trained no model has none)
+        st.caption(f"similarity {ui.md(ui.sig(pr.similarity, 2))} · "
+                   + ("no influence (no model trained)" if not run.trained else "influence –"))
     decision_caption(run, latest_by_id, str(pr.train_id), tr["given_label"])
     st.page_link("views/review.py", label="Review", icon=":material/open_in_new:",
                  query_params={"example": str(pr.train_id)})
+
+
+def _number(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def pair_row_ui(run: ui.Run, df: pd.DataFrame, rows: pd.Index, test_id: str, partners: pd.DataFrame,
@@ -163,7 +182,11 @@ def main() -> None:
         st.warning(ui.md(problem), icon=":material/warning:")
     p_all = checked.table
     if not len(p_all):
-        st.info("This run has no pairs to show (no misclassified test images, or no usable pairs.parquet).")
+        if not run.trained and not run.given_input("features") and not checked.problems:
+            ui.no_models_note("no pairs (each test image your model gets wrong beside its nearest training "
+                              "images: without a model, that needs your embeddings; rerun with `--features FILE`).")
+        else:
+            st.info("This run has no pairs to show (no misclassified test images, or no usable pairs.parquet).")
         return
     reasons = [r for r in REASONS if r in set(p_all["reason"])] if "reason" in p_all.columns else []
     reasons = reasons or ["all"]  # an older run's pairs carry no reason: one list of them all

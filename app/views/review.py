@@ -376,6 +376,9 @@ def signals_ui(r: pd.Series) -> None:
 def numbers_ui(run: ui.Run, r: pd.Series) -> None:
     """Per model: prediction, loss, AUM, forgetting; plus memorization, self-influence, label quality,
     each with its percentile among the training examples. (``st.table`` renders its cells as Markdown.)"""
+    if not run.trained:
+        ui.no_models_note("no per-model predictions, losses or margins; self-influence and memorization "
+                          "need trained models.")
     rows = {}
     for m in run.models:
         name = ui.md(ui.MODEL_NAME.get(m, m))
@@ -422,6 +425,9 @@ def history_table(run: ui.Run, log: pd.DataFrame, given_label) -> pd.DataFrame:
 
 
 def dynamics_ui(run: ui.Run, r: pd.Series) -> None:
+    if not run.trained:
+        ui.no_models_note("no training dynamics (per-epoch margins come from the models the audit trains).")
+        return
     dyn = data.dynamics(run.dir)
     for problem in (dyn.problems if dyn is not None else ()):
         st.warning(ui.md(problem), icon=":material/warning:")
@@ -457,7 +463,10 @@ def neighbours_ui(run: ui.Run, r: pd.Series) -> None:
         return
     ids, labels = ids[:NEIGHBOURS], labels[:NEIGHBOURS]
     if not ids or len(labels) < len(ids):
-        st.caption("No neighbours recorded.")
+        if not run.trained and not run.given_input("features"):
+            ui.no_models_note("no neighbours (nearest images need a model's embeddings or `--features FILE`).")
+        else:
+            st.caption("No neighbours recorded.")
         return
     counts = pd.Series([int(x) for x in labels]).value_counts()
     summary = ", ".join(f"**{run.md_name(k)}** ×{n}" for k, n in counts.items())

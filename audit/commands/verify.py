@@ -12,7 +12,9 @@ def add_parser(sub) -> None:
                     "test accuracy (the run's evaluation attack at its eps and at eps/4) with 95% intervals, and "
                     "the share of the true labels' gain that cleaning recovered, with its interval. Writes "
                     "verify.json and verify.png into RUN (or --out DIR); a rerun skips every finished training "
-                    "whose cached result this machine wrote.")
+                    "whose cached result this machine wrote. A run that trained no models (--models none) has no "
+                    "recipe of its own: verify resolves the audit's natural recipe for the data, as `audit run "
+                    "--models natural` would, trains that model alone and says so.")
     p.add_argument("run", help="a complete run directory (from `audit run`)")
     p.add_argument("--seeds", type=int, default=3, help="trainings per variant and model (default 3)")
     p.add_argument("--apply", choices=("decisions", "suggested"), default="decisions",
