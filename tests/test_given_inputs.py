@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from audit.config import RunConfig
 from audit.pipeline import prepare_dataset, run_audit
+
+from givenhelpers import outside_model_probs
 
 # small enough to be quick; every stage still runs
 TINY = dict(dataset="digits", noise=0.1, seed=0, models=("natural", "pgd"), epochs=4, robust_epochs=1, cv_epochs=4,
@@ -23,31 +23,11 @@ def _dataset():
     return prepare_dataset(RunConfig(**TINY))
 
 
-def _outside_model_probs(ds, folds: int = 2) -> np.ndarray:
-    """Out-of-sample probabilities of a softmax regression in torch, cross-fitted over ``folds`` folds of all rows."""
-    x = torch.from_numpy(ds.images.reshape(len(ds.labels), -1).astype(np.float32) / 255)
-    y = torch.from_numpy(ds.labels)
-    fold = np.arange(len(y)) % folds
-    probs = np.zeros((len(y), ds.num_classes))
-    for f in range(folds):
-        torch.manual_seed(f)
-        fit, held = torch.from_numpy(fold != f), torch.from_numpy(fold == f)
-        model = torch.nn.Linear(x.shape[1], ds.num_classes)
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        for _ in range(60):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[fit]), y[fit]).backward()
-            opt.step()
-        with torch.no_grad():
-            probs[held.numpy()] = torch.softmax(model(x[held]).double(), 1).numpy()
-    return probs
-
-
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
     d = tmp_path_factory.mktemp("given")
     ds = _dataset()
-    probs = _outside_model_probs(ds)
+    probs = outside_model_probs(ds)
     np.save(d / "probs.npy", probs)
     feats = ds.images.reshape(len(ds.labels), -1).astype(np.float32)[:, ::3] + 1.0
     np.save(d / "feats.npy", feats)

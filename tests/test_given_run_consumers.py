@@ -10,7 +10,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from audit import cli
 from audit.config import RunConfig, resolve_defaults
@@ -19,30 +18,11 @@ from audit.pipeline import prepare_dataset
 from audit.report import count_images
 from audit.rundir import RunDir
 
+from givenhelpers import outside_model_probs
 from apphelpers import DECISIONS, ISSUES, PAIRS, REVIEW, open_app, pictures
 
 NOTE = "No models trained"
 ARTIFACTS = ("manifest.json", "examples.parquet", "pairs.parquet", "dynamics.npz")
-
-
-def _probs(ds, folds: int = 2) -> np.ndarray:
-    """Out-of-sample probabilities of a softmax regression (torch), cross-fitted over ``folds`` folds."""
-    x = torch.from_numpy(ds.images.reshape(len(ds.labels), -1).astype(np.float32) / 255)
-    y = torch.from_numpy(ds.labels.astype(np.int64))
-    fold = np.arange(len(y)) % folds
-    probs = np.zeros((len(y), ds.num_classes))
-    for f in range(folds):
-        torch.manual_seed(f)
-        fit, held = torch.from_numpy(fold != f), torch.from_numpy(fold == f)
-        model = torch.nn.Linear(x.shape[1], ds.num_classes)
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        for _ in range(60):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[fit]), y[fit]).backward()
-            opt.step()
-        with torch.no_grad():
-            probs[held.numpy()] = torch.softmax(model(x[held]).double(), 1).numpy()
-    return probs
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +30,7 @@ def given_runs(tmp_path_factory):
     """{"g1": a --models none run with --features, "g2": one without}, made through the CLI."""
     d = tmp_path_factory.mktemp("given-consumers")
     ds = prepare_dataset(RunConfig(dataset="digits", noise=0.1))
-    np.save(d / "probs.npy", _probs(ds))
+    np.save(d / "probs.npy", outside_model_probs(ds))
     np.save(d / "feats.npy", (ds.images.reshape(len(ds.labels), -1).astype(np.float32) / 255)[:, ::2])
     runs = {}
     for name, extra in (("g1", ["--features", str(d / "feats.npy")]), ("g2", [])):
