@@ -8,6 +8,13 @@ import os
 import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one torch thread each (and in every process they start), or their OpenMP
+    # threads fight over the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +52,15 @@ def review_run(run_copy, digits_run, monkeypatch):
     monkeypatch.setenv("AUDIT_RUN_DIR", str(run_copy))
     monkeypatch.setenv("AUDIT_REVIEWER", "tester")
     return run_copy, digits_run[1]
+
+
+# `pytest -n 2` (pytest-xdist, the README's command) with `--dist loadgroup`: each test file is one group,
+# so a file's module fixtures are built once, on one worker; the files that start Ray share one group, so
+# two Ray clusters never start side by side.
+SERIAL_GROUPS = {"test_ray_engine.py": "ray", "test_ray_cluster.py": "ray", "test_batch.py": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUPS.get(name, name)))
