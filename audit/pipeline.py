@@ -199,23 +199,39 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
                 orch.stages["issues"]["status"] = "failed"
             orch.write_manifest(base, "failed")
             raise
-        t0 = time.perf_counter()
         ctx = TableContext(models=tuple(cfg.models), ds=ds, data=data, canaries=canaries,
                            fingerprint=fingerprint, config_hash=cfg.hash(), unhealthy=health["failed"],
                            given_probs=inputs.get("pred_probs"))
-        tables = build_tables(ctx, trained, cv, infl, issues=issues)
-        if tables.extra.get("issue_types", {}).get("summary"):
-            orch.log(tables.extra["issue_types"]["summary"])
-        write_parquet(out / "examples.parquet", tables.examples, tables.meta)
-        write_parquet(out / "pairs.parquet", tables.pairs, tables.meta)
-        save_arrays(out / "dynamics.npz", tables.dynamics)
-        orch.stages["write"] = {"status": "done", "seconds": round(time.perf_counter() - t0, 3)}
-        metrics = {**tables.metrics, "wall_seconds": round(time.perf_counter() - t_start, 2),
-                   "compute_seconds": orch.compute_seconds()}
-        extra = {**tables.extra, "neighbors": json.loads(str(infl.get("neighbors_info", "{}"))),
-                 "health": health, "warnings": _recipe_warnings(recipe) + health["warnings"]
-                 + tables.extra.get("flagging", {}).get("warnings", [])}
-        return orch.write_manifest(base, "complete", metrics, extra)
+        try:
+            return _write_tables(orch, base, ctx, (trained, cv, infl, health, issues), recipe, t_start)
+        except BaseException:  # a full disk, a kill: the manifest says the run failed, not "running"
+            orch.stages["write"] = {"status": "failed"}
+            try:
+                orch.write_manifest(base, "failed")
+            except OSError:  # the disk that failed the tables may fail the manifest too: the first error counts
+                pass
+            raise
+
+
+def _write_tables(orch: Orchestrator, base: dict, ctx: TableContext, stages: tuple, recipe: dict,
+                  t_start: float) -> dict:
+    """Assemble the tables from the stages' arrays (``stages``: trained, cv, infl, health, issues), write
+    them and the complete manifest."""
+    trained, cv, infl, health, issues = stages
+    t0 = time.perf_counter()
+    tables = build_tables(ctx, trained, cv, infl, issues=issues)
+    if tables.extra.get("issue_types", {}).get("summary"):
+        orch.log(tables.extra["issue_types"]["summary"])
+    write_parquet(orch.out / "examples.parquet", tables.examples, tables.meta)
+    write_parquet(orch.out / "pairs.parquet", tables.pairs, tables.meta)
+    save_arrays(orch.out / "dynamics.npz", tables.dynamics)
+    orch.stages["write"] = {"status": "done", "seconds": round(time.perf_counter() - t0, 3)}
+    metrics = {**tables.metrics, "wall_seconds": round(time.perf_counter() - t_start, 2),
+               "compute_seconds": orch.compute_seconds()}
+    extra = {**tables.extra, "neighbors": json.loads(str(infl.get("neighbors_info", "{}"))),
+             "health": health, "warnings": _recipe_warnings(recipe) + health["warnings"]
+             + tables.extra.get("flagging", {}).get("warnings", [])}
+    return orch.write_manifest(base, "complete", metrics, extra)
 
 
 def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: TrainData,

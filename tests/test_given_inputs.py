@@ -192,3 +192,4 @@ def test_models_none_needs_pred_probs(capsys):
 
     assert cli(["run", "--dataset", "digits", "--models", "none", "--out", "/tmp/never-written", "--quiet"]) == 2
     assert "--models none trains nothing" in capsys.readouterr().err
+

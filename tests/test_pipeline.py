@@ -288,3 +288,29 @@ def test_compile_option_reaches_the_trainings_and_not_the_cache_key(tmp_path, mo
     keys = {k: v.get("key") for k, v in fast["stages"].items()}
     assert keys == {k: v.get("key") for k, v in plain["stages"].items()}
     assert keys["train_natural"] and keys["train_pgd"] and keys["crossval"]
+
+
+def test_a_full_disk_while_writing_the_tables_leaves_a_failed_manifest(tmp_path, monkeypatch):
+    """Issue #22 item 6: a disk that fills while the tables are written ends the run as ``failed`` in the
+    manifest (it used to stay ``running``), with the OS's error, and nothing half-written."""
+    import errno
+    import json
+
+    from audit import pipeline
+    from audit.config import RunConfig
+    from audit.pipeline import run_audit
+
+    real = pipeline.write_parquet
+
+    def full(path, df, meta):
+        if path.name == "pairs.parquet":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, df, meta)
+
+    monkeypatch.setattr(pipeline, "write_parquet", full)
+    with pytest.raises(OSError, match="No space left"):
+        run_audit(RunConfig(dataset="digits", noise=0.1, epochs=2, robust_epochs=1, cv_epochs=2, folds=2, steps=1,
+                            eval_steps=3, eps=0.1), tmp_path / "run", progress=False)
+    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert man["status"] == "failed" and man["stages"]["write"]["status"] == "failed"
+    assert not (tmp_path / "run" / "pairs.parquet").exists() and not list((tmp_path / "run").glob("*.tmp"))
