@@ -182,7 +182,9 @@ def _has_ray_client() -> bool:
     return True
 
 
-def _audit(args, env, timeout=300):
+def _audit(args, env, timeout=900):
+    # 900 s: under `pytest -n 2` the other worker's tests share the two cores with both nodes; a run that
+    # took 52 s alone once passed 300 s there
     return subprocess.run([sys.executable, "-m", "audit", *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=ROOT)
 
