@@ -13,8 +13,9 @@ CPU time / threads is what the same code takes on idle cores (for code that keep
   search cannot beat).
 - ``baseline``: a plain torch ``(q @ base.T).topk(k)`` over query chunks of 1,024 rows.
 - ``faiss_flat``: faiss IndexFlatIP (the previous default).
-- ``ivf``: :func:`audit.neighbors.search` with ``method="ivf"`` (faiss IndexIVFFlat, nprobe tuned to
-  recall ≥ 0.95), its recall on its own held-out sample queries and on every query against ``exact``.
+- ``ivf``: :func:`audit.neighbors.search` with ``method="ivf"`` (:class:`audit.neighbors.ClusteredIndex`,
+  nprobe tuned to recall ≥ 0.95), its recall on its own held-out sample queries and on every query
+  against ``exact``.
 - ``floor``: 2·N·M·d flops divided by the peak matmul rate measured here (best of 5 square 2048³
   float32 products with the same threads), i.e. the time of the products alone at full speed;
   ``ratio_to_floor`` = exact time / floor.

@@ -233,3 +233,124 @@ def test_run_finds_planted_issues(tmp_path, digits):
     assert df["is_dark_issue"].to_numpy()[n + 42:].all()
     assert man["issue_types"]["near_duplicate"]["count"] == int(df["is_near_duplicate_issue"].sum())
     assert man["issue_types"]["summary"].startswith("other issues: ")
+
+
+def _synthetic_grey(n: int, seed: int = 0):
+    """uint8 (n, 1, 28, 28) as benchmarks/scale.py writes them: 10 random templates plus noise."""
+    rng = np.random.default_rng(seed)
+    templates = rng.integers(0, 256, size=(10, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    return np.clip(0.6 * templates[y] + rng.normal(0, 40, size=(n, 28, 28)), 0, 255).astype(np.uint8)[:, None], y
+
+
+def test_copy_similarity_is_the_best_shifted_pearson():
+    """copy_similarity (the IVF path's verification) against a direct computation of each shift's
+    Pearson correlation on the overlapping window; a constant window correlates 0."""
+    from audit.issues.duplicates import SHIFTS, copy_similarity, grey_descriptors
+
+    x, _ = _synthetic_grey(60, seed=1)
+    x[5] = 77  # constant
+    d = grey_descriptors(x, 32)
+    rng = np.random.default_rng(2)
+    qi, bi = rng.integers(0, 60, 300), rng.integers(0, 60, 300)
+    qi[:4], bi[:4] = (5, 5, 5, 8), (5, 6, 7, 8)
+    got = copy_similarity(d, d, qi, bi, chunk=64)
+    h, w = d.shape[1:]
+    for m in range(len(qi)):
+        best = -1.0
+        for dy, dx in SHIFTS:  # query pixel (y + dy, x + dx) meets base pixel (y, x)
+            a = d[qi[m], max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)].astype(np.float64).ravel()
+            b = d[bi[m], max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)].astype(np.float64).ravel()
+            a, b = a - a.mean(), b - b.mean()
+            na, nb = np.linalg.norm(a), np.linalg.norm(b)
+            best = max(best, a @ b / (na * nb) if na > 1e-3 and nb > 1e-3 else 0.0)
+        assert abs(got[m] - min(best, 1.0)) < 1e-5, m
+    assert (got[:3] == 0).all()  # a constant image correlates with nothing, itself included
+    assert got[3] == pytest.approx(1.0, abs=1e-6) and got.max() <= 1.0  # itself, unshifted
+
+
+def test_copy_search_stays_exact_below_its_threshold():
+    from audit.issues.duplicates import copy_method
+
+    assert copy_method(7500, 7500, 28, 28) == "exact"  # mnist10k's training rows
+    assert copy_method(2500, 7500, 28, 28) == "exact"
+    assert copy_method(1347, 1347, 8, 8) == "exact"  # the bundled digits
+    assert copy_method(83334, 83334, 28, 28) == "ivf"
+    assert copy_method(16667, 83333, 28, 28) == "ivf"
+
+
+def test_ivf_copy_search_finds_planted_copies_as_exact_does():
+    """Past the threshold (forced here with method="ivf"), the planted 1-pixel shifts and brightness
+    changes among a few thousand synthetic 28×28 images come out as the exact search finds them: the
+    same pairs, similarities, groups and leak partners."""
+    from audit.issues.duplicates import copy_candidates, grey_descriptors
+    from audit.issues.planted import plant_copies
+
+    x, _ = _synthetic_grey(2400, seed=3)
+    rng = np.random.default_rng(4)
+    split = np.where(np.arange(len(x)) < 2000, "train", "test")
+    tr = np.flatnonzero(split == "train")
+    copies, src, kind = plant_copies(x[tr], 60, rng, ("shift", "brightness"))
+    leaks, lsrc, _ = plant_copies(x[tr], 20, rng, ("shift", "brightness"))
+    n = len(x)
+    xx = np.concatenate([x, copies, leaks])
+    s = np.r_[split, np.full(len(copies), "train"), np.full(len(leaks), "test")]
+    trr = np.flatnonzero(s == "train")
+    d = grey_descriptors(xx[trr], 32)
+    runs = {m: copy_candidates(d, d, 10, exclude_self=True, method=m) for m in ("exact", "ivf")}
+    planted = [(n + i, int(tr[j])) for i, j in enumerate(src)]  # dataset rows; training rows are the first
+    pos = {r: i for i, r in enumerate(trr)}
+    for m, (qi, bi, sim) in runs.items():
+        pairs = {(int(a), int(b)): float(v) for a, b, v in zip(qi, bi, sim)}
+        runs[m] = [pairs.get((pos[a], pos[b]), np.nan) for a, b in planted]
+    assert np.isfinite(runs["exact"]).all() and np.isfinite(runs["ivf"]).all()  # every planted pair, both ways
+    assert np.abs(np.subtract(runs["exact"], runs["ivf"])).max() < 1e-5
+    assert min(runs["ivf"]) >= 0.99
+    out = {m: find_copies(xx, s, method=m) for m in ("exact", "ivf")}
+    rows = np.r_[n + np.arange(len(copies)), tr[src]]
+    for key in ("is_near_duplicate_issue", "duplicate_group"):
+        assert (out["exact"][key][rows] == out["ivf"][key][rows]).all(), key
+    assert out["ivf"]["is_near_duplicate_issue"][rows].all()
+    assert np.abs(out["exact"]["near_duplicate_score"][rows] - out["ivf"]["near_duplicate_score"][rows]).max() < 1e-5
+    lr = n + len(copies) + np.arange(len(leaks))
+    for key in ("is_leak_issue", "leak_partner"):
+        assert (out["exact"][key][lr] == out["ivf"][key][lr]).all(), key
+    assert out["ivf"]["is_leak_issue"][lr].all() and (out["ivf"]["leak_partner"][lr] == tr[lsrc]).all()
+    assert np.abs(out["exact"]["leak_score"][lr] - out["ivf"]["leak_score"][lr]).max() < 1e-5
+    # elsewhere the approximate search flags nothing the exact one does not (its pairs are verified)
+    assert not (out["ivf"]["is_near_duplicate_issue"] & ~out["exact"]["is_near_duplicate_issue"]).any()
+    assert not (out["ivf"]["is_leak_issue"] & ~out["exact"]["is_leak_issue"]).any()
+
+
+def test_ivf_outlier_searches_agree_with_exact(monkeypatch):
+    """With the thresholds lowered so the whole search and every class's go IVF, the planted outliers
+    are flagged as exact search flags them and the distances barely move (IVF can only miss neighbours)."""
+    import audit.neighbors as nb
+
+    rng = np.random.default_rng(7)
+    n, d = 6000, 32
+    y = rng.integers(0, 4, n)
+    centres, maps = rng.normal(size=(4, d)), rng.normal(size=(4, 6, d)) / np.sqrt(6)
+    emb = (centres[y] + np.einsum("nl,nld->nd", rng.normal(size=(n, 6)), maps[y]) + 0.1 * rng.normal(size=(n, d))).astype(np.float32)
+    odd = rng.choice(n, 30, replace=False)
+    emb[odd] = rng.normal(size=(30, d)) * np.linalg.norm(emb, axis=1).mean() / np.sqrt(d)
+    s = np.where(rng.random(n) < 0.2, "test", "train")
+    exact = find_outliers(emb, y, s)
+    calls = []
+    real = nb.ivf_search
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        calls.append(out[2])
+        return out
+    monkeypatch.setattr(nb, "ivf_search", spy)
+    monkeypatch.setattr(nb, "IVF_MIN_PAIRS", 1_000_000)
+    monkeypatch.setattr(nb, "IVF_MIN_BASE", 500)
+    ivf = find_outliers(emb, y, s)
+    assert len(calls) == 5 and all(c["recall"] >= 0.95 and c["nprobe"] < c["nlist"] for c in calls)
+    assert exact["is_outlier_issue"][odd].all() and ivf["is_outlier_issue"][odd].all()
+    for key in ("outlier_distance", "outlier_class_distance"):
+        e, a = exact[key], ivf[key]
+        assert (a >= e - 1e-6).all() and np.abs(a - e).mean() < 5e-3 * e.mean(), key
+    agree = (exact["is_outlier_issue"] == ivf["is_outlier_issue"]).mean()
+    assert agree >= 0.998, agree

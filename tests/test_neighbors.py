@@ -8,10 +8,13 @@ import torch
 from audit.neighbors import (
     IVF_MIN_BASE,
     IVF_MIN_PAIRS,
+    ClusteredIndex,
     TorchTopK,
     choose_method,
     grouped_topk,
+    ivf_lists,
     knn,
+    normalize,
     recall_at_k,
     resolve_threads,
     search,
@@ -146,6 +149,68 @@ def test_ivf_recall_on_clustered_data():
     assert (np.diff(sims, axis=1) <= 0).all() and (idx >= 0).all()
     again = search(base, queries, 10, method="ivf", threads=1)
     assert (again[1] == idx).all() and again[2]["nprobe"] == info["nprobe"]  # reproducible
+
+
+def test_clustered_index_probing_every_list_is_exact_search_with_ties():
+    """At nprobe = nlist every row is scored: the same neighbours and bits as brute force, equal
+    similarities ordered by the smaller index, whatever the lists and however the queries spread."""
+    base, queries = tied_data(3000, 120, seed=4)
+    ref_s, ref_i = brute_force(base, queries, 13)
+    assert (ref_s[:, 11] == ref_s[:, 12]).sum() >= 30  # tied at the k-th place on many rows
+    for nlist in (1, 7, 40):
+        index = ClusteredIndex(base, nlist, seed=1)
+        assert index.nlist == nlist and index.starts[-1] == len(base)
+        sims, idx = index.search(queries, 12, nlist)
+        assert sims.dtype == np.float32 and idx.dtype == np.int64
+        assert (idx == ref_i[:, :12]).all() and (sims == ref_s[:, :12].astype(np.float32)).all()
+    assert index.search(queries[:0], 5, 3)[1].shape == (0, 5)
+    # queries in chunks of a few probes each: the same answer
+    few = index.search(queries, 12, 5, probe_rows=37)
+    whole = index.search(queries, 12, 5)
+    assert (few[0] == whole[0]).all() and (few[1] == whole[1]).all()
+
+
+def test_clustered_index_fills_short_rows_with_minus_one():
+    """Fewer probed rows than k: the probed list's rows, exact and in order, then -1 with -inf."""
+    rng = np.random.default_rng(5)
+    base = normalize(rng.normal(size=(200, 8)).astype(np.float32))
+    queries = normalize(rng.normal(size=(30, 8)).astype(np.float32))
+    index = ClusteredIndex(base, 10, seed=0)
+    sims, idx = index.search(queries, 60, 1)
+    lists = index.probes(queries, 1)[:, 0]
+    for q in range(len(queries)):
+        rows = np.sort(index.order[index.starts[lists[q]]:index.starts[lists[q] + 1]])
+        assert 0 < len(rows) < 60
+        ref_s, ref_i = brute_force(base[rows], queries[q:q + 1], len(rows))
+        assert (idx[q, :len(rows)] == rows[ref_i[0]]).all()
+        assert np.abs(sims[q, :len(rows)] - ref_s[0]).max() < 1e-6
+        assert (idx[q, len(rows):] == -1).all() and np.isneginf(sims[q, len(rows):]).all()
+    # every row in exactly one list, lists ascending by row within
+    assert (np.sort(index.order) == np.arange(len(base))).all()
+    for c in range(index.nlist):
+        assert (np.diff(index.order[index.starts[c]:index.starts[c + 1]]) > 0).all()
+
+
+def test_ivf_search_reported_recall_is_the_recall_against_exact():
+    """The recall ``search`` reports is the recall of its returned neighbours on its held-out sample
+    queries (half of recall_queries, drawn by the seed), recomputed here against exact search; on every
+    query it is at the target too."""
+    rng = np.random.default_rng(6)
+    centers = rng.normal(size=(60, 24)).astype(np.float32)
+    base = centers[rng.integers(60, size=12000)] + 0.35 * rng.normal(size=(12000, 24)).astype(np.float32)
+    queries = centers[rng.integers(60, size=3000)] + 0.35 * rng.normal(size=(3000, 24)).astype(np.float32)
+    sims, idx, info = search(base, queries, 10, method="ivf", threads=1, recall_queries=400, seed=3)
+    assert info["nlist"] == ivf_lists(12000) == 307 and info["exact_rows"] == 0 and info["recall_queries"] == 200
+    assert info["nprobe"] < info["nlist"]  # really approximate
+    exact_s, exact_i = knn(base, queries, 10)
+    check = np.random.default_rng(3).permutation(len(queries))[:400][200:]
+    mine = recall_at_k(sims[check], exact_s[check, -1]).mean()
+    assert info["recall"] >= 0.95 and abs(info["recall"] - mine) < 1e-12
+    assert recall_at_k(sims, exact_s[:, -1]).mean() >= 0.95
+    # what IVF found is exact where found: the true similarity of each returned index, best first
+    true = np.einsum("qd,qkd->qk", normalize(queries), normalize(base)[idx])
+    assert np.abs(true - sims).max() < 1e-5 and (np.diff(sims, axis=1) <= 0).all()
+    assert (idx == exact_i).all(1).mean() >= 0.8
 
 
 def test_auto_method_threshold():

@@ -21,9 +21,11 @@ from audit.issues.base import IssueConfig, register
 OUTLIER = register("outlier", "images far from every training image and from their class in the embedding")
 
 
-def knn_distance(emb: np.ndarray, base_rows: np.ndarray, k: int, *, device: str | None = "cpu") -> np.ndarray:
+def knn_distance(emb: np.ndarray, base_rows: np.ndarray, k: int, *, device: str | None = "cpu",
+                 method: str = "auto") -> np.ndarray:
     """Mean cosine distance (0..2) of every row of ``emb`` (N, D) to its ``k`` nearest rows among
-    ``base_rows``, a base row not counting itself. float64 (N,)."""
+    ``base_rows``, a base row not counting itself. float64 (N,). ``method``: that of
+    :func:`audit.neighbors.search` (``auto``: exact unless large)."""
     from audit.neighbors import search
 
     emb = np.ascontiguousarray(emb, np.float32)
@@ -31,7 +33,7 @@ def knn_distance(emb: np.ndarray, base_rows: np.ndarray, k: int, *, device: str 
     kk = min(k + 1, len(base))
     if kk == 0:
         return np.full(len(emb), np.nan)
-    sims, idx, _ = search(base, emb, kk, device=device)
+    sims, idx, _ = search(base, emb, kk, method=method, device=device)
     own = np.full(len(emb), -1, np.int64)
     own[base_rows] = np.arange(len(base_rows))
     is_self = idx == own[:, None]
@@ -48,15 +50,23 @@ def find_outliers(emb: np.ndarray, labels: np.ndarray, split: np.ndarray, *, con
     ``outlier_distance`` (to the nearest training rows) and ``outlier_class_distance`` (to those of the
     row's given label; NaN when its class has fewer than two training rows) over all N rows, plus the
     fence (``outlier_fence``, a 0-d array, in units of the combined distance)."""
+    from audit.neighbors import IVF_MIN_BASE, choose_method
+
     split = np.asarray(split).astype(str)
     tr = np.flatnonzero(split == "train")
     d_all = knn_distance(emb, tr, config.outlier_k, device=device)
+    # The per-class searches follow the whole search: when it is approximate (past IVF_MIN_PAIRS), so is
+    # each class's with a base of IVF_MIN_BASE rows or more (ten classes of 100,000 rows are 8.3e10
+    # pairs together, though each is below the threshold: exact, 12 minutes on one core at 1M rows).
+    large = choose_method(len(tr), len(emb)) == "ivf"
     d_cls = np.full(len(emb), np.nan)
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
         base = np.intersect1d(rows, tr)
         if len(base) >= 2:
-            d_cls[rows] = knn_distance(emb[rows], np.searchsorted(rows, base), config.outlier_k, device=device)
+            method = "ivf" if large and len(base) >= IVF_MIN_BASE else "auto"
+            d_cls[rows] = knn_distance(emb[rows], np.searchsorted(rows, base), config.outlier_k, device=device,
+                                       method=method)
     d = np.sqrt(np.maximum(d_all, 0) * np.maximum(np.where(np.isnan(d_cls), d_all, d_cls), 0))
     ref = np.sort(d[tr])
     # mid-rank percentile: a row tied with m training rows sits in the middle of them
