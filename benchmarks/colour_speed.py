@@ -16,6 +16,9 @@ width and the batch sizes of its recipe for 1,500 training images; natural and P
 (SGD, Nesterov momentum 0.9, weight decay 5e-4; the same :class:`audit.train.attacks.PGD`), interleaved
 and repeated, median taken. ``engine_over_bare`` is the engine's time over the bare loop's.
 
+``compile``: ``train_model(..., compile=True)`` (``torch.compile``) against eager on one CPU thread:
+the first epoch (compilation included), later epochs, and the images it takes to break even.
+
 ``make``: 2,000 Fashion-MNIST training images (200 a class, from Debian's ``dataset-fashion-mnist``,
 ``/usr/share/datasets/fashion-mnist``), each padded to 32×32 and tinted with a random foreground and
 background colour (``benchmarks/devsuite.py``'s ``tint``), written as an npz with clean labels and no
@@ -125,6 +128,64 @@ def throughput(args) -> list[dict]:
     return rows
 
 
+def compile_cost(args) -> list[dict]:
+    """``train_model(compile=True)`` against eager, one CPU thread, the airbench recipe's batches.
+
+    Per method: the first epoch of a fresh model (compilation included) and the median of
+    ``--repeats`` later epochs of the same compiled model, against the eager engine's median epoch,
+    interleaved. ``compiled_over_eager`` below 1 means compiling pays per epoch; ``break_even_images``
+    is how many training images it takes the saving to pay back the compilation."""
+    import torch
+
+    from audit.train.engine import TrainSpec, train_model
+    from audit.train.models import build_model
+
+    torch.set_num_threads(1)
+    dev = torch.device("cpu")
+    rows = []
+    for arch in args.archs.split(","):
+        cfg = _recipe(arch)
+        for method in ("natural", "pgd"):
+            batch = cfg.batch_size if method == "natural" else cfg.robust_batch_size
+            n = batch * args.batches
+            torch.manual_seed(0)
+            x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+            y = torch.randint(0, 10, (n,))
+            spec = TrainSpec(method=method, arch=arch, width=cfg.width, epochs=1, batch_size=batch, lr=0.01,
+                             constant_lr=True, weight_decay=cfg.weight_decay, eps=cfg.eps, steps=cfg.steps,
+                             step_size=cfg.step_size, tracin_checkpoints=1)
+            torch._dynamo.reset()
+            torch.manual_seed(1)
+            m = build_model(arch, (3, 32, 32), 10, cfg.width)
+            t0 = time.perf_counter()
+            train_model(m, x, y, spec, device=dev, progress=False, compile=True)  # compiles
+            first = time.perf_counter() - t0
+            eager, comp = [], []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                train_model(m, x, y, spec, device=dev, progress=False, compile=True)
+                comp.append(time.perf_counter() - t0)
+                torch.manual_seed(1)
+                e = build_model(arch, (3, 32, 32), 10, cfg.width)
+                train_model(e, x[:batch], y[:batch], spec, device=dev, progress=False)  # whitening, warm-up
+                t0 = time.perf_counter()
+                train_model(e, x, y, spec, device=dev, progress=False)
+                eager.append(time.perf_counter() - t0)
+            c, e = statistics.median(comp), statistics.median(eager)
+            saving = e - c
+            rows.append({"kind": "compile", "arch": arch, "width": cfg.width, "method": method,
+                         "pgd_steps": cfg.steps if method == "pgd" else 0, "batch": batch, "threads": 1,
+                         "img_per_s": round(n / c, 1), "bare_img_per_s": None,
+                         "engine_over_bare": None, "compiled_over_eager": round(c / e, 3),
+                         "eager_img_per_s": round(n / e, 1), "first_epoch_s": round(first, 2),
+                         # images trained before the per-epoch saving pays back the compilation
+                         "break_even_images": int((first - c) / saving * n) if saving > 0 else None,
+                         "note": f"benchmarks/colour_speed.py compile --archs {arch} --batches {args.batches} "
+                                 f"--repeats {args.repeats}; torch {torch.__version__}"})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def make(args) -> None:
     from devsuite import fashion, tint
 
@@ -169,12 +230,24 @@ def _manifest_facts(run: Path) -> dict:
             "compute_seconds": m.get("compute_seconds"), "stage_seconds": json.dumps(stages)}
 
 
+_CPU = {"cpu_seconds": None}
+
+
 def _audit(dataset: str, out: Path, seed: int, arch: str, extra: list[str]) -> tuple[float, str]:
+    """Runs one audit; returns (wall seconds, stderr tail on failure). Its CPU seconds (user + system,
+    what one idle thread would take, near enough, on a machine that other jobs share) go to
+    ``_CPU["cpu_seconds"]``."""
+    import resource
+
     cmd = [sys.executable, "-m", "audit", "run", "--dataset", dataset, "--seed", str(seed), "--out", str(out),
            "--threads", "1", "--quiet", "--arch", arch, *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return time.perf_counter() - t0, (r.stderr[-2000:] if r.returncode else "")
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _CPU["cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    return wall, (r.stderr[-2000:] if r.returncode else "")
 
 
 def audit(args, extra) -> list[dict]:
@@ -189,7 +262,8 @@ def audit(args, extra) -> list[dict]:
                 continue
             rows.append({"kind": "audit_2000", "set": f"{Path(args.data).parent.name} (tinted Fashion-MNIST)",
                          "draw": "-", "seed": seed, **_score_injected(out), **_manifest_facts(out),
-                         "wall_seconds": round(wall, 1), "load_before": before, "load_after": _load()})
+                         "wall_seconds": round(wall, 1), "cpu_seconds": _CPU["cpu_seconds"],
+                         "load_before": before, "load_after": _load()})
             print(json.dumps(rows[-1], default=str), flush=True)
     return rows
 
@@ -212,7 +286,8 @@ def suite(args, extra) -> list[dict]:
                 keep = {k: ev[k] for k in ("n_train", "noise", "audit_auprc", "cleanlab_auprc", "flagged",
                                            "precision", "recall")}
                 rows.append({"kind": "suite", "set": name, "draw": f"{draw} ({args.suite})", "seed": seed, **keep,
-                             **_manifest_facts(out), "wall_seconds": round(wall, 1), "load_before": before,
+                             **_manifest_facts(out), "wall_seconds": round(wall, 1),
+                             "cpu_seconds": _CPU["cpu_seconds"], "load_before": before,
                              "load_after": _load()})
                 print(json.dumps(rows[-1], default=str), flush=True)
     return rows
@@ -240,6 +315,10 @@ def main() -> None:
     t.add_argument("--archs", default="airbench,resnet18")
     t.add_argument("--batches", type=int, default=4)
     t.add_argument("--repeats", type=int, default=3)
+    c = sub.add_parser("compile")
+    c.add_argument("--archs", default="airbench")
+    c.add_argument("--batches", type=int, default=8)
+    c.add_argument("--repeats", type=int, default=3)
     m = sub.add_parser("make")
     m.add_argument("--out", default="/tmp/colour2000")
     m.add_argument("--n", type=int, default=2000)
@@ -254,7 +333,7 @@ def main() -> None:
         p.add_argument("--archs", default="airbench,resnet18")
         p.add_argument("--seeds", default="0")
         p.add_argument("--work", default="/tmp/colour_speed")
-    for p in (t, a, s):
+    for p in (t, c, a, s):
         p.add_argument("--csv", default=str(CSV))
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -262,7 +341,7 @@ def main() -> None:
     if args.cmd == "make":
         return make(args)
     print(f"load average before: {_load()} ({os.cpu_count()} cores)", flush=True)
-    rows = {"throughput": lambda: throughput(args), "audit": lambda: audit(args, extra),
+    rows = {"throughput": lambda: throughput(args), "compile": lambda: compile_cost(args), "audit": lambda: audit(args, extra),
             "suite": lambda: suite(args, extra)}[args.cmd]()
     print(f"load average after: {_load()}", flush=True)
     _append(rows, Path(args.csv))
