@@ -81,15 +81,14 @@ def _bare_seconds(model, x, y, batch, cfg, attack) -> float:
     return time.perf_counter() - t0
 
 
-def throughput(args) -> list[dict]:
+def _cases(args):
+    """(arch, recipe, method, batch, n, images, labels, one-epoch TrainSpec) for each architecture of
+    ``--archs`` and each of natural / PGD-AT: ``--batches`` batches of the recipe's size of synthetic
+    uint8 3×32×32 images, seeded."""
     import torch
 
-    from audit.train.engine import TrainSpec, train_model
-    from audit.train.models import build_model
+    from audit.train.engine import TrainSpec
 
-    torch.set_num_threads(1)
-    dev = torch.device("cpu")
-    rows = []
     for arch in args.archs.split(","):
         cfg = _recipe(arch)
         for method in ("natural", "pgd"):
@@ -101,26 +100,39 @@ def throughput(args) -> list[dict]:
             spec = TrainSpec(method=method, arch=arch, width=cfg.width, epochs=1, batch_size=batch, lr=0.01,
                              constant_lr=True, weight_decay=cfg.weight_decay, eps=cfg.eps, steps=cfg.steps,
                              step_size=cfg.step_size, tracin_checkpoints=1)
-            attack = spec.attack() if method == "pgd" else None
-            warm = build_model(arch, (3, 32, 32), 10, cfg.width)
-            train_model(warm, x[:batch], y[:batch], spec, device=dev, progress=False)  # warm-up, whitening
-            eng, bare = [], []
-            for _ in range(args.repeats):  # interleaved: load changes hit both alike
-                torch.manual_seed(1)
-                m = build_model(arch, (3, 32, 32), 10, cfg.width)
-                t0 = time.perf_counter()
-                train_model(m, x, y, spec, device=dev, progress=False)
-                eng.append(time.perf_counter() - t0)
-                torch.manual_seed(1)
-                m = build_model(arch, (3, 32, 32), 10, cfg.width)
-                m(x[:2].float() / 255)  # the same whitening fit the engine's first batch does
-                bare.append(_bare_seconds(m, x, y, batch, cfg, attack))
-            e, b = statistics.median(eng), statistics.median(bare)
-            rows.append({"kind": "throughput", "arch": arch, "width": cfg.width, "method": method,
-                         "pgd_steps": cfg.steps if method == "pgd" else 0, "batch": batch, "threads": 1,
-                         "img_per_s": round(n / e, 1), "bare_img_per_s": round(n / b, 1),
-                         "engine_over_bare": round(e / b, 3)})
-            print(json.dumps(rows[-1]), flush=True)
+            yield arch, cfg, method, batch, n, x, y, spec
+
+
+def throughput(args) -> list[dict]:
+    import torch
+
+    from audit.train.engine import train_model
+    from audit.train.models import build_model
+
+    torch.set_num_threads(1)
+    dev = torch.device("cpu")
+    rows = []
+    for arch, cfg, method, batch, n, x, y, spec in _cases(args):
+        attack = spec.attack() if method == "pgd" else None
+        warm = build_model(arch, (3, 32, 32), 10, cfg.width)
+        train_model(warm, x[:batch], y[:batch], spec, device=dev, progress=False)  # warm-up, whitening
+        eng, bare = [], []
+        for _ in range(args.repeats):  # interleaved: load changes hit both alike
+            torch.manual_seed(1)
+            m = build_model(arch, (3, 32, 32), 10, cfg.width)
+            t0 = time.perf_counter()
+            train_model(m, x, y, spec, device=dev, progress=False)
+            eng.append(time.perf_counter() - t0)
+            torch.manual_seed(1)
+            m = build_model(arch, (3, 32, 32), 10, cfg.width)
+            m(x[:2].float() / 255)  # the same whitening fit the engine's first batch does
+            bare.append(_bare_seconds(m, x, y, batch, cfg, attack))
+        e, b = statistics.median(eng), statistics.median(bare)
+        rows.append({"kind": "throughput", "arch": arch, "width": cfg.width, "method": method,
+                     "pgd_steps": cfg.steps if method == "pgd" else 0, "batch": batch, "threads": 1,
+                     "img_per_s": round(n / e, 1), "bare_img_per_s": round(n / b, 1),
+                     "engine_over_bare": round(e / b, 3)})
+        print(json.dumps(rows[-1]), flush=True)
     by = {(r["arch"], r["method"]): r["img_per_s"] for r in rows}
     for method in ("natural", "pgd"):
         if ("airbench", method) in by and ("resnet18", method) in by:
@@ -137,52 +149,42 @@ def compile_cost(args) -> list[dict]:
     is how many training images it takes the saving to pay back the compilation."""
     import torch
 
-    from audit.train.engine import TrainSpec, train_model
+    from audit.train.engine import train_model
     from audit.train.models import build_model
 
     torch.set_num_threads(1)
     dev = torch.device("cpu")
     rows = []
-    for arch in args.archs.split(","):
-        cfg = _recipe(arch)
-        for method in ("natural", "pgd"):
-            batch = cfg.batch_size if method == "natural" else cfg.robust_batch_size
-            n = batch * args.batches
-            torch.manual_seed(0)
-            x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-            y = torch.randint(0, 10, (n,))
-            spec = TrainSpec(method=method, arch=arch, width=cfg.width, epochs=1, batch_size=batch, lr=0.01,
-                             constant_lr=True, weight_decay=cfg.weight_decay, eps=cfg.eps, steps=cfg.steps,
-                             step_size=cfg.step_size, tracin_checkpoints=1)
-            torch._dynamo.reset()
-            torch.manual_seed(1)
-            m = build_model(arch, (3, 32, 32), 10, cfg.width)
+    for arch, cfg, method, batch, n, x, y, spec in _cases(args):
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        m = build_model(arch, (3, 32, 32), 10, cfg.width)
+        t0 = time.perf_counter()
+        train_model(m, x, y, spec, device=dev, progress=False, compile=True)  # compiles
+        first = time.perf_counter() - t0
+        eager, comp = [], []
+        for _ in range(args.repeats):
             t0 = time.perf_counter()
-            train_model(m, x, y, spec, device=dev, progress=False, compile=True)  # compiles
-            first = time.perf_counter() - t0
-            eager, comp = [], []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                train_model(m, x, y, spec, device=dev, progress=False, compile=True)
-                comp.append(time.perf_counter() - t0)
-                torch.manual_seed(1)
-                e = build_model(arch, (3, 32, 32), 10, cfg.width)
-                train_model(e, x[:batch], y[:batch], spec, device=dev, progress=False)  # whitening, warm-up
-                t0 = time.perf_counter()
-                train_model(e, x, y, spec, device=dev, progress=False)
-                eager.append(time.perf_counter() - t0)
-            c, e = statistics.median(comp), statistics.median(eager)
-            saving = e - c
-            rows.append({"kind": "compile", "arch": arch, "width": cfg.width, "method": method,
-                         "pgd_steps": cfg.steps if method == "pgd" else 0, "batch": batch, "threads": 1,
-                         "img_per_s": round(n / c, 1), "bare_img_per_s": None,
-                         "engine_over_bare": None, "compiled_over_eager": round(c / e, 3),
-                         "eager_img_per_s": round(n / e, 1), "first_epoch_s": round(first, 2),
-                         # images trained before the per-epoch saving pays back the compilation
-                         "break_even_images": int((first - c) / saving * n) if saving > 0 else None,
-                         "note": f"benchmarks/colour_speed.py compile --archs {arch} --batches {args.batches} "
-                                 f"--repeats {args.repeats}; torch {torch.__version__}"})
-            print(json.dumps(rows[-1]), flush=True)
+            train_model(m, x, y, spec, device=dev, progress=False, compile=True)
+            comp.append(time.perf_counter() - t0)
+            torch.manual_seed(1)
+            e = build_model(arch, (3, 32, 32), 10, cfg.width)
+            train_model(e, x[:batch], y[:batch], spec, device=dev, progress=False)  # whitening, warm-up
+            t0 = time.perf_counter()
+            train_model(e, x, y, spec, device=dev, progress=False)
+            eager.append(time.perf_counter() - t0)
+        c, e = statistics.median(comp), statistics.median(eager)
+        saving = e - c
+        rows.append({"kind": "compile", "arch": arch, "width": cfg.width, "method": method,
+                     "pgd_steps": cfg.steps if method == "pgd" else 0, "batch": batch, "threads": 1,
+                     "img_per_s": round(n / c, 1), "bare_img_per_s": None,
+                     "engine_over_bare": None, "compiled_over_eager": round(c / e, 3),
+                     "eager_img_per_s": round(n / e, 1), "first_epoch_s": round(first, 2),
+                     # images trained before the per-epoch saving pays back the compilation
+                     "break_even_images": int((first - c) / saving * n) if saving > 0 else None,
+                     "note": f"benchmarks/colour_speed.py compile --archs {arch} --batches {args.batches} "
+                             f"--repeats {args.repeats}; torch {torch.__version__}"})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
