@@ -233,6 +233,7 @@ def test_run_finds_planted_issues(tmp_path, digits):
     assert df["is_dark_issue"].to_numpy()[n + 42:].all()
     assert man["issue_types"]["near_duplicate"]["count"] == int(df["is_near_duplicate_issue"].sum())
     assert man["issue_types"]["summary"].startswith("other issues: ")
+    assert {man["issue_types"][t]["search"] for t in ("near_duplicate", "leak", "outlier")} == {"exact"}  # small
 
 
 def _synthetic_grey(n: int, seed: int = 0):
@@ -311,6 +312,8 @@ def test_ivf_copy_search_finds_planted_copies_as_exact_does():
     for key in ("is_near_duplicate_issue", "duplicate_group"):
         assert (out["exact"][key][rows] == out["ivf"][key][rows]).all(), key
     assert out["ivf"]["is_near_duplicate_issue"][rows].all()
+    for key in ("copy_search_train", "copy_search_test"):  # which search ran, for the manifest
+        assert [str(out[m][key]) for m in ("exact", "ivf")] == ["exact", "ivf"], key
     assert np.abs(out["exact"]["near_duplicate_score"][rows] - out["ivf"]["near_duplicate_score"][rows]).max() < 1e-5
     lr = n + len(copies) + np.arange(len(leaks))
     for key in ("is_leak_issue", "leak_partner"):
@@ -347,6 +350,7 @@ def test_ivf_outlier_searches_agree_with_exact(monkeypatch):
     monkeypatch.setattr(nb, "IVF_MIN_PAIRS", 1_000_000)
     monkeypatch.setattr(nb, "IVF_MIN_BASE", 500)
     ivf = find_outliers(emb, y, s)
+    assert str(exact["outlier_search"]) == "exact" and str(ivf["outlier_search"]) == "ivf"
     assert len(calls) == 5 and all(c["recall"] >= 0.95 and c["nprobe"] < c["nlist"] for c in calls)
     assert exact["is_outlier_issue"][odd].all() and ivf["is_outlier_issue"][odd].all()
     for key in ("outlier_distance", "outlier_class_distance"):

@@ -179,6 +179,14 @@ def issue_summary(arrays: dict[str, np.ndarray], class_names, *, config: IssueCo
     out["leak"]["exact"] = int((arrays["is_leak_issue"] & arrays["leak_exact"]).sum())
     out["outlier"]["threshold_rule"] = (f"combined k-NN distance past Q3 + {config.outlier_iqr:g}×IQR of the training "
                                         f"rows' log distances (k = {config.outlier_k})")
+    # which search found the candidates (arrays cached before these keys were recorded: exact)
+    approx_copies = ("an approximate candidate search (past COPY_EXACT_FLOPS), every pair it proposes checked "
+                     "exactly: a flagged pair is a near copy, but a copy the search missed is missed")
+    for name, key in (("near_duplicate", "copy_search_train"), ("leak", "copy_search_test")):
+        how = str(arrays.get(key, "exact"))
+        out[name]["search"] = "exact" if how == "exact" else approx_copies
+    out["outlier"]["search"] = ("exact" if str(arrays.get("outlier_search", "exact")) == "exact" else
+                                "IVF nearest neighbours, nprobe raised until recall >= 0.95 on held-out sample queries")
     sizes_recorded = "source_wh" in arrays
     out["odd_size"]["sizes_recorded"] = sizes_recorded
     if not sizes_recorded:

@@ -13,8 +13,8 @@ image has median cosine 0.977 in the natural model's penultimate features) while
 one pixel can land far (cosine 0.21 to 0.74 for the MLP the recipe chooses there); no threshold on
 that cosine separates copies from look-alikes (measured in ``benchmarks/issue_types.py``).
 
-The nine exact searches cost 2·Q·N·h·w flops each, quadratic in the rows: 19 s on one core for 10,000
-training rows of 28×28 against themselves, so about 20 minutes for 83,334 and 36 hours for 833,334.
+The nine exact searches cost 2·Q·N·h·w flops each, quadratic in the rows: 100 times the time of 10,000
+training rows of 28×28 against themselves for 100,000, and 10,000 times for a million.
 Past ``COPY_EXACT_FLOPS`` (what the largest exact search of :mod:`audit.neighbors` costs before it
 turns to IVF; reached at about 19,000 × 19,000 images of 28×28) the candidates come from one
 approximate search instead (:func:`scaled_candidates`: the magnitudes of the descriptors' Fourier
@@ -330,6 +330,10 @@ def find_copies(images, split: np.ndarray, *, config: IssueConfig = IssueConfig(
            "duplicate_group": np.full(n, -1, np.int64), "duplicate_exact": np.zeros(n, bool),
            "leak_score": np.full(n, np.nan), "is_leak_issue": np.zeros(n, bool),
            "leak_partner": np.full(n, -1, np.int64), "leak_exact": np.zeros(n, bool)}
+    h, w = d_tr.shape[1:]
+    searches = {"copy_search_train": copy_method(len(tr), len(tr), h, w) if method == "auto" else method,
+                "copy_search_test": copy_method(len(te), len(tr), h, w) if method == "auto" else method}
+    out.update({k: np.array(v) for k, v in searches.items()})  # which search ran (the manifest says so)
     out["near_duplicate_score"][tr] = best
     out["is_near_duplicate_issue"][tr] = in_group
     out["duplicate_group"][tr] = group

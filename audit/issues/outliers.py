@@ -75,7 +75,8 @@ def find_outliers(emb: np.ndarray, labels: np.ndarray, split: np.ndarray, *, con
     q1, q3 = np.quantile(logd, [0.25, 0.75]) if len(ref) else (0.0, 0.0)
     fence = float(np.exp(q3 + config.outlier_iqr * (q3 - q1)))
     return {"outlier_score": pct, "is_outlier_issue": d > fence, "outlier_distance": d_all,
-            "outlier_class_distance": d_cls, "outlier_fence": np.array(fence)}
+            "outlier_class_distance": d_cls, "outlier_fence": np.array(fence),
+            "outlier_search": np.array("ivf" if large else "exact")}
 
 
 def pixel_vectors(images) -> np.ndarray:
