@@ -8,10 +8,11 @@ Four checks, each a plain function of the stages' arrays, with its bound written
                    commonest test label (0.325 for ten balanced classes)
 ``fits``           the natural model (the memorizer): accuracy on the given training labels ≥ ``FIT_MIN``
 ``robust``         a robust model: adversarial test accuracy ≥ the natural model's + ``ROBUST_GAIN``
-``no_memorizing``  a robust model: it fits at most ``MEMORIZE_MAX`` of the training rows whose given label
-                   the out-of-sample models doubt (predict another class); needs ≥ ``MIN_DOUBTED`` of them.
-                   The natural model fits nearly all of them; a robust model that does too refuses nothing
-                   and its training errors bound nothing
+``no_memorizing``  a robust model: among the training rows whose given label the out-of-sample models
+                   doubt (predict another class), it refuses (predicts another class for) at least
+                   ``REFUSE_MIN`` × the number of label issues cleanlab estimates from those models; needs
+                   ≥ ``MIN_DOUBTED`` doubted rows. The natural model refuses nearly none of them; a robust
+                   model that does the same refuses nothing, and its training errors bound nothing
 =================  ===================================================================================
 
 A failed check leads to a stated retry of that model (:func:`retry_recipe`), at most ``MAX_RETRIES``
@@ -20,8 +21,14 @@ signals leave the candidates for ``issue_score`` (:func:`excluded_signals`). A c
 test rows, too few doubted rows) says so and counts as passed.
 
 The bounds were set by reasoning about what each failure looks like (a collapsed model sits at chance; a
-memorizing robust model fits ~100% of the doubted rows where a working one fits well under half), then
-checked on the development suite (``benchmarks/devsuite.py``, seed 0), not fitted to it.
+memorizing robust model refuses none of the doubted rows), then checked on the development suite
+(``benchmarks/devsuite.py``, seed 0), not fitted to it. ``no_memorizing`` once asked a robust model to fit
+at most half of the doubted rows. Where the out-of-sample models are weak (a few hundred colour images),
+most doubted rows are clean but hard, and a working robust model fits them. On the development colour
+folder it fit 77% of 111 doubted rows, only 13 of the 39 misfiled among them, and its margin ranked the
+misfiled at AUPRC 0.86 against the natural model's 0.39. The rule failed it, two retries (106 s) followed,
+and its signals were excluded. The bound is now the one :func:`audit.signals.table.flag_count` applies to
+the robust models' errors: refusing fewer than a quarter of the estimated issues is memorizing.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import numpy as np
 CHANCE_MARGIN = 0.25
 FIT_MIN = 0.9
 ROBUST_GAIN = 0.1
-MEMORIZE_MAX = 0.5
+REFUSE_MIN = 0.25  # the share of the out-of-sample issue estimate a robust model must refuse
 MIN_DOUBTED = 10
 MAX_RETRIES = 2
 ROBUST = ("pgd", "trades", "fgsm")
@@ -80,6 +87,13 @@ def _beats_chance(model: str, acc: float, chance: float) -> Check:
                  f"test accuracy {acc:.3f} {'≥' if ok else '<'} {bound:.3f} (chance {chance:.3f} plus a margin)")
 
 
+def _issue_estimate(labels: np.ndarray, oos_probs: np.ndarray) -> int:
+    """cleanlab's confident-joint count of label issues from out-of-sample probabilities."""
+    from cleanlab.count import num_label_issues
+
+    return int(num_label_issues(labels, oos_probs)) if len(labels) > oos_probs.shape[1] else 0
+
+
 def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_labels: np.ndarray) -> list[Check]:
     """Every check of every trained model. ``trained``: role -> stage arrays (``natural``, robust methods,
     ``aug``); ``cv``: the cross-validation stage's arrays or ``None``. Labels are those the models
@@ -92,6 +106,7 @@ def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_
         return float((logits.argmax(1) == test_labels).mean()) if has_test else float("nan")
 
     nat = trained.get("natural")
+    n_oos = None  # cleanlab's estimate of the label issues, computed once when a robust model needs it
     cv_check = None
     if cv is not None and "test_probs" in cv:
         acc = float((cv["test_probs"].mean(0).argmax(1) == test_labels).mean()) if has_test else float("nan")
@@ -118,18 +133,22 @@ def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_
         else:
             out.append(Check(role, "robust", None, float("nan"), float("nan"), "no test rows: robustness not checked"))
         if cv is not None and not cv_ok:
-            out.append(Check(role, "no_memorizing", None, float("nan"), MEMORIZE_MAX,
+            out.append(Check(role, "no_memorizing", None, float("nan"), float("nan"),
                              "the out-of-sample models did not learn: memorization not checked"))
         elif cv is not None:
             doubted = cv["oos_probs"].argmax(1) != train_labels
             if doubted.sum() >= MIN_DOUBTED:
-                fit = float((arr["train_logits"].argmax(1)[doubted] == train_labels[doubted]).mean())
-                ok = fit <= MEMORIZE_MAX
-                out.append(Check(role, "no_memorizing", ok, fit, MEMORIZE_MAX,
-                                 f"fits {fit:.0%} of the {int(doubted.sum())} training labels the out-of-sample "
-                                 f"models doubt ({'≤' if ok else '>'} {MEMORIZE_MAX:.0%})"))
+                if n_oos is None:
+                    n_oos = _issue_estimate(train_labels, cv["oos_probs"])
+                refused = int((arr["train_logits"].argmax(1)[doubted] != train_labels[doubted]).sum())
+                bound = REFUSE_MIN * n_oos
+                ok = refused >= bound
+                out.append(Check(role, "no_memorizing", ok, float(refused), bound,
+                                 f"refuses {refused} of the {int(doubted.sum())} training labels the out-of-sample "
+                                 f"models doubt ({'≥' if ok else '<'} {bound:.1f}: {REFUSE_MIN:g} × their "
+                                 f"estimate of {n_oos} label issues)"))
             else:
-                out.append(Check(role, "no_memorizing", None, float("nan"), MEMORIZE_MAX,
+                out.append(Check(role, "no_memorizing", None, float("nan"), float("nan"),
                                  f"only {int(doubted.sum())} doubted training labels: memorization not checked"))
     if cv_check is not None:
         out.append(cv_check)
@@ -189,8 +208,11 @@ def retry_recipe(recipe, failed: list[str], attempt: int):
     * ``beats_chance`` (the model did not learn): half the learning rate; a robust model also ramps its
       radius up over at least half its epochs, and on the second retry trains at half the radius.
     * ``fits`` (the natural model did not memorize): twice the epochs.
-    * ``no_memorizing`` (a robust model fit the doubted labels): 1.5× the training radius and 0.6× the
-      epochs: a stronger attack over a shorter training leaves it less room to fit single examples.
+    * ``no_memorizing`` (a robust model fit the doubted labels): half the epochs (networks fit the clean
+      majority first and the noise late); on the second retry also 1.5× the training radius. The first
+      retry was once the larger radius (with 0.6× the epochs): on the development colour folders it
+      collapsed PGD-AT to chance or left it weak (its margin ranked the misfiled at AUPRC 0.41), where
+      half the epochs at the calibrated radius ranked them at 0.84.
     * ``robust`` (no more robust than the natural model): twice the epochs, 1.5x the attack steps.
     """
     if attempt > MAX_RETRIES:
@@ -207,7 +229,10 @@ def retry_recipe(recipe, failed: list[str], attempt: int):
     if "fits" in failed:
         return replace(recipe, epochs=recipe.epochs * 2), f"epochs {recipe.epochs} -> {recipe.epochs * 2}"
     if "no_memorizing" in failed:
-        eps, epochs = recipe.eps * 1.5, max(1, int(round(recipe.epochs * 0.6)))
+        epochs = max(1, int(round(recipe.epochs * 0.5)))
+        if attempt == 1:  # networks fit the clean majority first and the noise late: stop earlier
+            return replace(recipe, epochs=epochs), f"epochs {recipe.epochs} -> {epochs} (stop before it memorizes)"
+        eps = recipe.eps * 1.5
         return (replace(recipe, eps=eps, step_size=recipe.step_size * 1.5, epochs=epochs),
                 f"training eps {recipe.eps:.4g} -> {eps:.4g}, epochs {recipe.epochs} -> {epochs}")
     if "robust" in failed:

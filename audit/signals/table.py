@@ -137,8 +137,9 @@ def flag_count(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: dict | l
 
     ``min``: min(cleanlab's confident-joint estimate, each healthy robust model's training errors).
     ``out_of_sample``: the estimate alone, when no robust model passed its checks or the robust bound is
-    below ``PLAUSIBLE_BOUND`` × the estimate. ``canaries`` (decided later, in :func:`score_training`): both
-    are zero. Returns ``{"n", "rule", "out_of_sample", "robust_errors", "reason"}``."""
+    below ``PLAUSIBLE_BOUND`` × the estimate. Decided later, in :func:`score_training`: ``canary_floor``,
+    when ``min`` took a robust model's errors and more real rows score like the planted canaries
+    (:func:`canary_count`), that count, still at most the estimate; ``canaries``: both are zero. Returns ``{"n", "rule", "out_of_sample", "robust_errors", "reason"}``."""
     from cleanlab.count import num_label_issues
 
     preds = robust_preds if isinstance(robust_preds, dict) else {f"robust{i}": p for i, p in enumerate(robust_preds)}
@@ -158,6 +159,25 @@ def flag_count(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: dict | l
         out["reason"] = (f"no robust model passed its checks ({', '.join(unhealthy)}); "
                          f"flagged by the out-of-sample estimate alone")
     return out
+
+
+CANARY_RECALLS = (0.25, 0.5, 0.75)
+
+
+def canary_count(score: np.ndarray, is_canary: np.ndarray) -> int:
+    """How many real rows score like the planted canaries (known mislabelled copies of real images).
+
+    At the score a share r of the canaries reach, the real rows above it are r × the real rows that are
+    mislabelled like them plus some clean rows, so each r gives an estimate from above, real rows above
+    / r; the smallest over ``CANARY_RECALLS`` is returned. Canaries get random wrong labels; where the
+    real noise is subtler (labels people would plausibly give) its rows score below the canaries and
+    this undercounts, which is why :func:`score_training` uses it only as a floor under a robust model's
+    errors, never above the out-of-sample estimate. ``score``: training rows including the canaries."""
+    can, real = score[is_canary], score[~is_canary]
+    if not len(can) or not len(real):
+        return 0
+    est = [float((real > np.quantile(can, 1 - r)).sum()) / r for r in CANARY_RECALLS]
+    return int(round(min(est)))
 
 
 def _category_reasons(cat, given, alt, ev, votes_alt, mem, names) -> list[str]:
@@ -214,6 +234,18 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
     combo = choose_combination(sig, run.is_canary, n_exclude=n_issues, ineligible=not_judged + excluded,
                                canary_weight=c_w)
     score = rank01(combo["score"][real])
+    if rule["rule"] == "min" and n_issues < rule["out_of_sample"] and run.is_canary.any():
+        # A robust model that fit some of the noise refuses fewer labels than are wrong; the canaries show
+        # how many real rows score like known mislabelled copies, and that count is a floor under its errors.
+        rule["canary_count"] = c_n = canary_count(combo["score"], run.is_canary)
+        if c_n > n_issues:
+            worst = min(rule["robust_errors"], key=rule["robust_errors"].get)
+            n_issues = min(rule["out_of_sample"], c_n)
+            rule.update(n=n_issues, rule="canary_floor",
+                        reason=f"the {worst} model refused {rule['robust_errors'][worst]} training labels, fewer than "
+                               f"the {c_n} real rows that score like the {int(run.is_canary.sum())} planted canaries "
+                               f"(known mislabelled copies): it fit some of the noise; flagged "
+                               f"min(out-of-sample estimate {rule['out_of_sample']}, {c_n}) = {n_issues}")
     if n_issues == 0 and run.is_canary.any() and n_tr:
         # Never a silent zero: both estimates found nothing, so the planted canaries set the threshold:
         # flag the real rows that score above half of the canaries (known mislabelled copies).
