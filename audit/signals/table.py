@@ -139,7 +139,8 @@ def flag_count(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: dict | l
     ``out_of_sample``: the estimate alone, when no robust model passed its checks or the robust bound is
     below ``PLAUSIBLE_BOUND`` × the estimate. Decided later, in :func:`score_training`: ``canary_floor``,
     when ``min`` took a robust model's errors and more real rows score like the planted canaries
-    (:func:`canary_count`), that count, still at most the estimate; ``canaries``: both are zero. Returns ``{"n", "rule", "out_of_sample", "robust_errors", "reason"}``."""
+    (:func:`canary_count`), that count, still at most the estimate; ``canaries``: both are zero.
+    Returns ``{"n", "rule", "out_of_sample", "robust_errors", "reason"}``."""
     from cleanlab.count import num_label_issues
 
     preds = robust_preds if isinstance(robust_preds, dict) else {f"robust{i}": p for i, p in enumerate(robust_preds)}
@@ -162,10 +163,6 @@ def flag_count(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: dict | l
 
 
 CANARY_RECALLS = (0.25, 0.5, 0.75)
-# cleanlab's confident-joint count from the out-of-sample models ran 1.2-2x the true number of wrong labels
-# on every set of the development suite (models 69-96% accurate on the test rows; most where they were
-# weakest): clean rows those models get confidently wrong are counted too. Where that count sets n
-# the run says so.
 
 
 def canary_count(score: np.ndarray, is_canary: np.ndarray) -> int:
@@ -250,8 +247,13 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
                                f"the {c_n} real rows that score like the {int(run.is_canary.sum())} planted canaries "
                                f"(known mislabelled copies): it fit some of the noise; flagged "
                                f"min(out-of-sample estimate {rule['out_of_sample']}, {c_n}) = {n_issues}")
+    # cleanlab's confident-joint count from the out-of-sample models ran 1.2-2x the true number of wrong
+    # labels on every set of the development suite (models 69-96% accurate on the test rows; most where
+    # they were weakest): clean rows those models get confidently wrong are counted too. Where that count
+    # sets n, the run says so.
     te = run.test_labels
-    cv_acc = float((cv["test_probs"].mean(0).argmax(1) == te).mean()) if len(te) and "test_probs" in cv else float("nan")
+    has_cv_test = len(te) and "test_probs" in cv
+    cv_acc = float((cv["test_probs"].mean(0).argmax(1) == te).mean()) if has_cv_test else float("nan")
     if n_issues and n_issues == rule["out_of_sample"]:
         acc = f" ({cv_acc:.0%} accurate on the test rows)" if np.isfinite(cv_acc) else ""
         rule["caution"] = (f"the count is cleanlab's estimate from the out-of-sample models{acc}, which tends to "
