@@ -88,7 +88,7 @@ def _beats_chance(model: str, acc: float, chance: float) -> Check:
                  f"test accuracy {acc:.3f} {'≥' if ok else '<'} {bound:.3f} (chance {chance:.3f} plus a margin)")
 
 
-def _issue_estimate(labels: np.ndarray, oos_probs: np.ndarray) -> int:
+def issue_estimate(labels: np.ndarray, oos_probs: np.ndarray) -> int:
     """cleanlab's confident-joint count of label issues from out-of-sample probabilities."""
     from cleanlab.count import num_label_issues
 
@@ -140,7 +140,7 @@ def check_models(trained: dict, cv: dict | None, train_labels: np.ndarray, test_
             doubted = cv["oos_probs"].argmax(1) != train_labels
             if doubted.sum() >= MIN_DOUBTED:
                 if n_oos is None:
-                    n_oos = _issue_estimate(train_labels, cv["oos_probs"])
+                    n_oos = issue_estimate(train_labels, cv["oos_probs"])
                 refused = int((arr["train_logits"].argmax(1)[doubted] != train_labels[doubted]).sum())
                 bound = REFUSE_MIN * n_oos
                 ok = refused >= bound

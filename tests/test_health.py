@@ -90,7 +90,7 @@ def test_a_robust_model_that_fits_hard_clean_rows_is_not_memorizing():
     cv = {"oos_probs": oos, "test_probs": _logits(te_pred)[None]}
     nat = {"train_logits": _logits(y), "test_logits": _logits(te_pred), "adv_correct_test": rng.random(200) < 0.05}
     rob = {**nat, "train_logits": _logits(np.where(conf, (y + 1) % K, y)), "adv_correct_test": rng.random(200) < 0.7}
-    n_oos = health._issue_estimate(y, oos)
+    n_oos = health.issue_estimate(y, oos)
     assert n_conf <= n_oos < n_conf + n_soft
     mem = [c for c in health.check_models({"natural": nat, "pgd": rob}, cv, y, y_te) if c.name == "no_memorizing"]
     assert mem[0].ok is True and mem[0].value == n_conf and mem[0].bound == pytest.approx(health.REFUSE_MIN * n_oos)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from audit.data import AuditDataset
+from audit.health import REFUSE_MIN, issue_estimate
 from audit.signals.combine import (
     canary_weights,
     choose_combination,
@@ -127,8 +128,9 @@ def n_label_issues(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: list
 
 
 # A robust bound below this share of the out-of-sample estimate is implausible: the robust model fit
-# labels the out-of-sample models doubt (it memorized), so its few errors bound nothing.
-PLAUSIBLE_BOUND = 0.25
+# labels the out-of-sample models doubt (it memorized), so its few errors bound nothing. The health
+# check ``no_memorizing`` asks the same of the doubted rows.
+PLAUSIBLE_BOUND = REFUSE_MIN
 
 
 def flag_count(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: dict | list,
@@ -141,10 +143,8 @@ def flag_count(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: dict | l
     when ``min`` took a robust model's errors and more real rows score like the planted canaries
     (:func:`canary_count`), that count, still at most the estimate; ``canaries``: both are zero.
     Returns ``{"n", "rule", "out_of_sample", "robust_errors", "reason"}``."""
-    from cleanlab.count import num_label_issues
-
     preds = robust_preds if isinstance(robust_preds, dict) else {f"robust{i}": p for i, p in enumerate(robust_preds)}
-    n_oos = int(num_label_issues(labels, oos_probs)) if len(labels) > oos_probs.shape[1] else 0
+    n_oos = issue_estimate(labels, oos_probs)
     errors = {m: int((p != labels).sum()) for m, p in preds.items()}
     out = {"n": n_oos, "rule": "out_of_sample", "out_of_sample": n_oos, "robust_errors": errors, "reason": ""}
     if errors:
