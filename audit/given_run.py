@@ -75,7 +75,7 @@ def run_given(cfg, ds: AuditDataset, inputs: dict, out: Path, *, progress: bool,
         flags = np.zeros(len(y), bool)
         flags[tr[np.argsort(-score[tr], kind="stable")[:n_issues]]] = True
         if len(te_cov) > 2 * k and len(np.unique(y[te_cov])) == k:
-            from cleanlab.filter import find_label_issues
+            from audit.signals.util import find_label_issues
 
             flags[te_cov] = find_label_issues(y[te_cov], p[te_cov])
         nb_idx, pairs, nb_info = (_neighbours(feats, y, tr, te, p, probs.covered, ds.example_ids.astype(str))

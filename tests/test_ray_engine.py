@@ -73,3 +73,31 @@ def test_batch_on_ray_runs_audits_side_by_side(tmp_path):
     for name in ("a", "b"):
         man = json.loads((tmp_path / "runs" / name / "manifest.json").read_text())
         assert man["config"]["engine"] == "ray" and man["status"] == "complete"
+
+
+def test_cleanlab_label_issues_never_fork(monkeypatch):
+    """With more than one core cleanlab's find_label_issues forks a pool, and a process holding a Ray
+    client's gRPC threads can deadlock in the forked child (a ray:// run hung so in its table stage).
+    The audit's wrapper runs it in this process, with the same result."""
+    import multiprocessing
+
+    import numpy as np
+    from cleanlab.filter import find_label_issues as cleanlab_find
+
+    from audit.signals.util import find_label_issues
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    p = rng.dirichlet(np.ones(5), 400)
+    p[np.arange(400), y] += 1.0
+    p /= p.sum(1, keepdims=True)
+    y[:40] = (y[:40] + 1) % 5  # 40 given labels the probabilities contradict
+    expected = cleanlab_find(y, p)
+
+    def no_pool(*a, **k):
+        raise AssertionError("find_label_issues forked a multiprocessing pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    monkeypatch.setattr(multiprocessing.pool, "Pool", no_pool, raising=False)
+    got = find_label_issues(y, p)
+    assert got.any() and (got == expected).all()

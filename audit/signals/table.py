@@ -331,7 +331,7 @@ def gather_evidence(run: TableContext, trained: dict, cv: dict, infl: dict, sc: 
 
 def _test_scores(run: TableContext, trained: dict, test_cv: np.ndarray, robust: list[str]):
     """Test rows: cleanlab on fold-averaged probabilities (test is out-of-sample for every fold)."""
-    from cleanlab.filter import find_label_issues
+    from audit.signals.util import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     y_te, k = run.test_labels, run.ds.num_classes
@@ -431,7 +431,7 @@ def _train_only(values: np.ndarray, n: int) -> np.ndarray:
 
 
 def _signal_columns(df, run: TableContext, trained, cv, infl, sc: Scores, ev: Evidence) -> None:
-    from cleanlab.filter import find_label_issues
+    from audit.signals.util import find_label_issues
 
     real, n, k = ~run.is_canary, len(df), run.ds.num_classes
     n_tr, y_tr = int(real.sum()), run.train_labels[real]
