@@ -30,7 +30,6 @@ and ``OUT/summary.parquet`` are rewritten after every run.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import traceback
@@ -291,8 +290,7 @@ def run_batch(
         # process at once give different tables for the same options: each run gets its own process.
         import multiprocessing
 
-        pool = ProcessPoolExecutor(max_workers=max_concurrent, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init)
+        pool = ProcessPoolExecutor(max_workers=max_concurrent, mp_context=multiprocessing.get_context("spawn"))
         futures = {}
         for i, run in enumerate(runs):
             emit(run.name, "running", str(out / run.name))
@@ -314,16 +312,6 @@ def run_batch(
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return write_summary(out, rows, meta)
-
-
-def _worker_init() -> None:
-    """A batch worker process starts like ``audit run`` does: a spawned process inherits ``spawn`` as its
-    default start method, and cleanlab's per-class pool (which passes its tables as module globals to
-    forked children) then fails with a NameError."""
-    import multiprocessing
-
-    if os.name == "posix":
-        multiprocessing.set_start_method("fork", force=True)
 
 
 def _one_run(run: BatchRun, run_dir: Path, progress: bool, emit: Callable[[str, str, str], None] | None) -> dict:
