@@ -336,7 +336,7 @@ def test_a_robust_model_that_fit_some_noise_gets_the_canary_floor(tmp_path, monk
     from audit.signals import table
 
     real = table.flag_count
-    monkeypatch.setattr(table, "flag_count", lambda *a, **k: {**(r := real(*a, **k)), "n": 5, "rule": "min",
+    monkeypatch.setattr(table, "flag_count", lambda *a, **k: {**real(*a, **k), "n": 5, "rule": "min",
                                                                "robust_errors": {"pgd": 5}})
     man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, eps=0.1), tmp_path / "run", progress=False)
     f, m = man["flagging"], man["metrics"]

@@ -251,11 +251,10 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
     # labels on every set of the development suite (models 69-96% accurate on the test rows; most where
     # they were weakest): clean rows those models get confidently wrong are counted too. Where that count
     # sets n, the run says so.
-    te = run.test_labels
-    has_cv_test = len(te) and "test_probs" in cv
-    cv_acc = float((cv["test_probs"].mean(0).argmax(1) == te).mean()) if has_cv_test else float("nan")
     if n_issues and n_issues == rule["out_of_sample"]:
-        acc = f" ({cv_acc:.0%} accurate on the test rows)" if np.isfinite(cv_acc) else ""
+        te = run.test_labels
+        acc = (f" ({float((cv['test_probs'].mean(0).argmax(1) == te).mean()):.0%} accurate on the test rows)"
+               if len(te) and "test_probs" in cv else "")
         rule["caution"] = (f"the count is cleanlab's estimate from the out-of-sample models{acc}, which tends to "
                            f"run above the true number (1.2-2x on the development suite, most with weak models), "
                            f"so the last of the {n_issues} flags are the least certain")
