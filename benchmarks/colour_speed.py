@@ -1,6 +1,7 @@
 """The colour recipe's speed and detection: airbench (the default) against ResNet-18 (``--arch resnet18``).
 
     python benchmarks/colour_speed.py throughput [--repeats 3]          # images/s and engine/bare-loop ratio
+    python benchmarks/colour_speed.py layout [--repeats 3]              # channels-last against contiguous
     python benchmarks/colour_speed.py make --out /tmp/colour2000        # a 2,000-image colour 32×32 set
     python benchmarks/colour_speed.py audit --data /tmp/colour2000/data.npz --archs airbench,resnet18
     python benchmarks/colour_speed.py suite --suite benchmarks/data/suite1 --sets colour_digits,colour_fashion \
@@ -15,6 +16,10 @@ width and the batch sizes of its recipe for 1,500 training images; natural and P
 :func:`audit.train.engine.train_model`, and a bare PyTorch loop of the same net, batch and optimizer
 (SGD, Nesterov momentum 0.9, weight decay 5e-4; the same :class:`audit.train.attacks.PGD`), interleaved
 and repeated, median taken. ``engine_over_bare`` is the engine's time over the bare loop's.
+
+``layout``: the same bare loop (and whole-batch inference) with the net's weights channels-last (NHWC,
+what :func:`audit.train.models.build_model` returns) against contiguous (NCHW), one CPU thread, interleaved
+and repeated, median taken; ``cl_over_contiguous`` below 1 means channels-last is faster here.
 
 ``compile``: ``train_model(..., compile=True)`` (``torch.compile``) against eager on one CPU thread:
 the first epoch (compilation included), later epochs, and the images it takes to break even.
@@ -137,6 +142,47 @@ def throughput(args) -> list[dict]:
     for method in ("natural", "pgd"):
         if ("airbench", method) in by and ("resnet18", method) in by:
             print(f"airbench / resnet18 {method}: {by['airbench', method] / by['resnet18', method]:.2f}x images/s")
+    return rows
+
+
+def layout(args) -> list[dict]:
+    """Channels-last against contiguous weights: training (bare loop) and inference images/s."""
+    import torch
+
+    from audit.train.models import build_model
+
+    torch.set_num_threads(1)
+    rows = []
+    for arch, cfg, method, batch, n, x, y, spec in _cases(args):
+        attack = spec.attack() if method == "pgd" else None
+        times = {"channels_last": [], "contiguous": []}
+        infer = {"channels_last": [], "contiguous": []}
+        for _ in range(args.repeats):  # interleaved: load changes hit both alike
+            for fmt in times:
+                torch.manual_seed(1)
+                m = build_model(arch, (3, 32, 32), 10, cfg.width)
+                if fmt == "contiguous":
+                    m = m.to(memory_format=torch.contiguous_format)
+                m(x[:2].float() / 255)  # the whitening fit
+                times[fmt].append(_bare_seconds(m, x, y, batch, cfg, attack))
+                if method == "natural":
+                    m.eval()
+                    with torch.no_grad():
+                        t0 = time.perf_counter()
+                        m(x.float() / 255)
+                        infer[fmt].append(time.perf_counter() - t0)
+        cl, co = statistics.median(times["channels_last"]), statistics.median(times["contiguous"])
+        row = {"kind": "layout", "arch": arch, "width": cfg.width, "method": method,
+               "pgd_steps": cfg.steps if method == "pgd" else 0, "batch": batch, "threads": 1,
+               "img_per_s": round(n / cl, 1), "contiguous_img_per_s": round(n / co, 1),
+               "cl_over_contiguous": round(cl / co, 3),
+               "note": f"benchmarks/colour_speed.py layout --archs {args.archs} --batches {args.batches} --repeats "
+                       f"{args.repeats}; torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}"}
+        if infer["channels_last"]:
+            row["infer_cl_over_contiguous"] = round(statistics.median(infer["channels_last"])
+                                                    / statistics.median(infer["contiguous"]), 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
@@ -317,6 +363,10 @@ def main() -> None:
     t.add_argument("--archs", default="airbench,resnet18")
     t.add_argument("--batches", type=int, default=4)
     t.add_argument("--repeats", type=int, default=3)
+    lay = sub.add_parser("layout")
+    lay.add_argument("--archs", default="airbench,resnet18")
+    lay.add_argument("--batches", type=int, default=4)
+    lay.add_argument("--repeats", type=int, default=3)
     c = sub.add_parser("compile")
     c.add_argument("--archs", default="airbench")
     c.add_argument("--batches", type=int, default=8)
@@ -335,7 +385,7 @@ def main() -> None:
         p.add_argument("--archs", default="airbench,resnet18")
         p.add_argument("--seeds", default="0")
         p.add_argument("--work", default="/tmp/colour_speed")
-    for p in (t, c, a, s):
+    for p in (t, lay, c, a, s):
         p.add_argument("--csv", default=str(CSV))
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -343,7 +393,8 @@ def main() -> None:
     if args.cmd == "make":
         return make(args)
     print(f"load average before: {_load()} ({os.cpu_count()} cores)", flush=True)
-    rows = {"throughput": lambda: throughput(args), "compile": lambda: compile_cost(args), "audit": lambda: audit(args, extra),
+    rows = {"throughput": lambda: throughput(args), "compile": lambda: compile_cost(args),
+            "layout": lambda: layout(args), "audit": lambda: audit(args, extra),
             "suite": lambda: suite(args, extra)}[args.cmd]()
     print(f"load average after: {_load()}", flush=True)
     _append(rows, Path(args.csv))

@@ -237,7 +237,7 @@ def train_model(
 def _setup(model, images, labels, spec: TrainSpec, device, compile: bool):
     """Model (and its compiled forward), optimizer and data on ``device``."""
     model = model.to(device)
-    if device.type == "cuda" and len(images.shape) == 4:
+    if len(images.shape) == 4:  # as build_model does: NHWC kernels on CPU (oneDNN) and GPU (cuDNN)
         model = model.to(memory_format=torch.channels_last)
     images = _place_images(images, device)
     labels = labels.to(device)
