@@ -136,3 +136,23 @@ def test_heatmap_lists_every_class_name():
         assert enc["scale"]["domain"] == list(names)
         assert enc["axis"]["values"] == list(names) and enc["axis"]["labelOverlap"] is False
     assert spec["layer"][0]["encoding"]["x"]["axis"]["labelAngle"] == -45  # long names slant instead of hiding
+
+
+def test_overview_says_in_words_how_the_flag_count_was_set():
+    """Each flag-count rule of the manifest reads as a sentence on the Overview, with its numbers."""
+    from types import SimpleNamespace
+
+    from app.views.overview import selection_text
+
+    def line(fl):
+        run = SimpleNamespace(trained=True, manifest={"flagging": fl})
+        return [t for t in selection_text(run, {"num_canaries": 40}) if t.startswith("Flagged:")][0]
+
+    mean = line({"n": 116, "rule": "canary_count", "out_of_sample": 140, "canary_count": 96, "robust_errors": {},
+                 "reason": "96 real rows score like the 40 planted canaries"})
+    assert mean.startswith("Flagged: the 116 training images with the highest issue_score, the geometric mean of "
+                           "cleanlab's estimate of how many training labels are wrong (140) and the 96 training")
+    assert mean.endswith("96 real rows score like the 40 planted canaries.")
+    floor = line({"n": 50, "rule": "canary_floor", "out_of_sample": 60, "canary_count": 50, "robust_errors": {"pgd": 5},
+                  "reason": ""})
+    assert "the 50 training images that score like the planted canaries" in floor and "rule canary" not in floor

@@ -268,8 +268,9 @@ def test_a_memorizing_robust_model_still_flags_with_a_stated_reason(tmp_path):
     assert f["n"] == round((f["out_of_sample"] * f["canary_count"]) ** 0.5) > 100
     assert m["num_flagged_train"] >= f["n"]  # + flagged canary sources
     assert m["noise_recall"] > 0.8 and m["noise_precision"] > 0.6
-    assert any(w.startswith("flagging: no robust model passed") and "; then " in w and "geometric mean" in w
-               for w in man["warnings"])
+    assert any(w.startswith("flagging: no robust model passed its checks (pgd); ") and "flagged the geometric mean "
+               f"of the two, sqrt({f['out_of_sample']} x {f['canary_count']}) = {f['n']}" in w
+               and "estimate alone" not in w for w in man["warnings"])
     assert not {"robust_margin_pgd", "robust_aum_pgd"} & set(man["signal_selection"]["members"])
 
 

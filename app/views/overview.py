@@ -396,6 +396,13 @@ def selection_text(run: ui.Run, sel: dict) -> list[str]:
                    f"wrong ({errs})")
         elif fl.get("rule") == "out_of_sample":
             why = f"cleanlab's estimate of how many training labels are wrong ({fl.get('out_of_sample', '?'):,})"
+        elif fl.get("rule") == "canary_count" and isinstance(fl.get("canary_count"), int):
+            why = (f"the geometric mean of cleanlab's estimate of how many training labels are wrong "
+                   f"({fl.get('out_of_sample', '?'):,}) and the {fl['canary_count']:,} training images that score "
+                   f"like the planted canaries (copies given wrong labels on purpose)")
+        elif fl.get("rule") == "canary_floor" and isinstance(fl.get("canary_count"), int):
+            why = (f"the {fl['canary_count']:,} training images that score like the planted canaries (copies given "
+                   f"wrong labels on purpose), at most cleanlab's estimate")
         else:
             why = f"rule {fl.get('rule', '?')}"
         lines.append(f"Flagged: the {n:,} training images with the highest issue_score, {why}."

@@ -166,8 +166,9 @@ def flag_count(labels: np.ndarray, oos_probs: np.ndarray, robust_preds: dict | l
 
 
 CANARY_RECALLS = (0.25, 0.5, 0.75)
-# The canaries' count replaces a larger one when it is at least this share of the out-of-sample estimate
-# (chosen on the development draw: random-flip sets 0.41-0.64 of it, instance-dependent ones 0-0.23).
+# Where cleanlab's estimate sets the count, the canaries' count corrects it (their geometric mean) when it
+# is at least this share of the estimate (chosen on the development draw: random-flip sets 0.41-0.64 of
+# it, instance-dependent ones 0-0.23).
 CANARY_AGREE = 1 / 3
 
 
@@ -178,8 +179,9 @@ def canary_count(score: np.ndarray, is_canary: np.ndarray) -> int:
     mislabelled like them plus some clean rows, so each r gives an estimate from above, real rows above
     / r; the smallest over ``CANARY_RECALLS`` is returned. Canaries get random wrong labels; where the
     real noise is subtler (labels people would plausibly give) its rows score below the canaries and
-    this undercounts, which is why :func:`score_training` uses it only as a floor under a robust model's
-    errors, never above the out-of-sample estimate. ``score``: training rows including the canaries."""
+    this undercounts, which is why :func:`score_training` never flags more than the out-of-sample
+    estimate by it: it is a floor under a robust model's errors, and it pulls the estimate down (their
+    geometric mean) only when it is at least ``CANARY_AGREE`` of it. ``score``: training rows including the canaries."""
     can, real = score[is_canary], score[~is_canary]
     if not len(can) or not len(real):
         return 0
@@ -254,8 +256,9 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
                                f"the {c_n} real rows that score like the {int(run.is_canary.sum())} planted canaries "
                                f"(known mislabelled copies): it fit some of the noise; flagged "
                                f"min(out-of-sample estimate {rule['out_of_sample']}, {c_n}) = {n_issues}")
-    if (run.is_canary.any() and rule["rule"] in ("min", "out_of_sample") and n_issues == rule["out_of_sample"]
-            and CANARY_AGREE * n_issues <= c_n < n_issues):
+    oos_sets_n = rule["rule"] == "out_of_sample" or (
+        rule["rule"] == "min" and min(rule["robust_errors"].values()) > rule["out_of_sample"])
+    if run.is_canary.any() and oos_sets_n and CANARY_AGREE * n_issues <= c_n < n_issues:
         # Where cleanlab's estimate sets the count, the canaries may correct it. Where the real noise is like
         # them (labels wrong at random, as misfiled files are), the two count the same noise with errors of
         # opposite sign: the estimate also counts clean rows weak models get confidently wrong (2.3x the
@@ -266,12 +269,14 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
         # they set the count, are a measurement and stay.
         rule["rule_before_canaries"] = rule["rule"]
         n_new = int(round(np.sqrt(n_issues * c_n)))
+        before = rule["reason"].split("; flagged by the out-of-sample estimate")[0]  # why the estimate set n
         rule.update(rule="canary_count",
-                    reason=(f"{rule['reason']}; then " if rule["reason"] else "") +
+                    reason=(f"{before}; " if before else "") +
                            f"{c_n} real rows score like the {int(run.is_canary.sum())} planted canaries (known "
-                           f"mislabelled copies), at least {CANARY_AGREE:.0%} of cleanlab's out-of-sample "
-                           f"estimate {n_issues}: the noise looks like the canaries, and the estimate also counts "
-                           f"clean rows the out-of-sample models get wrong; flagged their geometric mean, {n_new}")
+                           f"mislabelled copies), {c_n / n_issues:.0%} of cleanlab's out-of-sample estimate of "
+                           f"{n_issues} (a third or more: the noise looks random, like the canaries'), and the "
+                           f"estimate also counts clean rows the out-of-sample models get wrong; flagged the "
+                           f"geometric mean of the two, sqrt({n_issues} x {c_n}) = {n_new}")
         n_issues = rule["n"] = n_new
     # cleanlab's confident-joint count from the out-of-sample models ran 1.2-2x the true number of wrong
     # labels on every set of the development suite (models 69-96% accurate on the test rows; most where
