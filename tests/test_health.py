@@ -346,3 +346,18 @@ def test_a_robust_model_that_fit_some_noise_gets_the_canary_floor(tmp_path, monk
     assert f["rule"] == "canary_floor" and f["n"] == min(f["out_of_sample"], f["canary_count"]) > 40
     assert "refused 5 training labels, fewer than the" in f["reason"] and m["noise_precision"] > 0.8
     assert any(w.startswith("flagging: the pgd model refused 5") for w in man["warnings"])
+
+
+def test_where_the_canaries_do_not_corroborate_the_estimate_sets_the_count_with_a_caution(tmp_path, monkeypatch):
+    """Real noise subtler than the canaries (few real rows score like them): cleanlab's estimate stays the
+    count, and the run cautions that it runs above the truth."""
+    from audit.pipeline import run_audit
+    from audit.signals import table
+
+    monkeypatch.setattr(table, "canary_count", lambda score, is_canary: 1)
+    man = run_audit(RunConfig(dataset="digits", models=("natural",), noise=0.1, seed=0), tmp_path / "run",
+                    progress=False)
+    f = man["flagging"]
+    assert f["rule"] == "out_of_sample" and f["canary_count"] == 1 and f["n"] == f["out_of_sample"] > 3
+    assert "tends to run above the true number" in f["caution"] and f"last of the {f['n']} flags" in f["caution"]
+    assert any(w == f"flagging: {f['caution']}" for w in man["warnings"])
