@@ -19,8 +19,8 @@ and repeated, median taken, each call ``--epochs`` epochs (3) of ``--batches`` b
 engine's per-call setup is spread as in a run. ``engine_over_bare`` is the engine's time over the bare loop's.
 
 ``layout``: the same bare loop (and whole-batch inference) with the net's weights channels-last (NHWC,
-what :func:`audit.train.models.build_model` returns) against contiguous (NCHW), one CPU thread, interleaved
-and repeated, median taken; ``cl_over_contiguous`` below 1 means channels-last is faster here.
+what :func:`audit.train.models.build_model` returns) against contiguous (NCHW), one CPU thread, after one untimed round of each,
+interleaved and repeated, median taken; ``cl_over_contiguous`` below 1 means channels-last is faster here.
 
 ``compile``: ``train_model(..., compile=True)`` (``torch.compile``) against eager on one CPU thread:
 the first epoch (compilation included), later epochs, and the images it takes to break even.
@@ -162,20 +162,23 @@ def layout(args) -> list[dict]:
         attack = spec.attack() if method == "pgd" else None
         times = {"channels_last": [], "contiguous": []}
         infer = {"channels_last": [], "contiguous": []}
-        for _ in range(args.repeats):  # interleaved: load changes hit both alike
+        for rep in range(args.repeats + 1):  # interleaved: load changes hit both alike
             for fmt in times:
                 torch.manual_seed(1)
                 m = build_model(arch, (3, 32, 32), 10, cfg.width)
                 if fmt == "contiguous":
                     m = m.to(memory_format=torch.contiguous_format)
                 m(x[:2].float() / 255)  # the whitening fit
-                times[fmt].append(_bare_seconds(m, x, y, batch, cfg, attack))
-                if method == "natural":
-                    m.eval()
-                    with torch.no_grad():
-                        t0 = time.perf_counter()
-                        m(x.float() / 255)
-                        infer[fmt].append(time.perf_counter() - t0)
+                sec = _bare_seconds(m, x, y, batch, cfg, attack)
+                m.eval()
+                with torch.no_grad():
+                    t0 = time.perf_counter()
+                    m(x.float() / 255)
+                    inf = time.perf_counter() - t0
+                if rep:  # the first round warms both layouts' kernels up and is not counted
+                    times[fmt].append(sec)
+                    if method == "natural":
+                        infer[fmt].append(inf)
         cl, co = statistics.median(times["channels_last"]), statistics.median(times["contiguous"])
         row = {"kind": "layout", "arch": arch, "width": cfg.width, "method": method,
                "pgd_steps": cfg.steps if method == "pgd" else 0, "batch": batch, "threads": 1,

@@ -210,7 +210,7 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int, wid
     if arch == "mlp":
         return MLP(in_shape, num_classes, width=int(round(256 * width)))
     # Convolution weights channels-last on every device: oneDNN's CPU kernels then run NHWC (airbench at
-    # width 0.25 on one CPU thread trains 1.5x and infers 2.2x as fast, its max-pool most of all;
+    # width 0.25 on one CPU thread trains 1.5-1.6x and infers 2.2x as fast, its max-pool most of all;
     # ``benchmarks/colour_speed.py layout``), as cuDNN's do on a GPU. Still float32; a state_dict loaded
     # into the model keeps this layout, so every model the audit builds runs it.
     return ARCHS[arch](in_shape, num_classes, width=width).to(memory_format=torch.channels_last)
