@@ -361,3 +361,19 @@ def test_where_the_canaries_do_not_corroborate_the_estimate_sets_the_count_with_
     assert f["rule"] == "out_of_sample" and f["canary_count"] == 1 and f["n"] == f["out_of_sample"] > 3
     assert "tends to run above the true number" in f["caution"] and f"last of the {f['n']} flags" in f["caution"]
     assert any(w == f"flagging: {f['caution']}" for w in man["warnings"])
+
+
+def test_where_robust_errors_set_the_count_but_the_canaries_do_not_corroborate_the_run_cautions(tmp_path, monkeypatch):
+    """A robust model's errors set the count, few real rows score like the canaries (subtler noise, or
+    clean rows a weak model refuses): the count stays, and the run says its last flags are the least
+    certain, with the model's test accuracy."""
+    from audit.pipeline import run_audit
+    from audit.signals import table
+
+    monkeypatch.setattr(table, "canary_count", lambda score, is_canary: 1)
+    man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, eps=0.1), tmp_path / "run", progress=False)
+    f = man["flagging"]
+    assert f["rule"] == "min" and f["n"] == f["robust_errors"]["pgd"] < f["out_of_sample"] and f["n"] > 3
+    assert f"the pgd model's {f['n']} refused training labels, but only 1 real row scores" in f["caution"]
+    assert "accurate on the test rows" in f["caution"] and f"last of the {f['n']} flags" in f["caution"]
+    assert any(w == f"flagging: {f['caution']}" for w in man["warnings"])

@@ -289,6 +289,23 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
         rule["caution"] = (f"the count is cleanlab's estimate from the out-of-sample models{acc}, which tends to "
                            f"run above the true number (1.2-2x on the development suite, most with weak models), "
                            f"so the last of the {n_issues} flags are the least certain")
+    elif (rule["rule"] == "min" and n_issues and run.is_canary.any()
+          and n_issues == min(rule["robust_errors"].values()) and c_n < CANARY_AGREE * n_issues):
+        # A robust model's errors set the count, but few real rows score like the canaries: the noise is
+        # subtler than random flips, or many refused labels are clean images the model finds hard. On the
+        # development suite (stop-32 runs, all three draws) such counts ran 0.8-1.0x the truth where the robust
+        # model was 94-98% accurate on the test rows and 1.4-3.1x where it was 52-76% accurate.
+        worst = min(rule["robust_errors"], key=rule["robust_errors"].get)
+        te = run.test_labels
+        acc = (f"; it is {float((trained[worst]['test_logits'].argmax(1) == te).mean()):.0%} accurate on the test rows"
+               if len(te) and "test_logits" in trained[worst] else "")
+        rows = "real row scores" if c_n == 1 else "real rows score"
+        rule["caution"] = (f"the count is the {worst} model's {n_issues} refused training labels, but only {c_n} "
+                           f"{rows} like the {int(run.is_canary.sum())} planted canaries: the noise is subtler "
+                           f"than random flips, or many refusals are clean images the model finds hard{acc} "
+                           f"(on the development suite such counts ran 0.8-1.0x the truth with models over 90% "
+                           f"accurate and 1.4-3.1x with models under 80%), so the last of the {n_issues} flags "
+                           f"are the least certain")
     if n_issues == 0 and run.is_canary.any() and n_tr:
         # Never a silent zero: both estimates found nothing, so the planted canaries set the threshold:
         # flag the real rows that score above half of the canaries (known mislabelled copies).
