@@ -144,3 +144,24 @@ def test_a_damaged_resume_file_is_discarded_and_training_starts_over(digits_smal
     assert not ckpt.exists()
     for a, b in zip(fresh.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_stop_after_ends_training_at_the_epoch_it_says_and_keeps_those_records():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(64) % 4
+    seen = []
+
+    def stop(epoch, model):
+        seen.append((epoch, model.training))
+        return epoch == 2
+
+    spec = TrainSpec(arch="mlp", epochs=6, batch_size=16, seed=0)
+    res = train_model(build_model("mlp", (1, 8, 8), 4, 0.5), x, y, spec, device=torch.device("cpu"),
+                      progress=False, stop_after=stop)
+    assert [e for e, _ in seen] == [0, 1, 2] and res.margin.shape == (3, 64) and len(res.lrs) == 3
+    assert not res.model.training
+    full = train_model(build_model("mlp", (1, 8, 8), 4, 0.5), x, y, spec, device=torch.device("cpu"), progress=False)
+    assert full.margin.shape == (6, 64)
+    # the epochs run are the full run's first three (same schedule, same batches)
+    np.testing.assert_allclose(res.lrs, full.lrs[:3], rtol=1e-6)

@@ -221,6 +221,12 @@ def test_calibrated_eps_differs_for_grey_sets_with_different_statistics():
     assert _recipe_warnings({"eps": {"source": "calibrated", **chosen["bold"]}}) == []
     assert chosen["faint"]["eps"] <= 0.05, chosen["faint"]  # a radius near the stripes' amplitude erases them
     assert len(chosen["faint"]["tried"]) >= 2 and "eps" in chosen["faint"]["reason"]
+    # a radius that passes at a check is taken there, without the rest of its training; one that fails is
+    # never given up early (faint stripes learn late)
+    bold = chosen["bold"]["tried"][0]
+    assert bold["accepted_at"] == bold["epochs_run"] < bold["epochs"] and bold["checks"][-1][0] == bold["epochs_run"]
+    assert f"after {bold['epochs_run']} of its {bold['epochs']} epochs" in chosen["bold"]["reason"]
+    assert all(t["epochs_run"] == t["epochs"] for t in chosen["faint"]["tried"] if t["accepted_at"] is None)
 
 
 def test_a_collapsed_natural_model_is_retried_named_and_left_out(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +187,7 @@ def train_model(
     desc: str = "",
     progress: bool = True,
     compile: bool = False,
+    stop_after: Callable[[int, nn.Module], bool] | None = None,
 ) -> TrainResult:
     """Train ``model`` on uint8 ``images`` (N, C, H, W) with int64 ``labels`` (N,) by ``spec.method``.
 
@@ -195,7 +197,10 @@ def train_model(
     Resumes from ``checkpoint`` (a ``.pt`` written every epoch, loaded with ``weights_only=True``)
     when it exists, and deletes it when training is complete. ``compile`` runs the training forward
     passes through ``torch.compile`` (worth it on a GPU for long runs); weights are shared, so the
-    returned model and checkpoints are the plain module's.
+    returned model and checkpoints are the plain module's. ``stop_after(epoch, model)``, when given, is
+    called after each epoch (the model in whatever mode it leaves it; training sets its own) and ends the
+    training there when it returns True: the records then hold the epochs run, and the learning-rate
+    schedule is the full run's, cut short (the calibration's early decisions use it).
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown training method {spec.method!r} (known: {', '.join(METHODS)})")
@@ -227,6 +232,10 @@ def train_model(
                         refresh=_bar_interval() < 1)  # into a log file: no line per epoch
         if ckpt is not None:
             _save_resume(ckpt, model, opt, epoch, rec, tracin)
+        if stop_after is not None and epoch + 1 < spec.epochs and stop_after(epoch, model):
+            rec = _Records(rec.loss[:epoch + 1], rec.margin[:epoch + 1], rec.correct[:epoch + 1], rec.lrs[:epoch + 1])
+            break
+    bar.close()
     model.eval()
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()
