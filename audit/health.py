@@ -208,7 +208,8 @@ def retry_recipe(recipe, failed: list[str], attempt: int):
 
     * ``beats_chance`` (the model did not learn): half the learning rate; a robust model also ramps its
       radius up over at least half its epochs, and on the second retry trains at half the radius.
-    * ``fits`` (the natural model did not memorize): twice the epochs.
+    * ``fits`` (the natural model did not memorize): twice the epochs; the pipeline trains the added
+      epochs from the attempt's weights (``continue_from``), which halves the retry's cost.
     * ``no_memorizing`` (a robust model fit the doubted labels): half the epochs (networks fit the clean
       majority first and the noise late); on the second retry also 1.5× the training radius. The first
       retry was once the larger radius (with 0.6× the epochs): on the development colour folders it

@@ -373,12 +373,15 @@ def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]
 
 
 def _train_task(orch: Orchestrator, name: str, kind: str, config: dict, data: TrainData, cfg: RunConfig,
-                dev: str, gpus: float) -> Task:
-    """The engine task of one training stage (a model, the augmented model or the cross-validation)."""
+                dev: str, gpus: float, results: dict | None = None) -> Task:
+    """The engine task of one training stage (a model, the augmented model or the cross-validation); a
+    stage whose config names ``continue_from`` starts from that stage's arrays (in ``results``)."""
     prog = orch.progress
     if kind in ("train", "train_aug"):  # --compile changes speed, not results: no part of the cache key
         args = (data, config["recipe"], config["eval"]) if kind == "train" else (data, config["recipe"])
         kw = {"resume": orch.resume_path(name), "progress": prog, "compile": cfg.compile}
+        if config.get("continue_from"):
+            kw["init"] = results[config["continue_from"]]
     else:
         args, kw = (data, config["cv"]), {"progress": prog}
     return Task(name, STAGE_FUNCTIONS[kind], args, {"device": dev, **kw}, gpus)
@@ -416,7 +419,7 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
         orch.write_manifest(base, "running")
 
     def run_round(names: list[str]) -> None:
-        tasks = [_train_task(orch, n, configs[n][0], configs[n][1], data, cfg, dev, gpus) for n in names]
+        tasks = [_train_task(orch, n, configs[n][0], configs[n][1], data, cfg, dev, gpus, results) for n in names]
         for t in tasks:
             results[t.name] = _cached(orch, t.name)
         make_engine(cfg.engine, threads, cfg.ray_address).run_all(
@@ -441,6 +444,13 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
                 retry_name = f"{'crossval' if kind == 'crossval' else 'train_' + role}_try{attempt + 1}"
                 new_config = ({**config, "cv": replace(config["cv"], recipe=new)} if kind == "crossval"
                               else {**config, "recipe": new})
+                if kind == "train" and names == ["fits"]:
+                    # more epochs for a natural model that did not fit: go on from this attempt's weights
+                    # (train_stage's ``init``), not from the start; its key follows this attempt's
+                    new_config = {**new_config, "continue_from": name}
+                    upstream = upstream + (name,)
+                    why += f" (the {new.epochs - recipe.epochs} more from this attempt's weights)"
+                    attempts[role][-1]["retry"] = why
                 configs[retry_name] = (kind, new_config, upstream)
                 orch.key(retry_name, kind, new_config, upstream)
                 orch.log(f"{role}: failed {', '.join(names)}; retrying ({why})")

@@ -65,21 +65,42 @@ def state_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, t
 
 
 def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: str = "cpu",
-                resume: str | None = None, progress: bool = False, compile: bool = False) -> dict:
+                resume: str | None = None, progress: bool = False, compile: bool = False,
+                init: dict | None = None) -> dict:
     """Train one model (natural or robust) on train + canaries, then evaluate it. ``compile``
-    (``--compile``) torch.compiles the training forward; it changes speed, not results."""
+    (``--compile``) torch.compiles the training forward; it changes speed, not results.
+
+    ``init``: an earlier attempt's arrays (a natural model that did not fit its labels): the model starts
+    from its weights and trains the epochs ``recipe.epochs`` adds to it, on a schedule of their own (a warm
+    restart, seed + 1 for new batch orders); the records and TracIn checkpoints are the earlier attempt's
+    followed by these, so the dynamics cover all ``recipe.epochs``."""
     dev = torch.device(device)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
-    res = train_model(model, data.train_images, torch.as_tensor(data.train_labels), recipe,
+    spec, done = recipe, 0
+    if init is not None:
+        model.load_state_dict(state_from_arrays(init, "state"))
+        done = len(init["lrs"])
+        if recipe.epochs <= done:
+            raise ValueError(f"a continued training needs more than the {done} epochs it starts from")
+        spec = replace(recipe, epochs=recipe.epochs - done, seed=recipe.seed + 1)
+    res = train_model(model, data.train_images, torch.as_tensor(data.train_labels), spec,
                       device=dev, checkpoint=resume, desc=f"train {recipe.method}", progress=progress,
                       compile=compile)
     out = {"loss": res.loss.astype(np.float16), "margin": res.margin.astype(np.float16), "correct": res.correct,
            "lrs": res.lrs, "train_seconds": np.float64(res.seconds)}
+    tracin = [(w, state) for _, w, state in res.tracin]
+    if init is not None:
+        for k in ("loss", "margin", "correct", "lrs"):
+            out[k] = np.concatenate([np.asarray(init[k]).astype(out[k].dtype), out[k]])
+        out["train_seconds"] = np.float64(float(init["train_seconds"]) + res.seconds)
+        if recipe.method == "natural":
+            tracin = [(float(w), state_from_arrays(init, f"tracin{i}"))
+                      for i, w in enumerate(init["tracin_weights"])] + tracin
     out.update(_state_arrays("state", res.model.state_dict()))
     if recipe.method == "natural":
-        out["tracin_weights"] = np.array([w for _, w, _ in res.tracin], np.float64)
-        for i, (_, _, state) in enumerate(res.tracin):
+        out["tracin_weights"] = np.array([w for w, _ in tracin], np.float64)
+        for i, (_, state) in enumerate(tracin):
             out.update(_state_arrays(f"tracin{i}", state))
     out.update(evaluate(res.model, data, ev, natural=recipe.method == "natural", device=dev))
     return out

@@ -256,6 +256,29 @@ def test_a_collapsed_natural_model_is_retried_named_and_left_out(tmp_path):
     assert "warning: natural model failed beats_chance" in text and "natural model retrained 2x" in text
 
 
+def test_a_natural_model_that_did_not_fit_goes_on_from_its_weights(tmp_path, monkeypatch):
+    """``fits`` fails (the bound raised past 100%): each retry trains the added epochs from the attempt's
+    weights, not from the start, and the final model's records are the attempts' laid end to end."""
+    from audit.io import load_arrays
+    from audit.pipeline import run_audit
+
+    monkeypatch.setattr(health, "FIT_MIN", 1.01)
+    man = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, eps=0.1, epochs=6), tmp_path / "run",
+                    progress=False)
+    tries = man["health"]["attempts"]["natural"]
+    assert [a["stage"] for a in tries] == ["train_natural", "train_natural_try2", "train_natural_try3"]
+    assert tries[0]["retry"] == "epochs 6 -> 12 (the 6 more from this attempt's weights)"
+    assert tries[1]["retry"] == "epochs 12 -> 24 (the 12 more from this attempt's weights)"
+    assert man["health"]["failed"]["natural"] == ["fits"]  # no model fits 101%: named after its retries
+    cache = tmp_path / "run" / ".cache"
+    a1, a2, a3 = (load_arrays(cache / f"{n}.npz") for n in ("train_natural", "train_natural_try2", "train_natural_try3"))
+    assert a1["margin"].shape[0] == 6 and a2["margin"].shape[0] == 12 and a3["margin"].shape[0] == 24
+    np.testing.assert_array_equal(a2["margin"][:6], a1["margin"])
+    np.testing.assert_array_equal(a3["lrs"][:12], a2["lrs"])
+    assert len(a3["tracin_weights"]) == 12 and a3["train_seconds"] > a2["train_seconds"] > a1["train_seconds"]
+    assert a3["correct"][-1].mean() >= a1["correct"][-1].mean()  # the continued model fits more of its labels
+
+
 def test_a_memorizing_robust_model_still_flags_with_a_stated_reason(tmp_path):
     """At a radius of 1e-4 PGD-AT is natural training: it fits every label and is not robust. Its checks
     fail on every try, its errors do not cap the flags, and the run says why it flagged what it did."""
