@@ -70,8 +70,8 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
     """Train one model (natural or robust) on train + canaries, then evaluate it. ``compile``
     (``--compile``) torch.compiles the training forward; it changes speed, not results.
 
-    ``init``: an earlier attempt's arrays (a natural model that did not fit its labels): the model starts
-    from its weights and trains the epochs ``recipe.epochs`` adds to it, on a schedule of their own (a warm
+    ``init``: an earlier natural attempt's arrays (a model that did not fit its labels): the model starts
+    from its final weights and trains the epochs ``recipe.epochs`` adds to it, on a schedule of their own (a warm
     restart, seed + 1 for new batch orders); the records and TracIn checkpoints are the earlier attempt's
     followed by these, so the dynamics cover all ``recipe.epochs``."""
     dev = torch.device(device)
@@ -79,7 +79,10 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
     spec, done = recipe, 0
     if init is not None:
-        model.load_state_dict(state_from_arrays(init, "state"))
+        # its final weights: ``state.*`` when it ran in this process; from the cache (whose weights went to
+        # checkpoints), its last TracIn checkpoint, which is taken after the last epoch
+        last = f"tracin{len(init.get('tracin_weights', [])) - 1}"
+        model.load_state_dict(state_from_arrays(init, "state") or state_from_arrays(init, last))
         done = len(init["lrs"])
         if recipe.epochs <= done:
             raise ValueError(f"a continued training needs more than the {done} epochs it starts from")

@@ -277,6 +277,16 @@ def test_a_natural_model_that_did_not_fit_goes_on_from_its_weights(tmp_path, mon
     np.testing.assert_array_equal(a3["lrs"][:12], a2["lrs"])
     assert len(a3["tracin_weights"]) == 12 and a3["train_seconds"] > a2["train_seconds"] > a1["train_seconds"]
     assert a3["correct"][-1].mean() >= a1["correct"][-1].mean()  # the continued model fits more of its labels
+    # a rerun whose first attempt comes from the cache (its weights from its last TracIn checkpoint) goes on
+    # from the same weights
+    for n in ("train_natural_try2", "train_natural_try3"):
+        for ext in ("npz", "json"):
+            (cache / f"{n}.{ext}").unlink()
+    again = run_audit(RunConfig(dataset="digits", noise=0.1, seed=0, eps=0.1, epochs=6), tmp_path / "run",
+                      progress=False)
+    assert again["stages"]["train_natural"]["status"] == "cached" and again["stages"]["train_natural_try2"]["status"] == "done"
+    b2 = load_arrays(cache / "train_natural_try2.npz")
+    np.testing.assert_allclose(b2["margin"].astype(np.float32), a2["margin"].astype(np.float32), atol=0.02)
 
 
 def test_a_memorizing_robust_model_still_flags_with_a_stated_reason(tmp_path):
