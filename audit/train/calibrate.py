@@ -12,9 +12,8 @@ robust model keeps at least ``KEEP`` of the natural model's above-chance accurac
 which adversarial training still learns the clean majority. Each robust training is also checked on the
 held-out rows after a third, a half and two thirds of its epochs (:data:`CHECK_AT`) and stops at the first
 check that already passes by a standard error of the held-out accuracy: the radius is taken without the
-rest of its training (on the colour folders the
-first radius passes, and this is where most of the calibration's time went). When none does, the smallest is taken and
-the run says so (``fallback``, a warning). A natural reference that does not beat chance
+rest of its training (on the colour folders the first radius passes, and its training was most of the
+calibration's time). When none does, the smallest is taken and the run says so (``fallback``, a warning). A natural reference that does not beat chance
 trains again at half the learning rate (twice at most); when it needed that, the run's natural model
 starts at the lower rate too (``natural_lr``), instead of failing its own health check first.
 
