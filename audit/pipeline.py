@@ -449,7 +449,7 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
                     # (train_stage's ``init``), not from the start; its key follows this attempt's
                     new_config = {**new_config, "continue_from": name}
                     upstream = upstream + (name,)
-                    why += f" (the {new.epochs - recipe.epochs} more from this attempt's weights)"
+                    why += f", the {new.epochs - recipe.epochs} more from this attempt's weights"
                     attempts[role][-1]["retry"] = why
                 configs[retry_name] = (kind, new_config, upstream)
                 orch.key(retry_name, kind, new_config, upstream)

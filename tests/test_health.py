@@ -267,8 +267,8 @@ def test_a_natural_model_that_did_not_fit_goes_on_from_its_weights(tmp_path, mon
                     progress=False)
     tries = man["health"]["attempts"]["natural"]
     assert [a["stage"] for a in tries] == ["train_natural", "train_natural_try2", "train_natural_try3"]
-    assert tries[0]["retry"] == "epochs 6 -> 12 (the 6 more from this attempt's weights)"
-    assert tries[1]["retry"] == "epochs 12 -> 24 (the 12 more from this attempt's weights)"
+    assert tries[0]["retry"] == "epochs 6 -> 12, the 6 more from this attempt's weights"
+    assert tries[1]["retry"] == "epochs 12 -> 24, the 12 more from this attempt's weights"
     assert man["health"]["failed"]["natural"] == ["fits"]  # no model fits 101%: named after its retries
     cache = tmp_path / "run" / ".cache"
     a1, a2, a3 = (load_arrays(cache / f"{n}.npz") for n in ("train_natural", "train_natural_try2", "train_natural_try3"))
