@@ -72,8 +72,9 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
 
     ``init``: an earlier natural attempt's arrays (a model that did not fit its labels): the model starts
     from its final weights and trains the epochs ``recipe.epochs`` adds to it, on a schedule of their own (a warm
-    restart, seed + 1 for new batch orders); the records and TracIn checkpoints are the earlier attempt's
-    followed by these, so the dynamics cover all ``recipe.epochs``."""
+    restart, seed + k for the k-th continuation's new batch orders); the records and TracIn checkpoints are
+    the earlier attempt's followed by these, so the dynamics cover all ``recipe.epochs`` and the influence
+    stage sums over 2x (3x after a second continuation) ``--tracin-checkpoints``."""
     dev = torch.device(device)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
@@ -86,7 +87,8 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
         done = len(init["lrs"])
         if recipe.epochs <= done:
             raise ValueError(f"a continued training needs more than the {done} epochs it starts from")
-        spec = replace(recipe, epochs=recipe.epochs - done, seed=recipe.seed + 1)
+        continued = int(init.get("continued", 0)) + 1  # new batch orders for each continuation
+        spec = replace(recipe, epochs=recipe.epochs - done, seed=recipe.seed + continued)
     res = train_model(model, data.train_images, torch.as_tensor(data.train_labels), spec,
                       device=dev, checkpoint=resume, desc=f"train {recipe.method}", progress=progress,
                       compile=compile)
@@ -97,6 +99,7 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
         for k in ("loss", "margin", "correct", "lrs"):
             out[k] = np.concatenate([np.asarray(init[k]).astype(out[k].dtype), out[k]])
         out["train_seconds"] = np.float64(float(init["train_seconds"]) + res.seconds)
+        out["continued"] = np.int64(continued)
         if recipe.method == "natural":
             tracin = [(float(w), state_from_arrays(init, f"tracin{i}"))
                       for i, w in enumerate(init["tracin_weights"])] + tracin

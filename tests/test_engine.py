@@ -157,11 +157,14 @@ def test_stop_after_ends_training_at_the_epoch_it_says_and_keeps_those_records()
         return epoch == 2
 
     spec = TrainSpec(arch="mlp", epochs=6, batch_size=16, seed=0)
+    torch.manual_seed(0)
     res = train_model(build_model("mlp", (1, 8, 8), 4, 0.5), x, y, spec, device=torch.device("cpu"),
                       progress=False, stop_after=stop)
     assert [e for e, _ in seen] == [0, 1, 2] and res.margin.shape == (3, 64) and len(res.lrs) == 3
-    assert not res.model.training
+    assert all(training for _, training in seen) and not res.model.training
+    torch.manual_seed(0)
     full = train_model(build_model("mlp", (1, 8, 8), 4, 0.5), x, y, spec, device=torch.device("cpu"), progress=False)
     assert full.margin.shape == (6, 64)
-    # the epochs run are the full run's first three (same schedule, same batches)
+    # the epochs run are the full run's first three (same weights, schedule and batches)
     np.testing.assert_allclose(res.lrs, full.lrs[:3], rtol=1e-6)
+    np.testing.assert_allclose(res.margin, full.margin[:3], rtol=1e-5, atol=1e-5)

@@ -75,7 +75,8 @@ class CalibrationRule:
 
 
 def rule_for(norm: str, arch: str) -> CalibrationRule:
-    return CalibrationRule(ladder=tuple(LADDERS[norm][arch]))
+    # the early-stop constants as they are now (a patched EARLY or CHECK_AT is part of the key)
+    return CalibrationRule(ladder=tuple(LADDERS[norm][arch]), check_at=tuple(CHECK_AT), early=EARLY)
 
 
 def _split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +97,9 @@ def calibrate_eps(images, labels: np.ndarray, num_classes: int, natural: TrainSp
     ``images``: uint8 (N, C, H, W) training rows (any :mod:`audit.rows` form); ``natural`` and
     ``robust``: the run's recipes (their epochs are replaced by a fixed step budget); ``budget_rows``: the
     rows × epochs of the run's robust training, which bounds each calibration training's cost. Returns
-    ``{"eps", "tried": [{"eps", "robust_accuracy"}], "natural_accuracy", "chance", "rows", "reason"}``."""
+    ``{"eps", "fallback", "tried": [{"eps", "robust_accuracy", "epochs", "epochs_run", "checks": [[epoch,
+    accuracy], ...], "accepted_at"}], "natural_accuracy", "natural_lr", "chance", "need", "rows", "held_out",
+    "reason"}``."""
     fit, held = _split(labels, robust.seed)
     x_fit, y_fit, x_held, y_held = subset(images, fit), labels[fit], subset(images, held), labels[held]
     shape = tuple(images.shape[1:])

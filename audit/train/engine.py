@@ -199,8 +199,10 @@ def train_model(
     passes through ``torch.compile`` (worth it on a GPU for long runs); weights are shared, so the
     returned model and checkpoints are the plain module's. ``stop_after(epoch, model)``, when given, is
     called after each epoch (the model in whatever mode it leaves it; training sets its own) and ends the
-    training there when it returns True: the records then hold the epochs run, and the learning-rate
-    schedule is the full run's, cut short (the calibration's early decisions use it).
+    training there when it returns True: the records then hold the epochs run, the learning-rate
+    schedule is the full run's, cut short, and no TracIn checkpoint is added at the epoch it stopped
+    (the calibration's early decisions use it; they keep no checkpoints). After a resume, the epochs
+    already run are not offered to it again.
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown training method {spec.method!r} (known: {', '.join(METHODS)})")
