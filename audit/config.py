@@ -193,6 +193,10 @@ class RunConfig:
                              hi_open=True)
     tracin_checkpoints: int = opt(4, "checkpoints of the natural model that TracIn sums over", lo=1, hi=1000)
     compile: bool = opt(False, "torch.compile the training forward (GPU, long runs)", results=False)
+    precision: str = opt("auto", "arithmetic of every training and inference: auto (bf16 autocast on CUDA, float32 "
+                         "on the CPU, exact and seeded), bf16 (on the CPU too: about 2x faster where it has AMX or "
+                         "AVX512-BF16, slower where it has neither; results differ from float32's), fp32 "
+                         "(float32 everywhere)", choices=("auto", "bf16", "fp32"))
 
     def to_dict(self) -> dict:
         d = asdict(self)

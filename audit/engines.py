@@ -39,16 +39,20 @@ class Task:
     args: tuple
     kwargs: dict = field(default_factory=dict)
     num_gpus: float = 0.0
+    precision: str = "auto"  # --precision, set around the call (audit.device.precision) on any worker
 
 
 def execute(task: Task, threads: int) -> tuple[dict, float]:
     """Run one task with ``threads`` torch threads; returns (arrays, seconds)."""
     import torch
 
+    from audit.device import precision
+
     torch.set_num_threads(max(1, threads))
     _maybe_die(task.name)
     t0 = time.perf_counter()
-    out = task.fn(*task.args, **task.kwargs)
+    with precision(task.precision):
+        out = task.fn(*task.args, **task.kwargs)
     return out, time.perf_counter() - t0
 
 

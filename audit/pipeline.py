@@ -21,7 +21,7 @@ import torch
 from audit import __version__
 from audit.config import RunConfig, default_threads, resolve_defaults, validate_config
 from audit.data import TEST, TRAIN, AuditDataset, inject_noise, load_dataset
-from audit.device import resolve_device
+from audit.device import autocast, cpu_has_bf16, precision, resolve_device
 from audit.engines import Task, make_engine
 from audit.errors import AuditInputError
 from audit.io import read_json, save_arrays, write_parquet
@@ -169,6 +169,7 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
     fingerprint = ds.fingerprint()
     with Orchestrator(out, fingerprint, progress=progress) as orch:
         cfg, recipe = _calibrated(orch, given, cfg, data, device)
+        recipe = {**recipe, "precision": _precision_record(cfg, device)}
         _drop_stale_outputs(out, cfg, fingerprint)
         base = {**_manifest_base(cfg, ds, data, device, fingerprint), "recipe": recipe}
         if inputs:
@@ -248,14 +249,17 @@ def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: Trai
     nat, rob = train_recipe(cfg, "natural"), train_recipe(cfg, robust[0])
     config = {"natural": nat, "robust": replace(rob, eps=1.0, step_size=rob.step_size / rob.eps), "data": data_config(cfg),
               "rule": rule_for(rob.norm, rob.arch)}
+    if cfg.precision != "auto":
+        config["precision"] = cfg.precision
     orch.key("calibrate", "calibrate", config)  # the budget follows from the robust recipe and the data
     arrays = orch.cached("calibrate")
     if arrays is None:
         orch.start("calibrate")
         t0 = time.perf_counter()
         real = np.flatnonzero(~data.is_canary)
-        res = calibrate_eps(subset(data.train_images, real), data.train_labels[real], data.num_classes, nat, rob,
-                            device=device, progress=orch.progress, budget_rows=rob.epochs * len(data.train_labels))
+        with precision(cfg.precision):
+            res = calibrate_eps(subset(data.train_images, real), data.train_labels[real], data.num_classes, nat, rob,
+                                device=device, progress=orch.progress, budget_rows=rob.epochs * len(data.train_labels))
         arrays = orch.store("calibrate", {"result": np.array(json.dumps(res))}, time.perf_counter() - t0)
     res = json.loads(str(arrays["result"]))
     upd = {"eps": res["eps"]}
@@ -305,9 +309,21 @@ def _run_issues(orch: Orchestrator, ds: AuditDataset, canaries: CanarySet, natur
 
 
 def _recipe_warnings(recipe: dict) -> list[str]:
-    """A calibration that found no radius at which PGD-AT learns is named, not only recorded."""
-    eps = recipe.get("eps", {})
-    return [f"attack radius: {eps['reason']}"] if eps.get("fallback") else []
+    """A calibration that found no radius at which PGD-AT learns is named, not only recorded; so is
+    ``--precision bf16`` on a CPU without bf16 instructions (it runs slower than float32 there)."""
+    eps, prec = recipe.get("eps", {}), recipe.get("precision", {})
+    out = [f"attack radius: {eps['reason']}"] if eps.get("fallback") else []
+    if prec.get("slow"):
+        out.append("precision: --precision bf16 on a CPU without AMX-BF16 or AVX512-BF16 instructions runs slower "
+                   "than float32; drop the option here")
+    return out
+
+
+def _precision_record(cfg: RunConfig, device: torch.device) -> dict:
+    """The manifest's ``recipe.precision``: the arithmetic the stages ran in, and whether that is slow here."""
+    value = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return {"value": value, "option": cfg.precision,
+            "slow": bool(cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16())}
 
 
 def estimate_seconds(cfg: RunConfig, data: TrainData, device: torch.device) -> float:
@@ -326,7 +342,9 @@ def estimate_seconds(cfg: RunConfig, data: TrainData, device: torch.device) -> f
     for _ in range(4):
         t0 = time.perf_counter()
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with precision(cfg.precision), autocast(device):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -369,6 +387,8 @@ def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]
         out.update({f"apgd_{m}": ("apgd", {"apgd": apgd_config(cfg), "data": dc}, (f"train_{m}",)) for m in cfg.models})
     out["influence"] = ("influence", {"pairs": pair_config(cfg), "data": dc},
                         tuple(f"train_{m}" for m in cfg.models) + ("crossval",))
+    if cfg.precision != "auto":  # part of every key; the default adds nothing, so earlier caches stay valid
+        out = {name: (kind, {**config, "precision": cfg.precision}, up) for name, (kind, config, up) in out.items()}
     return out
 
 
@@ -384,7 +404,7 @@ def _train_task(orch: Orchestrator, name: str, kind: str, config: dict, data: Tr
             kw["init"] = results[config["continue_from"]]
     else:
         args, kw = (data, config["cv"]), {"progress": prog}
-    return Task(name, STAGE_FUNCTIONS[kind], args, {"device": dev, **kw}, gpus)
+    return Task(name, STAGE_FUNCTIONS[kind], args, {"device": dev, **kw}, gpus, precision=cfg.precision)
 
 
 def _role(name: str) -> str:
@@ -478,7 +498,7 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
             robust = {m: trained[m] for m in pc.robust_models}
             feats = {k: v for k, v in features.items() if k != "fingerprint"} if features is not None else None
             task = Task(pc_name, influence_stage, (data, pc, trained["natural"], robust, cv),
-                        {"device": dev, "features": feats})
+                        {"device": dev, "features": feats}, precision=cfg.precision)
             make_engine("local", threads, None).run_all([task], done, started)
             infl = results[pc_name]
         _run_apgd(orch, graph, data, trained, final, dev, threads, done, started)
@@ -535,7 +555,7 @@ def _run_apgd(orch: Orchestrator, graph: dict, data: TrainData, trained: dict, f
             continue
         state = torch.load(orch.ckpt / f"{model}.pt", map_location="cpu", weights_only=True)
         arrays = {**trained[model], **{f"state.{k}": v.numpy() for k, v in state.items()}}
-        tasks.append(Task(name, apgd_stage, (data, config["apgd"], arrays), {"device": dev}))
+        tasks.append(Task(name, apgd_stage, (data, config["apgd"], arrays), {"device": dev}, precision=cfg.precision))
 
     def finished(t: Task, arrays: dict, seconds: float) -> None:
         done(t, arrays, seconds)

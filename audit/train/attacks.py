@@ -71,10 +71,12 @@ class Attack(ABC):
             return model(x_adv).argmax(1) != y
 
     def __call__(self, model, x, y):
+        from audit.device import attack_autocast
+
         was_training = model.training
         model.eval()
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), attack_autocast(x.device):
                 return self.perturb(model, x, y).detach()
         finally:
             model.train(was_training)

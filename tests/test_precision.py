@@ -1,0 +1,54 @@
+"""``--precision``: bf16 autocast on the CPU only when asked, in every stage, and part of every cache key
+only when it is not the default (so earlier run directories stay valid)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from audit.config import RunConfig
+from audit.device import autocast, precision
+
+
+def _dtype(device: str = "cpu") -> torch.dtype:
+    lin = torch.nn.Linear(4, 3)
+    with autocast(torch.device(device)):
+        return lin(torch.ones(2, 4)).dtype
+
+
+def test_autocast_follows_the_precision_in_force():
+    assert _dtype() == torch.float32  # auto: float32 on the CPU
+    with precision("bf16"):
+        assert _dtype() == torch.bfloat16
+        with precision("fp32"):
+            assert _dtype() == torch.float32
+        assert _dtype() == torch.bfloat16
+    assert _dtype() == torch.float32
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        with precision("fp16"):
+            pass
+
+
+def test_the_engine_runs_each_task_in_its_precision():
+    from audit.engines import Task, execute
+
+    out, _ = execute(Task("t", lambda: {"dtype": _dtype()}, (), precision="bf16"), threads=1)
+    assert out["dtype"] == torch.bfloat16 and _dtype() == torch.float32
+
+
+def test_precision_joins_the_cache_keys_only_when_set(tmp_path):
+    import json
+
+    from audit.pipeline import run_audit, stage_configs
+
+    cfg = RunConfig(dataset="digits", noise=0.1, seed=0, eps=0.1, epochs=8, robust_epochs=8, cv_epochs=8)
+    assert not any("precision" in c for _, c, _ in stage_configs(cfg).values())
+    bf = RunConfig(**{**cfg.__dict__, "precision": "bf16"})
+    assert all(c["precision"] == "bf16" for _, c, _ in stage_configs(bf).values())
+    a = run_audit(cfg, tmp_path / "fp32", progress=False)
+    b = run_audit(bf, tmp_path / "bf16", progress=False)
+    assert a["recipe"]["precision"]["value"] == "fp32" and b["recipe"]["precision"] == {
+        "value": "bf16", "option": "bf16", "slow": b["recipe"]["precision"]["slow"]}
+    assert all(a["stages"][s]["key"] != b["stages"][s]["key"] for s in ("train_natural", "train_pgd", "crossval"))
+    assert b["status"] == "complete" and b["metrics"]["noise_auroc"] > 0.95  # bf16 still finds the noise
+    assert json.loads((tmp_path / "bf16" / "manifest.json").read_text())["config"]["precision"] == "bf16"
