@@ -123,7 +123,15 @@ class Orchestrator:
         return arrays
 
     def resume_path(self, name: str) -> str:
-        return str(self.ckpt / f"{name.removeprefix('train_')}.resume.pt")
+        """The per-epoch resume checkpoint of training stage ``name``, named by its key, so that an
+        interrupted training resumes only into the same stage and config. Another key's (and the older,
+        unkeyed ``<model>.resume.pt``) is stale and goes."""
+        model = name.removeprefix("train_")
+        path = self.ckpt / f"{model}.{self.keys[name]}.resume.pt"
+        for old in [*self.ckpt.glob(f"{model}.*.resume.pt"), self.ckpt / f"{model}.resume.pt"]:
+            if old != path:
+                old.unlink(missing_ok=True)
+        return str(path)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save_weights(self, name: str, arrays: dict) -> None:

@@ -177,6 +177,24 @@ def _stage_keys(cfg):
     return dict(orch.keys)
 
 
+def test_a_resume_checkpoint_is_named_by_its_stage_key_and_stale_ones_go(tmp_path):
+    """An interrupted training resumes only into the same stage and config: the resume file carries the
+    stage's key, and another key's (or the older unkeyed name) is deleted, never loaded."""
+    from audit.orchestrator import Orchestrator
+
+    orch = Orchestrator(tmp_path, "fp")
+    orch.ckpt.mkdir(parents=True)
+    stale = [orch.ckpt / "natural.resume.pt", orch.ckpt / "natural.0123456789abcdef.resume.pt"]
+    other = orch.ckpt / "natural_try2.0123456789abcdef.resume.pt"
+    for p in (*stale, other):
+        p.write_bytes(b"x")
+    h = orch.key("train_natural", "train", {"recipe": 1})
+    path = orch.resume_path("train_natural")
+    assert path.endswith(f"natural.{h}.resume.pt") and not any(p.exists() for p in stale)
+    assert other.exists()  # another stage's file is not this one's to judge
+    assert orch.key("train_natural", "train", {"recipe": 2}) != h and orch.resume_path("train_natural") != path
+
+
 def test_a_field_a_stage_does_not_read_cannot_invalidate_it():
     """For every option and every stage: changing the option changes the stage's key exactly when it
     changes the stage's sub-config or an upstream key (the keys are derived, never listed by hand)."""
