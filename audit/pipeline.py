@@ -364,7 +364,9 @@ def plan_line(cfg: RunConfig, data: TrainData, recipe: dict, seconds: float | No
     eps = recipe["eps"]
     why = eps.get("reason") or eps["source"]
     robust = [m for m in cfg.models if m != "natural"]
-    parts = [f"{cfg.arch} x{cfg.width:g} on {len(data.train_labels):,} training images", f"natural {cfg.epochs} epochs"]
+    arith = f", {recipe['precision']['value']}" if recipe.get("precision", {}).get("option", "auto") != "auto" else ""
+    parts = [f"{cfg.arch} x{cfg.width:g} on {len(data.train_labels):,} training images{arith}",
+             f"natural {cfg.epochs} epochs"]
     if robust:
         parts.append(f"{'/'.join(robust)} {cfg.robust_epochs} epochs at eps {cfg.eps:.4g} ({why})")
     if cfg.augment != "none":

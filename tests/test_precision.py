@@ -36,7 +36,7 @@ def test_the_engine_runs_each_task_in_its_precision():
     assert out["dtype"] == torch.bfloat16 and _dtype() == torch.float32
 
 
-def test_precision_joins_the_cache_keys_only_when_set(tmp_path):
+def test_precision_joins_the_cache_keys_only_when_set(tmp_path, capfd):
     import json
 
     from audit.pipeline import run_audit, stage_configs
@@ -46,7 +46,10 @@ def test_precision_joins_the_cache_keys_only_when_set(tmp_path):
     bf = RunConfig(**{**cfg.__dict__, "precision": "bf16"})
     assert all(c["precision"] == "bf16" for _, c, _ in stage_configs(bf).values())
     a = run_audit(cfg, tmp_path / "fp32", progress=False)
-    b = run_audit(bf, tmp_path / "bf16", progress=False)
+    capfd.readouterr()
+    b = run_audit(bf, tmp_path / "bf16", progress=True)
+    plan = [line for line in capfd.readouterr().err.splitlines() if "plan:" in line]
+    assert plan and "training images, bf16;" in plan[0]  # the plan says so before training
     assert a["recipe"]["precision"]["value"] == "fp32" and b["recipe"]["precision"] == {
         "value": "bf16", "option": "bf16", "slow": b["recipe"]["precision"]["slow"]}
     assert all(a["stages"][s]["key"] != b["stages"][s]["key"] for s in ("train_natural", "train_pgd", "crossval"))
