@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -29,32 +30,33 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
-_precision = "auto"  # set per stage by :func:`precision` (audit.engines.execute), on whichever worker runs it
+# Set per stage by :func:`precision` (audit.engines.execute), on whichever worker runs it; a context
+# variable, so the audits of a batch running in threads side by side keep their own.
+_PRECISION: ContextVar[str] = ContextVar("audit_precision", default="auto")
 
 
 @contextmanager
 def precision(name: str):
     """Within it, :func:`autocast` follows ``--precision`` ``name``: ``auto`` (bf16 on CUDA, float32 on the
     CPU), ``bf16`` (bf16 on the CPU too) or ``fp32`` (float32 everywhere)."""
-    global _precision
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r} (known: {', '.join(PRECISIONS)})")
-    before, _precision = _precision, name
+    token = _PRECISION.set(name)
     try:
         yield
     finally:
-        _precision = before
+        _PRECISION.reset(token)
 
 
 def autocast(device: torch.device):
     """bf16 autocast on CUDA and a no-op context on the CPU (float32 keeps CPU results exact and seeded),
     unless :func:`precision` says otherwise: ``bf16`` autocasts on the CPU too (oneDNN's AMX and
     AVX512-BF16 kernels, about twice as fast where the CPU has them), ``fp32`` nowhere."""
-    if _precision == "fp32":
+    if _PRECISION.get() == "fp32":
         return torch.autocast(device.type, enabled=False)
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    if _precision == "bf16":
+    if _PRECISION.get() == "bf16":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
@@ -63,7 +65,7 @@ def attack_autocast(device: torch.device):
     """The training attacks' context: bf16 only under an explicit ``--precision bf16`` (they run in float32
     by default, on CUDA too); the evaluation attack never autocasts, so robust accuracy is measured in
     float32 whatever the precision."""
-    if _precision == "bf16":
+    if _PRECISION.get() == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 

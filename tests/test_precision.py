@@ -55,3 +55,21 @@ def test_precision_joins_the_cache_keys_only_when_set(tmp_path, capfd):
     assert all(a["stages"][s]["key"] != b["stages"][s]["key"] for s in ("train_natural", "train_pgd", "crossval"))
     assert b["status"] == "complete" and b["metrics"]["noise_auroc"] > 0.95  # bf16 still finds the noise
     assert json.loads((tmp_path / "bf16" / "manifest.json").read_text())["config"]["precision"] == "bf16"
+
+
+def test_audits_in_threads_side_by_side_keep_their_own_precision():
+    import threading
+
+    seen, ready = {}, threading.Barrier(2)
+
+    def run(name: str, p: str) -> None:
+        with precision(p):
+            ready.wait()  # both are inside their precision before either computes
+            seen[name] = _dtype()
+
+    threads = [threading.Thread(target=run, args=("a", "bf16")), threading.Thread(target=run, args=("b", "auto"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": torch.bfloat16, "b": torch.float32}

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audit.device import attack_autocast
+
 
 def _lp_project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     if norm == "linf":
@@ -71,8 +73,6 @@ class Attack(ABC):
             return model(x_adv).argmax(1) != y
 
     def __call__(self, model, x, y):
-        from audit.device import attack_autocast
-
         was_training = model.training
         model.eval()
         try:
