@@ -229,7 +229,10 @@ def attacks(cfg: RunConfig) -> dict[str, object]:
 def result_key(data: RunData, spec, labels: np.ndarray) -> str:
     ev = {k: asdict(a) for k, a in attacks(data.cfg).items()}
     fp = data.manifest.get("dataset", {}).get("source_fingerprint") or data.manifest.get("dataset", {}).get("fingerprint")
-    h = hashlib.sha256(json.dumps([VERIFY_VERSION, asdict(spec), ev, fp], sort_keys=True).encode())
+    parts = [VERIFY_VERSION, asdict(spec), ev, fp]
+    if data.cfg.precision != "auto":  # the run's --precision, which verify trains in too; the default adds nothing
+        parts.append(data.cfg.precision)
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True).encode())
     h.update(np.ascontiguousarray(labels, np.int64).tobytes())
     return h.hexdigest()[:20]
 
@@ -237,6 +240,7 @@ def result_key(data: RunData, spec, labels: np.ndarray) -> str:
 def train_and_evaluate(data: RunData, labels: np.ndarray, spec, device: torch.device, checkpoint: Path,
                        progress: bool = False) -> dict:
     """Train on the rows with a label (≥ 0) by ``spec``; test accuracy, clean and under both attacks."""
+    from audit.device import precision
     from audit.train.engine import train_model
     from audit.train.evaluate import adversarial_correct, infer
     from audit.train.models import build_model
@@ -246,11 +250,13 @@ def train_and_evaluate(data: RunData, labels: np.ndarray, spec, device: torch.de
     torch.manual_seed(spec.seed)
     model = build_model(cfg.arch, tuple(data.train_images.shape[1:]), len(data.manifest["dataset"]["class_names"]),
                         cfg.width)
-    res = train_model(model, data.train_images[torch.from_numpy(keep)], torch.from_numpy(labels[keep]), spec,
-                      device=device, checkpoint=checkpoint, desc=f"verify {spec.method} seed {spec.seed}",
-                      progress=progress, compile=False)
+    with precision(cfg.precision):  # the run's own arithmetic (--precision), its evaluation attack float32
+        res = train_model(model, data.train_images[torch.from_numpy(keep)], torch.from_numpy(labels[keep]), spec,
+                          device=device, checkpoint=checkpoint, desc=f"verify {spec.method} seed {spec.seed}",
+                          progress=progress, compile=False)
+        logits = infer(res.model, data.test_images, device)[0]
     y = torch.from_numpy(data.test_labels)
-    out = {"clean_accuracy": float((infer(res.model, data.test_images, device)[0].argmax(1) == data.test_labels).mean())}
+    out = {"clean_accuracy": float((logits.argmax(1) == data.test_labels).mean())}
     for name, attack in attacks(cfg).items():
         torch.manual_seed(spec.seed + 1)
         out[name] = float(adversarial_correct(res.model, data.test_images, y, attack, device).mean())

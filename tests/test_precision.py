@@ -73,3 +73,38 @@ def test_audits_in_threads_side_by_side_keep_their_own_precision():
     for t in threads:
         t.join()
     assert seen == {"a": torch.bfloat16, "b": torch.float32}
+
+
+def test_verify_trains_in_the_runs_precision_and_keys_it(digits_run, monkeypatch):
+    """``audit verify`` retrains in the run's ``--precision``: its cached results are keyed by it when it
+    is set (and keyed as before when it is not), and its trainings run inside it."""
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from audit import verify
+    from audit.config import config_from_dict
+
+    man = json.loads((digits_run[0] / "manifest.json").read_text())
+    cfg = config_from_dict(man["config"])
+    assert cfg.precision == "auto"
+    spec = verify.train_spec(cfg, "natural", 0, epochs=1)
+    labels = np.zeros(5, np.int64)
+    key = verify.result_key(SimpleNamespace(cfg=cfg, manifest=man), spec, labels)
+    bf = RunConfig(**{**cfg.__dict__, "precision": "bf16"})
+    assert verify.result_key(SimpleNamespace(cfg=bf, manifest=man), spec, labels) != key
+    import audit.train.engine as engine
+
+    seen = []
+
+    def train_model_seen(*args, **kw):  # what the arithmetic is where verify trains, then stop
+        seen.append(_dtype())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(engine, "train_model", train_model_seen)
+    data = SimpleNamespace(cfg=bf, manifest=man, train_images=torch.zeros(4, 1, 8, 8, dtype=torch.uint8),
+                           test_images=torch.zeros(2, 1, 8, 8, dtype=torch.uint8), test_labels=np.zeros(2, np.int64))
+    with pytest.raises(RuntimeError, match="stop here"):
+        verify.train_and_evaluate(data, np.zeros(4, np.int64), spec, torch.device("cpu"), digits_run[0] / "x.pt")
+    assert seen == [torch.bfloat16]
