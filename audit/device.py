@@ -48,26 +48,15 @@ def precision(name: str):
         _PRECISION.reset(token)
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device, *, attack: bool = False):
     """bf16 autocast on CUDA and a no-op context on the CPU (float32 keeps CPU results exact and seeded),
     unless :func:`precision` says otherwise: ``bf16`` autocasts on the CPU too (oneDNN's AMX and
-    AVX512-BF16 kernels, about twice as fast where the CPU has them), ``fp32`` nowhere."""
-    if _PRECISION.get() == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if _PRECISION.get() == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def attack_autocast(device: torch.device):
-    """The training attacks' context: bf16 only under an explicit ``--precision bf16`` (they run in float32
-    by default, on CUDA too); the evaluation attack never autocasts, so robust accuracy is measured in
-    float32 whatever the precision."""
-    if _PRECISION.get() == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+    AVX512-BF16 kernels, about twice as fast where the CPU has them), ``fp32`` nowhere. ``attack``: the
+    training attacks' context, bf16 only under an explicit ``bf16`` (they run in float32 by default, on
+    CUDA too); the evaluation attack never autocasts, so robust accuracy is measured in float32."""
+    p = _PRECISION.get()
+    on = p == "bf16" or (p == "auto" and device.type == "cuda" and not attack)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if on else torch.autocast(device.type, enabled=False)
 
 
 def cpu_has_bf16() -> bool:

@@ -10,16 +10,17 @@ from audit.config import RunConfig
 from audit.device import autocast, precision
 
 
-def _dtype(device: str = "cpu") -> torch.dtype:
+def _dtype(device: str = "cpu", attack: bool = False) -> torch.dtype:
     lin = torch.nn.Linear(4, 3)
-    with autocast(torch.device(device)):
+    with autocast(torch.device(device), attack=attack):
         return lin(torch.ones(2, 4)).dtype
 
 
 def test_autocast_follows_the_precision_in_force():
     assert _dtype() == torch.float32  # auto: float32 on the CPU
+    assert _dtype(attack=True) == torch.float32
     with precision("bf16"):
-        assert _dtype() == torch.bfloat16
+        assert _dtype() == torch.bfloat16 and _dtype(attack=True) == torch.bfloat16  # the training attacks too
         with precision("fp32"):
             assert _dtype() == torch.float32
         assert _dtype() == torch.bfloat16

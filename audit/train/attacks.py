@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.device import attack_autocast
+from audit.device import autocast
 
 
 def _lp_project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -76,7 +76,7 @@ class Attack(ABC):
         was_training = model.training
         model.eval()
         try:
-            with torch.enable_grad(), attack_autocast(x.device):
+            with torch.enable_grad(), autocast(x.device, attack=True):
                 return self.perturb(model, x, y).detach()
         finally:
             model.train(was_training)
