@@ -28,6 +28,7 @@ from audit.io import read_json, save_arrays, write_parquet
 from audit.orchestrator import STAGE_VERSIONS, Orchestrator, numpy_seed
 from audit.recipes import (
     apgd_config,
+    as_key,
     crossval_config,
     data_config,
     eval_config,
@@ -168,7 +169,7 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
     data, canaries = build_train_data(ds, cfg)
     fingerprint = ds.fingerprint()
     with Orchestrator(out, fingerprint, progress=progress) as orch:
-        cfg, recipe = _calibrated(orch, given, cfg, data, device)
+        cfg, recipe, pending = _calibrated(orch, given, cfg, data, device)
         recipe = {**recipe, "precision": _precision_record(cfg, device)}
         _drop_stale_outputs(out, cfg, fingerprint)
         base = {**_manifest_base(cfg, ds, data, device, fingerprint), "recipe": recipe}
@@ -186,7 +187,8 @@ def run_audit(cfg: RunConfig, out: str | Path, *, progress: bool = True) -> dict
                 fv = inputs["features"].values
                 features = {"train_features": train_order(fv, ds, canaries), "test_features": fv[ds.split_indices(TEST)],
                             "fingerprint": inputs["features"].fingerprint}
-            trained, cv, infl, health = _run_stages(orch, cfg, data, device, threads, base, features)
+            trained, cv, infl, health, cfg = _run_stages(orch, cfg, data, device, threads, base, features, pending)
+            recipe = base["recipe"]
             if "pred_probs" in inputs:
                 health = _with_given_checks(health, inputs["pred_probs"], ds, canaries, data, cv)
         except BaseException:
@@ -236,38 +238,131 @@ def _write_tables(orch: Orchestrator, base: dict, ctx: TableContext, stages: tup
 
 
 def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: TrainData,
-                device: torch.device) -> tuple[RunConfig, dict]:
+                device: torch.device) -> tuple[RunConfig, dict, dict | None]:
     """The attack radius from the data (:mod:`audit.train.calibrate`) unless ``--eps`` or ``--preset``
     sets it or no robust model trains; a cached stage like the others. Returns the config with its eps
-    (and a step size that follows it unless ``--step-size`` was given) and the manifest's ``recipe``."""
-    from audit.train.calibrate import calibrate_eps, rule_for
+    (and a step size that follows it unless ``--step-size`` was given), the manifest's ``recipe`` and,
+    where the ladder's top is judged on the run's own robust model (``top_first_applies``) and no cached
+    verdict exists, what :func:`_judge_radius` needs after the first trainings (else ``None``): the config
+    then holds the top radius."""
+    from audit.train.calibrate import LADDERS, rule_for, top_first_applies
 
     robust = [m for m in cfg.models if m != "natural"]
     if given.eps is not None or given.preset or not robust:
         source = "option" if given.eps is not None else "preset" if given.preset else "default (no robust model)"
-        return cfg, {"eps": {"value": cfg.eps, "source": source}}
+        return cfg, {"eps": {"value": cfg.eps, "source": source}}, None
     nat, rob = train_recipe(cfg, "natural"), train_recipe(cfg, robust[0])
     config = {"natural": nat, "robust": replace(rob, eps=1.0, step_size=rob.step_size / rob.eps), "data": data_config(cfg),
               "rule": rule_for(rob.norm, rob.arch)}
     if cfg.precision != "auto":
         config["precision"] = cfg.precision
+    top_first = top_first_applies(rob.arch, len(data.test_labels), len(data.train_labels))
+    if top_first:  # only these runs' keys say so: every other run's key is as it was
+        config["top_first"] = True
     orch.key("calibrate", "calibrate", config)  # the budget follows from the robust recipe and the data
     arrays = orch.cached("calibrate")
     if arrays is None:
         orch.start("calibrate")
         t0 = time.perf_counter()
-        real = np.flatnonzero(~data.is_canary)
-        with precision(cfg.precision):
-            res = calibrate_eps(subset(data.train_images, real), data.train_labels[real], data.num_classes, nat, rob,
-                                device=device, progress=orch.progress, budget_rows=rob.epochs * len(data.train_labels))
+        res = _subset_calibration(cfg, data, device, nat, rob, orch.progress, () if top_first else None)
         arrays = orch.store("calibrate", {"result": np.array(json.dumps(res))}, time.perf_counter() - t0)
     res = json.loads(str(arrays["result"]))
+    if not top_first:
+        return _at_eps(given, cfg, res), {"eps": {"value": res["eps"], "source": "calibrated", **res}}, None
+    # the top radius, judged on the run's own models after their training (:func:`_judge_radius`); a
+    # verdict cached for these trainings (their keys at the top radius) decides now
+    top = LADDERS[rob.norm][rob.arch][0]
+    cfg_top = _at_eps(given, cfg, {**res, "eps": top})
+    judged = _key_verdict(orch, cfg_top)
+    cached = orch.cached("calibrate_top")
+    if cached is not None:
+        verdict = json.loads(str(cached["result"]))
+        return (_at_eps(given, cfg, {**res, **verdict}),
+                {"eps": {"value": verdict["eps"], "source": "calibrated", **verdict}}, None)
+    reason = (f"the ladder's top, judged on the {robust[0]} model's test accuracy after training; "
+              "smaller radii on a subset only if it fails")
+    return cfg_top, {"eps": {"value": top, "source": "calibrated", "method": "top_first", "pending": True,
+                             "reason": reason}}, {"given": given, "cfg": cfg, "natural": nat, "robust": rob,
+                                                  "reference": res, "judged": judged}
+
+
+def _key_verdict(orch: Orchestrator, cfg_top: RunConfig) -> tuple[str, ...]:
+    """Key the ``calibrate_top`` stage (the verdict on the top radius): the trainings it judges, keyed at
+    the top radius, and the natural reference are its upstream. Returns the judged stages' names."""
+    from audit.health import CHANCE_MARGIN
+    from audit.train.calibrate import KEEP
+
+    graph = stage_configs(cfg_top)
+    judged = ("train_natural", f"train_{next(m for m in cfg_top.models if m != 'natural')}")
+    for name in judged:
+        kind, config, upstream = graph[name]
+        orch.key(name, kind, config, upstream)
+    orch.key("calibrate_top", "calibrate", {"keep": KEEP, "chance_margin": CHANCE_MARGIN},
+             ("calibrate",) + judged)
+    return judged
+
+
+def _subset_calibration(cfg: RunConfig, data: TrainData, device: torch.device, nat, rob, progress: bool,
+                        ladder: tuple | None = None) -> dict:
+    """:func:`audit.train.calibrate.calibrate_eps` on the real training rows (no canaries), in the run's
+    precision."""
+    from audit.train.calibrate import calibrate_eps
+
+    real = np.flatnonzero(~data.is_canary)
+    with precision(cfg.precision):
+        return calibrate_eps(subset(data.train_images, real), data.train_labels[real], data.num_classes, nat, rob,
+                             device=device, progress=progress, budget_rows=rob.epochs * len(data.train_labels),
+                             ladder=ladder)
+
+
+def _at_eps(given: RunConfig, cfg: RunConfig, res: dict) -> RunConfig:
+    """``cfg`` (resolved, before calibration) at the calibration's radius: the step size follows it unless
+    ``--step-size`` was given; a natural reference that needed a lower learning rate lowers the run's."""
     upd = {"eps": res["eps"]}
     if given.lr is None and res.get("natural_lr", cfg.lr) < cfg.lr:
         upd["lr"] = res["natural_lr"]
     if given.step_size is None:
         upd["step_size"] = cfg.step_size * res["eps"] / cfg.eps
-    return validate_config(replace(cfg, **upd)), {"eps": {"value": res["eps"], "source": "calibrated", **res}}
+    return validate_config(replace(cfg, **upd))
+
+
+def _judge_radius(orch: Orchestrator, pending: dict, cfg: RunConfig, data: TrainData, device: torch.device,
+                  results: dict, final: dict) -> dict:
+    """The ladder's top judged on the run's first trainings (``results``, at the top radius): the
+    ``calibrate_top`` stage's result (as :func:`audit.train.calibrate.calibrate_eps` returns it, with
+    ``method: top_first``), stored and cached like the other stages. When the top fails, the subset
+    ladder runs from the next radius down, and the failed robust trainings' seconds count in the stage's."""
+    from audit.train.calibrate import LADDERS, judge_top
+
+    role = next(m for m in cfg.models if m != "natural")
+    labels = data.test_labels
+
+    def acc(arrays: dict) -> float:
+        return float((arrays["test_logits"].argmax(1) == labels).mean())
+
+    rob = pending["robust"]
+    verdict = judge_top(cfg.eps, acc(results[final["natural"]]), acc(results[final[role]]), labels,
+                        rob.epochs, role)
+    ref = pending["reference"]
+    orch.start("calibrate_top")
+    if verdict["passed"]:
+        res, seconds = {"eps": float(cfg.eps), "fallback": False, "tried": [verdict["tried"]],
+                        "method": "top_first", "natural_accuracy": verdict["natural_accuracy"],
+                        "natural_lr": ref["natural_lr"], "chance": verdict["chance"], "need": verdict["need"],
+                        "rows": int(len(data.train_labels)), "held_out": verdict["held_out"],
+                        "reason": verdict["reason"]}, 0.0
+    else:
+        orch.log(f"calibrate: {verdict['reason']}; trying smaller radii on a subset")
+        t0 = time.perf_counter()
+        ladder = LADDERS[rob.norm][rob.arch][1:]
+        sub = _subset_calibration(pending["cfg"], data, device, pending["natural"], rob, orch.progress, ladder)
+        failed_training = sum(orch.stages.get(final[m], {}).get("seconds") or 0.0 for m in cfg.models if m != "natural")
+        seconds = time.perf_counter() - t0 + failed_training
+        res = {**sub, "method": "top_first", "tried": [verdict["tried"]] + sub["tried"],
+               "top": {k: verdict[k] for k in ("natural_accuracy", "need", "chance", "held_out")},
+               "reason": f"{verdict['reason']}; on a subset, {sub['reason']}"}
+    orch.store("calibrate_top", {"result": np.array(json.dumps(res))}, seconds)
+    return res
 
 
 def in_dataset_order(ds: AuditDataset, canaries: CanarySet, train_values: np.ndarray,
@@ -395,15 +490,18 @@ def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]
 
 
 def _train_task(orch: Orchestrator, name: str, kind: str, config: dict, data: TrainData, cfg: RunConfig,
-                dev: str, gpus: float, results: dict | None = None) -> Task:
+                dev: str, gpus: float, results: dict | None = None, evaluate_from: dict | None = None) -> Task:
     """The engine task of one training stage (a model, the augmented model or the cross-validation); a
-    stage whose config names ``continue_from`` starts from that stage's arrays (in ``results``)."""
+    stage whose config names ``continue_from`` starts from that stage's arrays (in ``results``); with
+    ``evaluate_from`` (the same training's arrays, evaluated at another radius) it only evaluates."""
     prog = orch.progress
     if kind in ("train", "train_aug"):  # --compile changes speed, not results: no part of the cache key
         args = (data, config["recipe"], config["eval"]) if kind == "train" else (data, config["recipe"])
         kw = {"resume": orch.resume_path(name), "progress": prog, "compile": cfg.compile}
         if config.get("continue_from"):
             kw["init"] = results[config["continue_from"]]
+        if evaluate_from is not None:
+            kw["evaluate_from"] = evaluate_from
     else:
         args, kw = (data, config["cv"]), {"progress": prog}
     return Task(name, STAGE_FUNCTIONS[kind], args, {"device": dev, **kw}, gpus, precision=cfg.precision)
@@ -415,10 +513,15 @@ def _role(name: str) -> str:
 
 
 def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: torch.device, threads: int,
-                base: dict, features: dict | None = None) -> tuple[dict, dict, dict, dict]:
+                base: dict, features: dict | None = None,
+                pending: dict | None = None) -> tuple[dict, dict, dict, dict, RunConfig]:
     """Key every stage, load the cached ones, run the rest (trainings through the engine), check each
     trained model (:mod:`audit.health`) and retrain the ones that fail, at most ``MAX_RETRIES`` times.
-    Returns (trained arrays per role, cross-validation arrays, influence arrays, the health record)."""
+    ``pending`` (from :func:`_calibrated`): the radius is the ladder's top, to be judged on the first
+    trainings (:func:`_judge_radius`); when it fails, the robust models train again at the radius the
+    subset ladder finds, the natural model is evaluated again there, and ``base`` is updated.
+    Returns (trained arrays per role, cross-validation arrays, influence arrays, the health record, the
+    config with its final radius)."""
     from audit import health
 
     graph = stage_configs(cfg)
@@ -440,8 +543,9 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
         results[t.name] = arrays
         orch.write_manifest(base, "running")
 
-    def run_round(names: list[str]) -> None:
-        tasks = [_train_task(orch, n, configs[n][0], configs[n][1], data, cfg, dev, gpus, results) for n in names]
+    def run_round(names: list[str], again: dict | None = None) -> None:
+        tasks = [_train_task(orch, n, configs[n][0], configs[n][1], data, cfg, dev, gpus, results,
+                             (again or {}).get(n)) for n in names]
         for t in tasks:
             results[t.name] = _cached(orch, t.name)
         make_engine(cfg.engine, threads, cfg.ray_address).run_all(
@@ -450,6 +554,29 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
     attempts: dict[str, list[dict]] = {role: [] for role in final}
     try:
         run_round(list(final.values()))
+        if pending is not None:
+            res = _judge_radius(orch, pending, cfg, data, device, results, final)
+            base["recipe"] = {**base["recipe"], "eps": {"value": res["eps"], "source": "calibrated", **res}}
+            if res["eps"] != cfg.eps:  # the top failed: the robust models again, the natural model's evaluation
+                cfg = _at_eps(pending["given"], pending["cfg"], {**pending["reference"], **res})
+                base.update(config=cfg.to_dict(), config_hash=cfg.hash())
+                graph = stage_configs(cfg)
+                redo, again, before = [], {}, {}
+                for name in list(final.values()):
+                    kind, config, upstream = graph[name]
+                    if as_key(config) == as_key(configs[name][1]):
+                        continue  # the augmented model and the folds do not depend on the radius
+                    if _role(name) == "natural" and config["recipe"] == configs[name][1]["recipe"]:
+                        again[name] = results[name]  # the same training, evaluated at the new radius
+                        before[name] = orch.stages.get(name, {}).get("seconds") or 0.0
+                    orch.key(name, kind, config, upstream)
+                    configs[name] = (kind, config, upstream)
+                    redo.append(name)
+                run_round(redo, again)
+                for name, seconds in before.items():  # its stage's time includes the training it reuses
+                    st = orch.stages.get(name, {})
+                    if st.get("status") == "done":
+                        st["seconds"] = round((st.get("seconds") or 0.0) + seconds, 3)
         for attempt in range(1, health.MAX_RETRIES + 2):
             trained = {r: results[n] for r, n in final.items() if r != "crossval"}
             checks = health.check_models(trained, results[final["crossval"]], data.train_labels, data.test_labels)
@@ -509,7 +636,7 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
             if st.get("status") == "running":
                 st["status"] = "failed"
         raise
-    return {k: train_arrays(v) for k, v in trained.items()}, cv, infl, record
+    return {k: train_arrays(v) for k, v in trained.items()}, cv, infl, record, cfg
 
 
 def _promote_checkpoints(orch: Orchestrator, final: dict[str, str]) -> None:

@@ -66,7 +66,7 @@ def state_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, t
 
 def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: str = "cpu",
                 resume: str | None = None, progress: bool = False, compile: bool = False,
-                init: dict | None = None) -> dict:
+                init: dict | None = None, evaluate_from: dict | None = None) -> dict:
     """Train one model (natural or robust) on train + canaries, then evaluate it. ``compile``
     (``--compile``) torch.compiles the training forward; it changes speed, not results.
 
@@ -74,16 +74,20 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
     from its final weights and trains the epochs ``recipe.epochs`` adds to it, on a schedule of their own (a warm
     restart, seed + k for the k-th continuation's new batch orders); the records and TracIn checkpoints are
     the earlier attempt's followed by these, so the dynamics cover all ``recipe.epochs`` and the influence
-    stage sums over 2x (3x after a second continuation) ``--tracin-checkpoints``."""
+    stage sums over 2x (3x after a second continuation) ``--tracin-checkpoints``.
+
+    ``evaluate_from``: the arrays of a training of this same recipe evaluated under another ``ev`` (the
+    natural model after a radius judged at the ladder's top failed: its training does not depend on the
+    radius, its evaluation does): no training; its records, TracIn checkpoints and final weights are kept
+    and evaluated under ``ev``, so the result is what training afresh would give."""
     dev = torch.device(device)
+    if evaluate_from is not None:
+        return _evaluated_again(data, recipe, ev, evaluate_from, dev)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
     spec, done = recipe, 0
     if init is not None:
-        # its final weights: ``state.*`` when it ran in this process; from the cache (whose weights went to
-        # checkpoints), its last TracIn checkpoint, which is taken after the last epoch
-        last = f"tracin{len(init.get('tracin_weights', [])) - 1}"
-        model.load_state_dict(state_from_arrays(init, "state") or state_from_arrays(init, last))
+        model.load_state_dict(_final_state(init))
         done = len(init["lrs"])
         if recipe.epochs <= done:
             raise ValueError(f"a continued training needs more than the {done} epochs it starts from")
@@ -109,6 +113,29 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
         for i, (_, state) in enumerate(tracin):
             out.update(_state_arrays(f"tracin{i}", state))
     out.update(evaluate(res.model, data, ev, natural=recipe.method == "natural", device=dev))
+    return out
+
+
+def _final_state(arrays: dict) -> dict:
+    """A training stage's final weights: ``state.*`` when it ran in this process; from the cache (whose
+    weights went to checkpoints), its last TracIn checkpoint, which is taken after the last epoch."""
+    last = f"tracin{len(arrays.get('tracin_weights', [])) - 1}"
+    return state_from_arrays(arrays, "state") or state_from_arrays(arrays, last)
+
+
+def _evaluated_again(data: TrainData, recipe: TrainSpec, ev: EvalConfig, arrays: dict, dev) -> dict:
+    """``train_stage(evaluate_from=arrays)``: the same training, evaluated under ``ev``."""
+    model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
+    state = _final_state(arrays)
+    if not state:
+        raise ValueError("a training to evaluate again needs its final weights")
+    model.load_state_dict(state)
+    model.to(dev).eval()
+    keep = ("loss", "margin", "correct", "lrs", "train_seconds", "continued", "tracin_weights")
+    out = {k: arrays[k] for k in keep if k in arrays}
+    out.update({k: v for k, v in arrays.items() if k.startswith("tracin") and "." in k})
+    out.update(_state_arrays("state", model.state_dict()))
+    out.update(evaluate(model, data, ev, natural=recipe.method == "natural", device=dev))
     return out
 
 
