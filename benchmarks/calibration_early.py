@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
-def calibrate(spec: str, seed: int, early: bool) -> tuple[dict, float]:
+def calibrate(spec: str, seed: int, early: bool, search: str | None = None) -> tuple[dict, float]:
     from audit.config import RunConfig, resolve_defaults, validate_config
     from audit.data.base import TRAIN
     from audit.pipeline import build_train_data, prepare_dataset
@@ -41,6 +41,8 @@ def calibrate(spec: str, seed: int, early: bool) -> tuple[dict, float]:
     nat, rob = train_recipe(cfg, "natural"), train_recipe(cfg, robust)
     real = np.flatnonzero(~data.is_canary)
     cal.EARLY = early
+    if search is not None:
+        cal.SEARCH = search
     t0 = time.perf_counter()
     res = cal.calibrate_eps(subset(data.train_images, real), data.train_labels[real], data.num_classes, nat, rob,
                             device=torch.device("cpu"), budget_rows=rob.epochs * len(data.train_labels))

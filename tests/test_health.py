@@ -223,7 +223,10 @@ def test_calibrated_eps_differs_for_grey_sets_with_different_statistics():
     assert len(chosen["faint"]["tried"]) >= 2 and "eps" in chosen["faint"]["reason"]
     # a radius that passes at a check is taken there, without the rest of its training; one that fails is
     # never given up early (faint stripes learn late)
-    bold = chosen["bold"]["tried"][0]
+    # the search tries the ladder's (upper) middle first, then halves the rest by each verdict
+    assert [t["eps"] for t in chosen["bold"]["tried"]] == [0.05, 0.1]
+    assert [t["eps"] for t in chosen["faint"]["tried"]][0] == 0.05
+    bold = chosen["bold"]["tried"][-1]
     assert bold["accepted_at"] == bold["epochs_run"] < bold["epochs"] and bold["checks"][-1][0] == bold["epochs_run"]
     assert f"after {bold['epochs_run']} of its {bold['epochs']} epochs" in chosen["bold"]["reason"]
     assert all(t["epochs_run"] == t["epochs"] for t in chosen["faint"]["tried"] if t["accepted_at"] is None)
