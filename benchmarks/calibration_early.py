@@ -49,17 +49,22 @@ def calibrate(spec: str, seed: int, early: bool, search: str | None = None) -> t
     return res, time.perf_counter() - t0
 
 
-def main() -> None:
-    import devsuite
-    import pandas as pd
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str, sets) -> argparse.Namespace:
+    """The benchmark's options (``--suite``, ``--seed``, ``--sets``, ``--csv``); one torch thread."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--suite", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sets", default=",".join(devsuite.SETS))
+    ap.add_argument("--sets", default=",".join(sets))
     ap.add_argument("--csv", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    return args
+
+
+def main() -> None:
+    import devsuite
+
+    args = parse_args(__doc__, devsuite.SETS)
     rows = []
     for name in args.sets.split(","):
         spec = devsuite.spec_of(Path(args.suite), name)
@@ -77,11 +82,19 @@ def main() -> None:
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if args.csv:
-        out = Path(args.csv)
-        df = pd.DataFrame(rows)
-        if out.exists():
-            df = pd.concat([pd.read_csv(out), df], ignore_index=True)
-        df.to_csv(out, index=False)
+        append_csv(rows, Path(args.csv))
+
+
+def append_csv(rows: list[dict], out: Path) -> None:
+    """Add ``rows`` to the CSV ``out`` (written to a temporary name, then renamed)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    if out.exists():
+        df = pd.concat([pd.read_csv(out), df], ignore_index=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

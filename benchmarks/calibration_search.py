@@ -14,29 +14,20 @@ radius each chose, the radii each tried in order, and the seconds each took.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from calibration_early import calibrate  # noqa: E402
+from calibration_early import append_csv, calibrate, parse_args  # noqa: E402
 
 
 def main() -> None:
     import devsuite
-    import pandas as pd
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sets", default=",".join(s for s in devsuite.SETS if not s.startswith("colour")))
-    ap.add_argument("--csv", default=None)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
+    args = parse_args(__doc__, [s for s in devsuite.SETS if not s.startswith("colour")])
     rows = []
     for name in args.sets.split(","):
         spec = devsuite.spec_of(Path(args.suite), name)
@@ -52,14 +43,7 @@ def main() -> None:
         rows.append(row)
         print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if args.csv:
-        out = Path(args.csv)
-        df = pd.DataFrame(rows)
-        if out.exists():
-            df = pd.concat([pd.read_csv(out), df], ignore_index=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        df.to_csv(tmp, index=False)
-        tmp.replace(out)
-
+        append_csv(rows, Path(args.csv))
 
 if __name__ == "__main__":
     main()
