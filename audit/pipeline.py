@@ -577,6 +577,7 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
                     st = orch.stages.get(name, {})
                     if st.get("status") == "done":
                         st["seconds"] = round((st.get("seconds") or 0.0) + seconds, 3)
+                        orch.log(f"{name}: its training reused, evaluated again at eps {cfg.eps:.4g}")
         for attempt in range(1, health.MAX_RETRIES + 2):
             trained = {r: results[n] for r, n in final.items() if r != "crossval"}
             checks = health.check_models(trained, results[final["crossval"]], data.train_labels, data.test_labels)
