@@ -39,6 +39,7 @@ from audit.rows import Rows, subset
 from audit.signals.canaries import CanarySet, plant_canaries
 from audit.signals.table import TableContext, build_tables
 from audit.stages import (
+    BN_ARCHS,
     TrainData,
     apgd_stage,
     aug_stage,
@@ -476,7 +477,12 @@ def plan_line(cfg: RunConfig, data: TrainData, recipe: dict, seconds: float | No
 def stage_configs(cfg: RunConfig) -> dict[str, tuple[str, dict, tuple[str, ...]]]:
     """The stage graph of a resolved config: name -> (algorithm, sub-configs it reads, upstream stages)."""
     ev, dc = eval_config(cfg), data_config(cfg)
-    out = {f"train_{m}": ("train", {"recipe": train_recipe(cfg, m), "eval": ev, "data": dc}, ()) for m in cfg.models}
+    out = {f"train_{m}": ("train", {"recipe": train_recipe(cfg, m), "eval": ev, "data": dc,
+                                    # the natural model's batch-norm statistics (stages.recompute_bn); only
+                                    # nets with batch norm change, so only their keys say so
+                                    **({"bn_stats": "recomputed"} if m == "natural" and cfg.arch in BN_ARCHS
+                                       else {})}, ())
+           for m in cfg.models}
     if cfg.augment != "none":
         out["train_aug"] = ("train_aug", {"recipe": train_recipe(cfg, "aug"), "data": dc}, ())
     out["crossval"] = ("crossval", {"cv": crossval_config(cfg), "data": dc}, ())

@@ -121,3 +121,33 @@ def test_resolve_defaults_picks_airbench_for_colour_and_resnet18_by_name():
     small = resolve_defaults(RunConfig(), (3, 32, 32), 450, False)
     assert small.epochs > cfg.epochs and small.batch_size < cfg.batch_size
     assert np.isclose(resolve_defaults(RunConfig(norm="l2"), (3, 32, 32), 1500, False).eps, 0.5)
+
+
+def test_the_natural_models_batch_norm_statistics_are_those_of_its_training_rows(blobs):
+    """``recompute_bn``: the statistics are a function of the weights and the rows (two different starting
+    buffers give the same), they are the layer inputs' own mean, the momentum is kept, and only the
+    architectures in ``BN_ARCHS`` have batch norm."""
+    from audit.stages import BN_ARCHS, recompute_bn
+
+    (x, y), _ = blobs
+    res = _train("natural", x, y, epochs=2)
+    model = res.model
+    first = model.blocks[0].b1 if hasattr(model, "blocks") else next(
+        m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().double()))
+    recompute_bn(model, x, CPU, batch=64)
+    hook.remove()
+    mean = torch.cat(seen).mean((0, 2, 3))
+    assert torch.allclose(first.running_mean.double(), mean, atol=1e-4)
+    assert first.momentum == 0.6 and not model.training
+    a = {k: v.clone() for k, v in model.state_dict().items()}
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(3.0)
+            m.running_var.fill_(7.0)
+    recompute_bn(model, x, CPU, batch=64)
+    assert all(torch.equal(a[k], v) for k, v in model.state_dict().items() if "num_batches" not in k)
+    has_bn = {arch for arch in MODEL_ARCHS if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              for m in build_model(arch, (3, 32, 32) if arch != "mlp" else (1, 8, 8), 4).modules())}
+    assert has_bn == set(BN_ARCHS)
