@@ -274,7 +274,7 @@ def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: Trai
     # verdict cached for these trainings (their keys at the top radius) decides now
     top = LADDERS[rob.norm][rob.arch][0]
     cfg_top = _at_eps(given, cfg, {**res, "eps": top})
-    judged = _key_verdict(orch, cfg_top)
+    _key_verdict(orch, cfg_top)
     cached = orch.cached("calibrate_top")
     if cached is not None:
         verdict = json.loads(str(cached["result"]))
@@ -284,12 +284,12 @@ def _calibrated(orch: Orchestrator, given: RunConfig, cfg: RunConfig, data: Trai
               "smaller radii on a subset only if it fails")
     return cfg_top, {"eps": {"value": top, "source": "calibrated", "method": "top_first", "pending": True,
                              "reason": reason}}, {"given": given, "cfg": cfg, "natural": nat, "robust": rob,
-                                                  "reference": res, "judged": judged}
+                                                  "reference": res}
 
 
-def _key_verdict(orch: Orchestrator, cfg_top: RunConfig) -> tuple[str, ...]:
+def _key_verdict(orch: Orchestrator, cfg_top: RunConfig) -> None:
     """Key the ``calibrate_top`` stage (the verdict on the top radius): the trainings it judges, keyed at
-    the top radius, and the natural reference are its upstream. Returns the judged stages' names."""
+    the top radius, and the natural reference are its upstream."""
     from audit.health import CHANCE_MARGIN
     from audit.train.calibrate import KEEP
 
@@ -300,7 +300,6 @@ def _key_verdict(orch: Orchestrator, cfg_top: RunConfig) -> tuple[str, ...]:
         orch.key(name, kind, config, upstream)
     orch.key("calibrate_top", "calibrate", {"keep": KEEP, "chance_margin": CHANCE_MARGIN},
              ("calibrate",) + judged)
-    return judged
 
 
 def _subset_calibration(cfg: RunConfig, data: TrainData, device: torch.device, nat, rob, progress: bool,

@@ -118,7 +118,7 @@ def train_stage(data: TrainData, recipe: TrainSpec, ev: EvalConfig, *, device: s
     return out
 
 
-BN_ARCHS = ("airbench", "resnet18")  # the architectures with batch norm (tests/test_top_first.py checks)
+BN_ARCHS = ("airbench", "resnet18")  # the architectures with batch norm (tests/test_colour_recipe.py checks)
 
 
 def recompute_bn(model: torch.nn.Module, images, device, batch: int = 256) -> torch.nn.Module:
