@@ -359,7 +359,8 @@ def _judge_radius(orch: Orchestrator, pending: dict, cfg: RunConfig, data: Train
         failed_training = sum(orch.stages.get(final[m], {}).get("seconds") or 0.0 for m in cfg.models if m != "natural")
         seconds = time.perf_counter() - t0 + failed_training
         res = {**sub, "method": "top_first", "tried": [verdict["tried"]] + sub["tried"],
-               "top": {k: verdict[k] for k in ("natural_accuracy", "need", "chance", "held_out")},
+               "top": {**{k: verdict[k] for k in ("natural_accuracy", "need", "chance", "held_out")},
+                       "training_seconds": round(failed_training, 3)},
                "reason": f"{verdict['reason']}; on a subset, {sub['reason']}"}
     orch.store("calibrate_top", {"result": np.array(json.dumps(res))}, seconds)
     return res

@@ -86,8 +86,9 @@ def test_a_failed_top_radius_calibrates_below_it_and_evaluates_the_natural_model
     # trained once per attempt (its fits retries go on from its weights), never again for the new radius
     assert natural[0] == 6 and len(natural) == len(man["health"]["attempts"]["natural"])
     assert man["status"] == "complete"
-    # the failed PGD-AT training counts in the verdict's time
-    assert man["stages"]["calibrate_top"]["seconds"] > 0.5 * man["stages"]["train_pgd"]["seconds"]
+    # the failed PGD-AT training counts in the verdict's time (its own seconds, recorded beside the verdict)
+    assert eps["top"]["training_seconds"] > 0
+    assert man["stages"]["calibrate_top"]["seconds"] >= eps["top"]["training_seconds"]
     # the natural model's training is what a run at the final radius trains; its evaluation is at that radius
     direct = run_audit(RunConfig(dataset=spec, eps=eps["value"], **TINY), tmp_path / "direct", progress=False)
     a, b = (load_arrays(d / ".cache" / "train_natural.npz") for d in (tmp_path / "fail", tmp_path / "direct"))
