@@ -3,6 +3,11 @@
     python benchmarks/devsuite.py make --out benchmarks/data/suite [--seed 0]
     python benchmarks/devsuite.py run --suite benchmarks/data/suite --sets NAME[,NAME] --seeds 0 \
         [--csv benchmarks/results/devsuite.csv] [-- extra audit run options]
+    python benchmarks/devsuite.py flips --out benchmarks/data/flips
+
+``flips`` writes two 2,500-image sets without noise (``mnist2500.npz``, ``fashion2500.npz``; 2,000 train,
+500 test, drawn with seeds 7 and 8) for audits with the audit's own random flips (``--noise 0.2``), the random-flip
+check beside the instance-dependent sets.
 
 ``make`` writes each data set as a user would bring it, with the truth beside it in ``truth.json``
 (never read by the audit): the clean label of every noisy example, keyed by npz row or by file path.
@@ -181,6 +186,20 @@ def make(out: Path, seed: int) -> None:
     print(f"wrote {', '.join(SETS)} under {out}")
 
 
+def make_flips(out: Path) -> None:
+    """Two clean 2,500-image grey sets (2,000 train, 500 test) for ``audit run --noise``."""
+    out.mkdir(parents=True, exist_ok=True)
+    m = np.load(SHARED_MNIST)
+    fx, fy = _idx(FASHION / "t10k-images-idx3-ubyte.gz"), _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    split = np.array(["train"] * 2000 + ["test"] * 500)
+    for name, x, y, names, seed in (("mnist2500", m["images"], m["labels"], [str(i) for i in range(10)], 7),
+                                    ("fashion2500", fx, fy, FASHION_CLASSES, 8)):
+        idx = np.random.default_rng(seed).permutation(len(y))[:2500]
+        np.savez(out / f"{name}.npz", images=x[idx], labels=np.asarray(y)[idx].astype(np.int64), split=split,
+                 class_names=np.array(names))
+    print(f"wrote mnist2500.npz, fashion2500.npz under {out}")
+
+
 def spec_of(suite: Path, name: str) -> str:
     d = suite / name
     return f"npz:{d / 'data.npz'}" if (d / "data.npz").exists() else f"folder:{d / 'images'}"
@@ -257,6 +276,8 @@ def main() -> None:
     m = sub.add_parser("make")
     m.add_argument("--out", default="benchmarks/data/suite")
     m.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("flips")
+    f.add_argument("--out", default="benchmarks/data/flips")
     r = sub.add_parser("run")
     r.add_argument("--suite", default="benchmarks/data/suite")
     r.add_argument("--sets", default=",".join(SETS))
@@ -269,6 +290,8 @@ def main() -> None:
     args = ap.parse_args(argv)
     if args.cmd == "make":
         make(Path(args.out), args.seed)
+    elif args.cmd == "flips":
+        make_flips(Path(args.out))
     else:
         run(args, extra)
 

@@ -268,6 +268,13 @@ def test_augmented_model_gives_a_signal_that_finds_noise(tmp_path):
     assert auroc > 0.9, auroc
     with np.load(tmp_path / "dynamics.npz") as z:
         assert z["margin_aug"].shape == (30, len(fit))
+        # the window behind aum_aug is recorded, and the column is the AUM over it
+        win = man["signal_selection"]["aum_aug_window"]
+        start, end = win["epochs"]
+        assert win["of"] == 30 and 0 <= start < end <= 30 and win["reason"]
+        aum = z["margin_aug"][start:end].astype(np.float32).mean(0)
+        order = pd.Series(np.arange(len(fit)), index=z["example_ids"])
+    np.testing.assert_allclose(fit["aum_aug"].to_numpy(), aum[order[fit["example_id"]].to_numpy()], rtol=1e-5, atol=1e-5)
     # --augment none: no such model, no such column; the other stages are reused
     man2 = run_audit(RunConfig(**{**cfg.to_dict(), "models": cfg.models, "augment": "none"}), tmp_path, progress=False)
     assert "train_aug" not in man2["stages"] and man2["stages"]["crossval"]["status"] == "cached"

@@ -7,8 +7,8 @@ Signals (training rows; each oriented so higher = more likely mislabelled; regis
 ``cleanlab``           1 − cleanlab label quality (self-confidence) of out-of-sample probabilities
 ``aum_natural``        −AUM of the natural model over all epochs
 ``aum_early``          −AUM over the first half of the epochs (before memorization sets in)
-``aum_aug``            −AUM over the second half of the epochs of the augmented natural model
-                       (``--augment``): it has learned the classes by then and does not memorize
+``aum_aug``            −AUM of the augmented natural model (``--augment``) over the second half of
+                       its epochs before it fits the label issues (:func:`~audit.signals.registry.aug_window`)
 ``cv_aum``             −AUM averaged over the cross-validation folds that trained on the example
 ``memorization``       Feldman–Zhang memorization with the given label's probability
 ``self_influence``     TracIn self-influence over the natural model's checkpoints
@@ -33,7 +33,7 @@ from audit.signals.combine import (
     detection_metrics,
     rank01,
 )
-from audit.signals.registry import SignalInputs, compute_signals
+from audit.signals.registry import AUG_NOISE_TRUST, SignalInputs, aug_fit_bound, aug_window, compute_signals
 from audit.signals.util import margin, softmax
 
 CATEGORIES = ("mislabelled", "atypical", "ambiguous", "ok")
@@ -219,6 +219,7 @@ class Scores:
     combo: dict
     canary_weight: np.ndarray
     flagging: dict = field(default_factory=dict)  # the flag-count rule and why (flag_count)
+    aug_window: dict | None = None  # the augmented model's epochs behind aum_aug and why (aug_window)
 
 
 def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Scores:
@@ -229,14 +230,30 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
 
     real, y = ~run.is_canary, run.train_labels
     robust = [m for m in run.models if m != "natural"]
-    sig, not_judged = compute_signals(SignalInputs(labels=y, natural=trained["natural"],
-                                                   robust={m: trained[m] for m in robust},
-                                                   aug=trained.get("aug"), cv=cv, infl=infl,
-                                                   given_probs=run.given_train_probs()))
-    excluded = tuple(excluded_signals(run.unhealthy, sig))
     rule = flag_count(y[real], cv["oos_probs"][real], {m: trained[m]["train_logits"][real].argmax(1) for m in run.robust},
                       unhealthy=tuple(m for m in robust if m in run.unhealthy))
     n_issues = rule["n"]
+    # the share of the rows the models trained on with a wrong label: the estimated issues and the canaries
+    noise_share = (n_issues + int(run.is_canary.sum())) / len(y) if len(y) else None
+    sig, not_judged = compute_signals(SignalInputs(labels=y, natural=trained["natural"],
+                                                   robust={m: trained[m] for m in robust},
+                                                   aug=trained.get("aug"), cv=cv, infl=infl,
+                                                   given_probs=run.given_train_probs(), noise_share=noise_share))
+    excluded = tuple(excluded_signals(run.unhealthy, sig))
+    window = None
+    if "aug" in trained:
+        start, end = aug_window(trained["aug"]["correct"], noise_share)
+        e = int(trained["aug"]["correct"].shape[0])
+        bound = aug_fit_bound(noise_share or 0.0)
+        fits = np.flatnonzero(trained["aug"]["correct"].mean(1) > bound)
+        window = {
+            "epochs": [start, end], "of": e, "noise_share": round(float(noise_share or 0.0), 4),
+            "fit_bound": round(bound, 4),
+            "reason": ("the second half of its epochs" if end == e else
+                       f"epochs {start + 1}-{end} of {e}: from epoch {int(fits[0]) + 1} on it fit over "
+                       f"{bound:.0%} of the given labels (1 - {AUG_NOISE_TRUST} x the estimated share of wrong "
+                       f"ones, canaries included), so it was fitting label issues"
+                       + (" (the window never ends before a quarter of the run)" if end > int(fits[0]) else ""))}
     k, n_tr = run.ds.num_classes, int(real.sum())
     joint = estimate_joint(y[real], cv["oos_probs"][real]) if n_tr > k else np.ones((k, k))
     c_w = canary_weights(joint, y[run.is_canary], run.canaries.clean_labels)
@@ -332,7 +349,7 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
                         + "the review queue shows the top-ranked examples; try more --epochs or another --seed")
     rule["warnings"] = warnings
     rule["excluded_signals"] = list(excluded)
-    return Scores(sig, not_judged + excluded, score, flags, n_issues, combo, c_w, rule)
+    return Scores(sig, not_judged + excluded, score, flags, n_issues, combo, c_w, rule, window)
 
 
 @dataclass
@@ -667,7 +684,8 @@ def _selection_record(run: TableContext, sc: Scores) -> dict:
         "candidates": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in combo.get("candidates", {}).items()},
         "num_canaries": int(run.is_canary.sum()), "num_label_issues": sc.n_issues,
         "excluded_unhealthy": sc.flagging.get("excluded_signals", []),
-        "canary_weight_range": [round(float(c_w.min()), 3), round(float(c_w.max()), 3)] if len(c_w) else []}}
+        "canary_weight_range": [round(float(c_w.min()), 3), round(float(c_w.max()), 3)] if len(c_w) else [],
+        **({"aum_aug_window": sc.aug_window} if sc.aug_window else {})}}
 
 
 def _dynamics(arr: dict) -> dict[str, np.ndarray]:
