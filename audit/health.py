@@ -79,6 +79,26 @@ def chance_bound(chance: float) -> float:
     return chance + CHANCE_MARGIN * (1 - chance)
 
 
+COLLAPSE_EPOCHS = 5
+COLLAPSE_NEAR = 0.05
+
+
+def collapsed(acc: np.ndarray, chance: float) -> bool:
+    """Has a training collapsed? ``acc``: its training accuracy on the given labels per epoch so far;
+    ``chance``: the commonest given label's share. True when it had learned (an epoch at
+    :func:`chance_bound` or more) and its last :data:`COLLAPSE_EPOCHS` epochs are all back at chance
+    (within ``COLLAPSE_NEAR`` × (1 − chance) of it). Such a network does not come back: the augmented
+    models that collapsed on the development suite (inverted MNIST at epoch 11 of 75, 10,000 MNIST digits
+    at epoch 7 of 25) sat at chance to their last epoch, and failed ``beats_chance`` there. A dip shorter
+    than that can recover (an MLP on digits at learning rate 0.5 fell from 0.30 to 0.11-0.15 for four
+    epochs and climbed back to 0.35), which is why five epochs at chance are asked for."""
+    acc = np.asarray(acc, np.float64)
+    if len(acc) <= COLLAPSE_EPOCHS or not np.isfinite(chance):
+        return False
+    learned = acc[:-COLLAPSE_EPOCHS].max() >= chance_bound(chance)
+    return bool(learned and (acc[-COLLAPSE_EPOCHS:] <= chance + COLLAPSE_NEAR * (1 - chance)).all())
+
+
 def _beats_chance(model: str, acc: float, chance: float) -> Check:
     bound = chance_bound(chance)
     if not np.isfinite(acc):

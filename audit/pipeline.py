@@ -595,6 +595,10 @@ def _run_stages(orch: Orchestrator, cfg: RunConfig, data: TrainData, device: tor
                 recipe = config["cv"].recipe if kind == "crossval" else config["recipe"]
                 new, why = health.retry_recipe(recipe, names, attempt)
                 attempts[role].append({"stage": name, "failed": names, "retry": why or None})
+                stopped = int(np.asarray(results[name].get("collapsed_at", -1)))
+                if stopped > 0:
+                    attempts[role][-1]["stopped"] = (f"its training accuracy fell back to chance: stopped after "
+                                                     f"epoch {stopped} of {recipe.epochs}")
                 if new is None:
                     continue
                 retry_name = f"{'crossval' if kind == 'crossval' else 'train_' + role}_try{attempt + 1}"

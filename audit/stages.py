@@ -211,21 +211,28 @@ def apgd_stage(data: TrainData, ac: ApgdConfig, trained: dict, *, device: str = 
 
 def aug_stage(data: TrainData, recipe: TrainSpec, *, device: str = "cpu", resume: str | None = None,
               progress: bool = False, compile: bool = False) -> dict:
-    """The augmented model: natural training with ``recipe.augment``. Augmentation keeps it from
-    memorizing noisy labels, so its area under the margin stays a clean noise signal to the end
-    (``aum_aug``; Pleiss et al. 2020 train with augmentation too). Only its per-example dynamics and
-    test accuracy are kept."""
+    """The augmented model: natural training with ``recipe.augment``. Augmentation slows its memorizing
+    of noisy labels, so its area under the margin stays a clean noise signal for longer (``aum_aug``, over
+    the epochs :func:`audit.signals.registry.aug_window` picks; Pleiss et al. 2020 train with augmentation
+    too). Only its per-example dynamics and test accuracy are kept. A training that collapses to chance
+    (:func:`audit.health.collapsed`) stops there: ``collapsed_at`` is the epochs it ran (−1: it ran them
+    all), and its ``beats_chance`` check fails and retrains it."""
+    from audit.health import chance_level, collapsed
+
     dev = torch.device(device)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.arch, data.shape, data.num_classes, recipe.width)
+    chance = chance_level(data.train_labels)
     res = train_model(model, data.train_images, torch.as_tensor(data.train_labels), recipe,
                       device=dev, checkpoint=resume, desc=f"train natural, {recipe.augment} augmented",
-                      progress=progress, compile=compile)
+                      progress=progress, compile=compile, stop_on_accuracy=lambda a: collapsed(a, chance))
     acc = np.nan
     if len(data.test_labels):
         acc = (infer(res.model, data.test_images, dev)[0].argmax(1) == data.test_labels).mean()
+    # a training that collapsed to chance stops there (it fails beats_chance and is retried): the epochs run
+    stopped = len(res.lrs) if len(res.lrs) < recipe.epochs else -1
     return {"margin": res.margin.astype(np.float16), "correct": res.correct, "test_accuracy": np.float64(acc),
-            "train_seconds": np.float64(res.seconds)}
+            "train_seconds": np.float64(res.seconds), "collapsed_at": np.int64(stopped)}
 
 
 def crossval_stage(data: TrainData, cv: CrossValConfig, *, device: str = "cpu", progress: bool = False) -> dict:

@@ -421,3 +421,52 @@ def test_where_robust_errors_set_the_count_but_the_canaries_do_not_corroborate_t
     assert f"the pgd model's {f['n']} refused training labels, but only 1 real row scores" in f["caution"]
     assert "accurate on the test rows" in f["caution"] and f"last of the {f['n']} flags" in f["caution"]
     assert any(w == f"flagging: {f['caution']}" for w in man["warnings"])
+
+
+def test_a_training_that_collapsed_to_chance_is_told_from_one_that_dips_or_learns_slowly():
+    """health.collapsed: learned (an epoch at chance_bound or more), then COLLAPSE_EPOCHS epochs back at chance."""
+    from audit.health import COLLAPSE_EPOCHS, chance_bound, collapsed
+
+    chance = 0.1
+    # the development suite's inverted-MNIST augmented model: learned to 0.65, collapsed at epoch 11
+    inv = [0.11, 0.10, 0.12, 0.14, 0.40, 0.53, 0.61, 0.60, 0.62, 0.61, 0.65, 0.14] + [0.09] * 63
+    first = next(k for k in range(1, len(inv) + 1) if collapsed(inv[:k], chance))
+    assert first == 11 + COLLAPSE_EPOCHS  # stopped after five epochs at chance, not 75
+    assert not collapsed(inv[:first - 1], chance)
+    # an MLP's dip that recovered (learning rate 0.5 on digits): never over the bound, never stopped
+    dip = [0.11, 0.22, 0.26, 0.30, 0.14, 0.11, 0.15, 0.15, 0.19, 0.27, 0.28, 0.28, 0.30, 0.35]
+    assert not any(collapsed(dip[:k], chance) for k in range(1, len(dip) + 1))
+    # a slow learner that never left chance for long enough (colour PGD-AT, half its epochs)
+    slow = [0.04, 0.09, 0.09, 0.08, 0.08, 0.08, 0.09, 0.08, 0.12, 0.12, 0.12, 0.13, 0.15, 0.18]
+    assert not any(collapsed(slow[:k], chance) for k in range(1, len(slow) + 1))
+    # learned, and four epochs at chance: not yet; a fifth: collapsed
+    learned = [0.2, chance_bound(chance), 0.5] + [0.1] * 4
+    assert not collapsed(learned, chance) and collapsed(learned + [0.1], chance)
+    assert not collapsed(learned + [0.1], float("nan"))  # no labels, no chance level: never
+
+
+def test_the_engine_stops_where_the_accuracy_rule_says_and_keeps_the_epochs_run():
+    """train_model(stop_on_accuracy=): called with the training accuracy of every epoch so far; the records
+    hold the epochs run."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from audit.train.engine import TrainSpec, train_model
+    from audit.train.models import build_model
+
+    d = load_digits()
+    x = (d.images[:300] * 16).clip(0, 255).astype(np.uint8)[:, None]
+    y = torch.as_tensor(d.target[:300])
+    seen = []
+
+    def rule(acc):
+        seen.append(np.asarray(acc).copy())
+        return len(acc) == 3
+
+    spec = TrainSpec(method="natural", arch="mlp", epochs=8, lr=0.1, batch_size=64, width=0.25)
+    torch.manual_seed(0)
+    res = train_model(build_model("mlp", (1, 8, 8), 10, 0.25), x, y, spec, device=torch.device("cpu"),
+                      progress=False, stop_on_accuracy=rule)
+    assert len(res.lrs) == 3 and res.correct.shape == (3, 300) and res.margin.shape == (3, 300)
+    assert [len(a) for a in seen] == [1, 2, 3]
+    np.testing.assert_allclose(seen[-1], res.correct.mean(1))

@@ -275,6 +275,8 @@ def test_augmented_model_gives_a_signal_that_finds_noise(tmp_path):
         aum = z["margin_aug"][start:end].astype(np.float32).mean(0)
         order = pd.Series(np.arange(len(fit)), index=z["example_ids"])
     np.testing.assert_allclose(fit["aum_aug"].to_numpy(), aum[order[fit["example_id"]].to_numpy()], rtol=1e-5, atol=1e-5)
+    with np.load(tmp_path / ".cache" / "train_aug.npz") as z:
+        assert int(z["collapsed_at"]) == -1  # it ran every epoch (health.collapsed never fired)
     # --augment none: no such model, no such column; the other stages are reused
     man2 = run_audit(RunConfig(**{**cfg.to_dict(), "models": cfg.models, "augment": "none"}), tmp_path, progress=False)
     assert "train_aug" not in man2["stages"] and man2["stages"]["crossval"]["status"] == "cached"

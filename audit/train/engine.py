@@ -188,6 +188,7 @@ def train_model(
     progress: bool = True,
     compile: bool = False,
     stop_after: Callable[[int, nn.Module], bool] | None = None,
+    stop_on_accuracy: Callable[[np.ndarray], bool] | None = None,
 ) -> TrainResult:
     """Train ``model`` on uint8 ``images`` (N, C, H, W) with int64 ``labels`` (N,) by ``spec.method``.
 
@@ -202,7 +203,9 @@ def train_model(
     training there when it returns True: the records then hold the epochs run, the learning-rate
     schedule is the full run's, cut short, and no TracIn checkpoint is added at the epoch it stopped
     (the calibration's early decisions use it; they keep no checkpoints). After a resume, the epochs
-    already run are not offered to it again.
+    already run are not offered to it again. ``stop_on_accuracy(acc)`` does the same from the records
+    alone: ``acc`` is the training accuracy on the given labels of every epoch so far (the augmented
+    model's collapse check, :func:`audit.health.collapsed`, uses it).
     """
     if spec.method not in METHODS:
         raise ValueError(f"unknown training method {spec.method!r} (known: {', '.join(METHODS)})")
@@ -234,7 +237,9 @@ def train_model(
                         refresh=_bar_interval() < 1)  # into a log file: no line per epoch
         if ckpt is not None:
             _save_resume(ckpt, model, opt, epoch, rec, tracin)
-        if stop_after is not None and epoch + 1 < spec.epochs and stop_after(epoch, model):
+        last = epoch + 1 >= spec.epochs
+        if not last and ((stop_after is not None and stop_after(epoch, model)) or (
+                stop_on_accuracy is not None and stop_on_accuracy(rec.correct[:epoch + 1].mean(1)))):
             rec = _Records(rec.loss[:epoch + 1], rec.margin[:epoch + 1], rec.correct[:epoch + 1], rec.lrs[:epoch + 1])
             break
     bar.close()
