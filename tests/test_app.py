@@ -419,12 +419,20 @@ def test_overview_names_failed_models_and_the_queue_never_shows_nothing(review_r
     m["warnings"] = ["pgd model failed no_memorizing after 3 trainings (fits 97% of the doubted labels)"]
     m["health"] = {**m["health"], "attempts": {"pgd": [{"stage": "train_pgd", "failed": ["no_memorizing"],
                                                         "retry": "training eps 0.1 -> 0.15, epochs 40 -> 24"},
-                                                       {"stage": "train_pgd_try2", "failed": [], "retry": None}]}}
+                                                       {"stage": "train_pgd_try2", "failed": [], "retry": None}],
+                                               "aug": [{"stage": "train_aug", "failed": ["beats_chance"],
+                                                        "retry": "learning rate 0.1 -> 0.05",
+                                                        "stopped": "its training accuracy fell back to chance: "
+                                                                   "stopped after epoch 12 of 25"},
+                                                       {"stage": "train_aug_try2", "failed": [], "retry": None}]}}
     (run / "manifest.json").write_text(json.dumps(m))
     at = open_app()
     assert [w.value for w in at.warning] == ["pgd model failed no\\_memorizing after 3 trainings \\(fits 97\\% of the "
                                              "doubted labels\\)"]
     assert any("PGD\\-AT\\: retrained 1x after failed health checks" in c.value for c in at.caption)
+    # a collapsed training's early stop is named beside its retry
+    assert any("retrained 1x" in c.value and "fell back to chance" in c.value and "epoch 12 of 25" in c.value
+               for c in at.caption)
     df = pd.read_parquet(run / "examples.parquet")
     _nothing_flagged(run)
     at = open_app(REVIEW)

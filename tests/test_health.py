@@ -257,6 +257,12 @@ def test_a_collapsed_natural_model_is_retried_named_and_left_out(tmp_path):
 
     text = "\n".join(summary_lines(man, "RUN"))
     assert "warning: natural model failed beats_chance" in text and "natural model retrained 2x" in text
+    # an attempt that stopped early (a collapsed augmented training) says so before its retry
+    h["attempts"]["aug"] = [{"stage": "train_aug", "failed": ["beats_chance"], "retry": "learning rate 0.1 -> 0.05",
+                             "stopped": "its training accuracy fell back to chance: stopped after epoch 12 of 25"},
+                            {"stage": "train_aug_try2", "failed": [], "retry": None}]
+    assert ("aug model retrained 1x after failed checks (its training accuracy fell back to chance: stopped after "
+            "epoch 12 of 25; learning rate 0.1 -> 0.05)") in summary_lines(man, "RUN")
 
 
 def test_a_natural_model_that_did_not_fit_goes_on_from_its_weights(tmp_path, monkeypatch):

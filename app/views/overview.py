@@ -202,7 +202,8 @@ def health_ui(run: ui.Run) -> None:
     if isinstance(attempts, dict):
         for role, tries in attempts.items():
             if isinstance(tries, list) and len(tries) > 1:
-                why = "; then ".join(str(t.get("retry")) for t in tries if isinstance(t, dict) and t.get("retry"))
+                why = "; then ".join((f"{t['stopped']}; " if isinstance(t.get("stopped"), str) else "") + str(t.get("retry"))
+                                     for t in tries if isinstance(t, dict) and t.get("retry"))
                 st.caption(ui.md(f"{ui.MODEL_NAME.get(role, role)}: retrained {len(tries) - 1}x after failed "
                                  f"health checks ({why[:500]})"))
 

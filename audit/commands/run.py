@@ -76,7 +76,7 @@ def summary_lines(man: dict, out: str) -> list[str]:
         lines += [f"warning: {w}" for w in man.get("warnings", [])]
     retried = {r: a for r, a in (health.get("attempts") or {}).items() if len(a) > 1}
     for role, tries in retried.items():
-        why = "; then ".join(t["retry"] for t in tries if t.get("retry"))
+        why = "; then ".join((f"{t['stopped']}; " if t.get("stopped") else "") + t["retry"] for t in tries if t.get("retry"))
         lines.append(f"{role} model retrained {len(tries) - 1}x after failed checks ({why})")
     if "noise_auprc" in m:
         lines.append(f"injected noise found: AUROC {m['noise_auroc']:.3f}, AUPRC {m['noise_auprc']:.3f}, "
