@@ -161,6 +161,15 @@ def aug_fit_bound(noise_share: float) -> float:
     return 1.0 - AUG_NOISE_TRUST * noise_share
 
 
+def aug_first_fit(correct: np.ndarray, noise_share: float | None) -> int | None:
+    """The first epoch at which the augmented model fits more than :func:`aug_fit_bound` of the given
+    labels (``correct`` (E, N)), or None (never, or no estimate)."""
+    if noise_share is None or not 0 < noise_share < 1:
+        return None
+    over = np.flatnonzero(correct.mean(1) > aug_fit_bound(noise_share))
+    return int(over[0]) if len(over) else None
+
+
 def aug_window(correct: np.ndarray, noise_share: float | None) -> tuple[int, int]:
     """The epochs [start, end) of the augmented model whose AUM is ``aum_aug``.
 
@@ -172,10 +181,8 @@ def aug_window(correct: np.ndarray, noise_share: float | None) -> tuple[int, int
     issues), and spans the second half of the epochs before that, never ending before a quarter of the run.
     """
     e = correct.shape[0]
-    if noise_share is None or not 0 < noise_share < 1 or e < 2:
-        return e // 2, e
-    over = np.flatnonzero(correct.mean(1) > aug_fit_bound(noise_share))
-    end = e if not len(over) else max(int(over[0]), e // 4, 1)
+    first = aug_first_fit(correct, noise_share) if e >= 2 else None
+    end = e if first is None else max(first, e // 4, 1)
     return end // 2, end
 
 

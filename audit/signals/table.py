@@ -33,7 +33,14 @@ from audit.signals.combine import (
     detection_metrics,
     rank01,
 )
-from audit.signals.registry import AUG_NOISE_TRUST, SignalInputs, aug_fit_bound, aug_window, compute_signals
+from audit.signals.registry import (
+    AUG_NOISE_TRUST,
+    SignalInputs,
+    aug_first_fit,
+    aug_fit_bound,
+    aug_window,
+    compute_signals,
+)
 from audit.signals.util import margin, softmax
 
 CATEGORIES = ("mislabelled", "atypical", "ambiguous", "ok")
@@ -242,18 +249,17 @@ def score_training(run: TableContext, trained: dict, cv: dict, infl: dict) -> Sc
     excluded = tuple(excluded_signals(run.unhealthy, sig))
     window = None
     if "aug" in trained:
-        start, end = aug_window(trained["aug"]["correct"], noise_share)
-        e = int(trained["aug"]["correct"].shape[0])
+        correct = trained["aug"]["correct"]
+        (start, end), first, e = aug_window(correct, noise_share), aug_first_fit(correct, noise_share), len(correct)
         bound = aug_fit_bound(noise_share or 0.0)
-        fits = np.flatnonzero(trained["aug"]["correct"].mean(1) > bound)
         window = {
             "epochs": [start, end], "of": e, "noise_share": round(float(noise_share or 0.0), 4),
             "fit_bound": round(bound, 4),
             "reason": ("the second half of its epochs" if end == e else
-                       f"epochs {start + 1}-{end} of {e}: from epoch {int(fits[0]) + 1} on it fit over "
+                       f"epochs {start + 1}-{end} of {e}: from epoch {first + 1} on it fit over "
                        f"{bound:.0%} of the given labels (1 - {AUG_NOISE_TRUST} x the estimated share of wrong "
                        f"ones, canaries included), so it was fitting label issues"
-                       + (" (the window never ends before a quarter of the run)" if end > int(fits[0]) else ""))}
+                       + (" (the window never ends before a quarter of the run)" if end > first else ""))}
     k, n_tr = run.ds.num_classes, int(real.sum())
     joint = estimate_joint(y[real], cv["oos_probs"][real]) if n_tr > k else np.ones((k, k))
     c_w = canary_weights(joint, y[run.is_canary], run.canaries.clean_labels)
